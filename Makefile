@@ -1,0 +1,56 @@
+# sagecast: `make stage1 && make stage2` runs the whole chain on the synthetic sky; `make test` tests it.
+# All generated files go under $(RUNS) (default runs/). Set PYTHON to choose the interpreter for the venv.
+
+RUNS ?= runs
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# The quick default: one node, 4 whole local days (>= 1 day each for train/val/test), 5-minute cadence,
+# small images. Override on the command line, e.g. `make data SYNTH_ARGS="--days 7"`.
+SYNTH_ARGS ?= --nodes W056 --start 2023-05-18 --days 4 --interval-min 5 --seed 0 --size small
+PREP_ARGS ?= --size 64
+STAGE1_ARGS ?=
+STAGE2_ARGS ?=
+
+.PHONY: setup data stage1 stage2 test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+$(RUNS)/raw/.complete: | $(STAMP)
+	$(PY) -m data.synthetic --out $(RUNS)/raw $(SYNTH_ARGS)
+	touch $@
+
+$(RUNS)/prepared/index.parquet: $(RUNS)/raw/.complete
+	$(PY) -m data.prepare --raw $(RUNS)/raw --out $(RUNS)/prepared $(PREP_ARGS)
+
+data: $(RUNS)/prepared/index.parquet
+
+stage1: data
+	$(PY) -m stage1_jea.train --preset quick prepared=$(RUNS)/prepared run_dir=$(RUNS)/stage1 $(STAGE1_ARGS)
+	$(PY) -m stage1_jea.export --run $(RUNS)/stage1
+	$(PY) -m stage1_jea.evaluate --run $(RUNS)/stage1
+
+stage2: | $(STAMP)
+	@test -f $(RUNS)/stage1/embeddings.parquet || { echo "no $(RUNS)/stage1/embeddings.parquet: run 'make stage1' first"; exit 1; }
+	$(PY) -m stage2_forecast.train --variant detr --preset quick stage1_run=$(RUNS)/stage1 run_dir=$(RUNS)/stage2/detr $(STAGE2_ARGS)
+	$(PY) -m stage2_forecast.train --variant jepa --preset quick stage1_run=$(RUNS)/stage1 run_dir=$(RUNS)/stage2/jepa $(STAGE2_ARGS)
+	$(PY) -m stage2_forecast.evaluate --stage1-run $(RUNS)/stage1 --runs $(RUNS)/stage2/detr $(RUNS)/stage2/jepa --out $(RUNS)/stage2
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run_all --out BENCHMARKS.md
+
+clean:
+	rm -rf $(RUNS)

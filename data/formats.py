@@ -1,0 +1,192 @@
+"""SAGE Mobotix file names and the thermal celsius CSV format (see shared SAGE_DATA.md §2, §4).
+
+One place knows the names, so the synthetic generator, the downloader and the preparation agree on them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SKY_PRESETS = (1, 5, 9, 13, 17, 21, 25, 29)
+THERMAL_W, THERMAL_H = 336, 252
+KELVIN_STEP = 0.04  # the camera's 14-bit radiometric grid: celsius = 0.04 * uint - 273.15
+
+# Kinds of file an upload can be. Only "rgb" and "thermal" are used for training.
+RGB, THERMAL = "rgb", "thermal"
+SKIP_REASONS = {
+    "thermal_plot": "thermal plot JPG (matplotlib figure, not an image)",
+    "thermal_uint": "thermal uint CSV (raw counts; celsius CSV used instead)",
+    "thermal_raw": "thermal .raw frame",
+    "thermal_nc": "thermal NetCDF (.nc)",
+    "unknown": "unrecognised file name",
+}
+
+_POS = r"_position(?P<pos>[A-Za-z0-9]+)"
+_CUSTOM = r"_(?P<custom>\d{4}-\d{2}-\d{2}T\d{6}_Pt(?P<pt>\d+)-[^/]*?_Img(?P<img>\d+))"
+_ORIG_PREFIX = re.compile(r"^(?:rgb_)?(?P<stamp>\d{8}-\d{6})_(?P<vsn>[A-Za-z0-9]+)_(?P<rest>.+)$")
+_TS_PREFIX = re.compile(r"^(?P<ts>\d{16,20})-(?P<rest>.+)$")
+
+
+@dataclass(frozen=True)
+class MobotixName:
+    """What a Mobotix upload file name says. `position` is an int for presets, a str for directions
+    (e.g. 'NEG') and custom points ('Pt1'), None when the name carries no position."""
+
+    kind: str  # "rgb", "thermal", or a key of SKIP_REASONS
+    position: int | str | None
+    mode: str  # "preset", "direction", "custom", "none"
+    image_index: int | None = None  # custom mode's _Img{k}
+
+    @property
+    def skip_reason(self) -> str | None:
+        return SKIP_REASONS.get(self.kind)
+
+
+def _classify(name: str) -> str:
+    low = name.lower()
+    if "thermal.celsius_plot" in low or "celsius_plot" in low:
+        return "thermal_plot"
+    if ".thermal.celsius" in low and low.endswith(".csv"):
+        return THERMAL
+    if ".thermal.uint" in low:
+        return "thermal_uint"
+    if low.endswith(".raw"):
+        return "thermal_raw"
+    if low.endswith(".nc"):
+        return "thermal_nc"
+    if low.endswith((".jpg", ".jpeg")) and "thermal" not in low:
+        return RGB
+    return "unknown"
+
+
+def parse_mobotix_name(filename: str) -> MobotixName:
+    """Parse a plugin file name (`meta.filename`, without any `{ts_ns}-` prefix)."""
+    kind = _classify(filename)
+    if m := re.search(_CUSTOM, filename):
+        return MobotixName(kind, f"Pt{m['pt']}", "custom", int(m["img"]))
+    if m := re.search(_POS + r"\.[A-Za-z]+$", filename):
+        pos = m["pos"]
+        if pos.isdigit():
+            return MobotixName(kind, int(pos), "preset")
+        return MobotixName(kind, pos, "direction")
+    return MobotixName(kind, None, "none")
+
+
+def split_ts_name(stored_name: str) -> tuple[int, str] | None:
+    """`{ts_ns}-{filename}` (downloader / synthetic layout) → (ts_ns, filename); None if not that form."""
+    m = _TS_PREFIX.match(stored_name)
+    return (int(m["ts"]), m["rest"]) if m else None
+
+
+def split_original_name(stored_name: str) -> tuple[str, str, str] | None:
+    """Original workflow names (`rgb_20230521-095736_W057_6144x2048_position10.jpg`,
+    `20230521-095736_W057_right_..._position10.csv`) → (stamp 'YYYYmmdd-HHMMSS' UTC, VSN, filename)."""
+    m = _ORIG_PREFIX.match(stored_name)
+    return (m["stamp"], m["vsn"].upper(), m["rest"]) if m else None
+
+
+def rgb_name(width: int, height: int, position: int) -> str:
+    return f"{width}x{height}_position{position}.jpg"
+
+
+def thermal_name(position: int, *, width: int = THERMAL_W, height: int = THERMAL_H) -> str:
+    return f"right_{width}x{height}_14bit.thermal.celsius_position{position}.csv"
+
+
+def thermal_plot_name(position: int, *, width: int = THERMAL_W, height: int = THERMAL_H) -> str:
+    return f"right_{width}x{height}_14bit.thermal.celsius_plot_position{position}.jpg"
+
+
+def is_sky_preset(position) -> bool:
+    return isinstance(position, int) and position in SKY_PRESETS
+
+
+# --- thermal celsius CSV -------------------------------------------------------------------------------
+
+
+class ThermalFormatError(ValueError):
+    pass
+
+
+def quantize_celsius(celsius: np.ndarray) -> np.ndarray:
+    """Snap temperatures to the camera's 0.04 K grid, as the 14-bit radiometric values are."""
+    counts = np.clip(np.rint((np.asarray(celsius, np.float64) + 273.15) / KELVIN_STEP), 0, 2**14 - 1)
+    return counts * KELVIN_STEP - 273.15
+
+
+def format_thermal_csv(celsius: np.ndarray, *, sensor: str = "right", resolution: str = "high") -> str:
+    """The plugin's `writeThermalCelsiusCSV` layout: 7 `key;value` lines, a blank line, H rows of W values."""
+    arr = quantize_celsius(celsius)
+    h, w = arr.shape
+    header = (f"sensor;{sensor}\nbit depth;14 bit\nwidth;{w}\nheight;{h}\nresolution;{resolution}\n"
+              f"advanced radiometry support;yes\nunit;degrees Celsius\n\n")
+    buf = io.StringIO()
+    # %.6g matches the C++ stream's default 6 significant digits.
+    np.savetxt(buf, arr, fmt="%.6g", delimiter=";")
+    return header + buf.getvalue()
+
+
+def read_thermal_csv(path: str | os.PathLike) -> np.ndarray:
+    """Read a Mobotix thermal celsius CSV into float32 (H, W), row 0 = top of the image.
+
+    Width and height come from the header; negative values are kept. Wrong row or column counts and
+    non-numbers raise ThermalFormatError naming the file and the 1-based line.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("ascii")
+    except UnicodeDecodeError as e:
+        raise ThermalFormatError(f"{path}: not a text file ({e.reason} at byte {e.start})") from None
+    lines = text.split("\n")
+    header: dict[str, str] = {}
+    i = 0
+    while i < len(lines) and lines[i].strip():
+        key, sep, value = lines[i].partition(";")
+        if not sep:
+            break
+        try:
+            float(key)
+            break  # a data row: the header had no blank line after it
+        except ValueError:
+            header[key.strip().lower()] = value.strip()
+        i += 1
+    try:
+        width, height = int(header["width"]), int(header["height"])
+    except (KeyError, ValueError):
+        raise ThermalFormatError(f"{path}: header lacks integer width/height (got {header})") from None
+    while i < len(lines) and not lines[i].strip():
+        i += 1
+    first = i
+    rows = [ln for ln in lines[first:first + height]]
+    while rows and not rows[-1].strip():
+        rows.pop()
+    if len(rows) != height:
+        raise ThermalFormatError(f"{path}: expected {height} data rows, found {len(rows)} "
+                                 f"(line {first + len(rows) + 1}: file truncated?)")
+    extra = [ln for ln in lines[first + height:] if ln.strip()]
+    if extra:
+        raise ThermalFormatError(f"{path}: more than {height} data rows (line {first + height + 1})")
+    for r, row in enumerate(rows):
+        if row.count(";") != width - 1:
+            raise ThermalFormatError(f"{path}: line {first + r + 1} has {row.count(';') + 1} values, "
+                                     f"expected {width}")
+    try:
+        values = np.array(";".join(rows).split(";"), dtype=np.float32)
+    except ValueError:
+        for r, row in enumerate(rows):
+            for v in row.split(";"):
+                try:
+                    float(v)
+                except ValueError:
+                    raise ThermalFormatError(f"{path}: line {first + r + 1}: not a number: {v!r}") from None
+        raise
+    if not np.isfinite(values).all():
+        bad = int(np.flatnonzero(~np.isfinite(values))[0]) // width
+        raise ThermalFormatError(f"{path}: line {first + bad + 1}: non-finite value")
+    return values.reshape(height, width)
