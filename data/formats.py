@@ -103,6 +103,19 @@ def thermal_plot_name(position: int, *, width: int = THERMAL_W, height: int = TH
     return f"right_{width}x{height}_14bit.thermal.celsius_plot_position{position}.jpg"
 
 
+def thermal_fov_box(width: int, height: int, *, scale: float = 1.1) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the thermal sensor's field of view inside the optical half.
+
+    Default = the original workflow's rule: a centred (H/scale) x (H/scale * 4/3) box, scale 1.1. The
+    optical half is 3:2 and wider than the 4:3 thermal view. The synthetic sky renders its thermal image
+    over exactly this box, so preparation with the default crop aligns the two modalities pixel for pixel.
+    """
+    crop_h = round(height / scale)
+    crop_w = min(width, round(height / scale * 4 / 3))
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    return left, top, left + crop_w, top + crop_h
+
+
 def is_sky_preset(position) -> bool:
     return isinstance(position, int) and position in SKY_PRESETS
 

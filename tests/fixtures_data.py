@@ -1,0 +1,1 @@
+"""Fixtures for data tests (tiny synthetic raw + prepared sets)."""

@@ -1,0 +1,1 @@
+"""Fixtures for stage-1 tests (a tiny trained stage-1 run)."""
