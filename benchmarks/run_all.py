@@ -32,8 +32,10 @@ def main() -> None:
         print(f"running {name} ...", flush=True)
         t0 = time.perf_counter()
         text = importlib.import_module(f"benchmarks.{name}").run().strip()
-        sections[name] = f"{text}\n\n_{name}: {time.perf_counter() - t0:.0f} s wall; {platform.processor() or platform.machine()}, " \
-                         f"torch {env['versions']['torch']}, {time.strftime('%Y-%m-%d')}_"
+        cpu = platform.processor() or platform.machine()
+        stamp = f"_{name}: {time.perf_counter() - t0:.0f} s wall; {cpu}, torch {env['versions']['torch']}, " \
+                f"{time.strftime('%Y-%m-%d')}_"
+        sections[name] = f"{text}\n\n{stamp}"
         print(text, flush=True)
     body = "\n\n".join(f"<!-- {k} -->\n{v}" for k, v in sorted(sections.items()))
     header = ("# Benchmarks\n\nMade by `make bench` (= `python -m benchmarks.run_all --out BENCHMARKS.md`) unless a "

@@ -57,7 +57,7 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds code that uses the legacy global RNG (e.g. timm)
     try:
         import torch
 
