@@ -18,6 +18,8 @@ import pandas as pd
 from astral import Observer
 from astral.sun import elevation as astral_elevation
 
+from sagecast_common.runio import atomic_write_text
+
 DEFAULT_REGISTRY = Path(__file__).with_name("nodes.json")
 
 
@@ -130,3 +132,13 @@ def local_date(vsn: str, when, *, registry: str | os.PathLike | None = None) -> 
     """The calendar date in the node's time zone at that time (splits are by whole local days)."""
     ts = to_utc(when)
     return ts.tz_convert(node_period(vsn, ts, registry=registry).tz).date()
+
+
+def save_registry(nodes: dict[str, list[Period]], path: str | os.PathLike | None = None) -> Path:
+    """Write the registry atomically, keeping the file's `_comment` and other `_` keys."""
+    p = Path(path) if path else registry_path()
+    raw = json.loads(p.read_text()) if p.exists() else {}
+    out = {k: v for k, v in raw.items() if k.startswith("_")}
+    out.update({vsn: [q.to_json() for q in periods] for vsn, periods in sorted(nodes.items())})
+    atomic_write_text(p, json.dumps(out, indent=2) + "\n")
+    return p

@@ -1,0 +1,168 @@
+"""Download SAGE Mobotix scans: query the data API, plan, then fetch in parallel with resume.
+
+    python -m data.download --vsn W056 --start 2023-03-10 --end 2023-03-24 --out RAW
+    python -m data.download --from-query saved.csv --out RAW --dry-run
+
+Writes `RAW/<VSN>/rgb/` and `RAW/<VSN>/thermal/` as `{ts_ns}-{filename}`, the query results under
+`RAW/<VSN>/sage_meta/`, `RAW/plan.csv` and `RAW/failed_urls.csv` (url, status, reason). Safe to re-run: saved
+query days are not asked again, complete files are skipped, partial ones resume. Credentials (needed for
+protected files): SAGE_USER and SAGE_TOKEN, else the `~/.netrc` entry for the storage host; they are sent
+only to the storage host. Exit code 0 = complete, 1 = some files missing (see failed_urls.csv), 3 = the
+storage refused the credentials. `--end` is exclusive; times without a zone are UTC. Try it offline against
+the test double: `python -m tests.sage_double --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pandas as pd
+from tqdm import tqdm
+
+from data.fetch import AuthError, Fetcher, Result, find_credentials, origin_of
+from data.registry import to_utc
+from data.sage_query import QUERY_ENDPOINT, STORAGE_URL, QueryError, load_query_file, plan_downloads, query_uploads
+from sagecast_common.runio import atomic_path
+
+AUTH_HELP = ("set SAGE_USER (your SAGE portal user name) and SAGE_TOKEN (your portal access token) in the "
+             "environment, or add `machine {host} login USER password TOKEN` to ~/.netrc")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m data.download", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vsn", action="append", help="node, e.g. W056 (repeatable; filters --from-query)")
+    ap.add_argument("--start", help="UTC start, e.g. 2023-03-10 or 2023-03-10T12:00")
+    ap.add_argument("--end", help="UTC end (exclusive)")
+    ap.add_argument("--out", required=True, type=Path, help="RAW directory")
+    ap.add_argument("--plugin", default=".*mobotix-scan.*", help="plugin regex (default %(default)s)")
+    ap.add_argument("--endpoint", default=QUERY_ENDPOINT, help="query API (default %(default)s)")
+    ap.add_argument("--storage-url", default=STORAGE_URL,
+                    help="fetch storage URLs from this origin instead (e.g. the test double); "
+                         "credentials go to this origin only (default %(default)s)")
+    ap.add_argument("--all-positions", action="store_true", help="not only the sky presets")
+    ap.add_argument("--keep-unpositioned", action="store_true", help="also files with no known position")
+    ap.add_argument("--workers", type=int, default=8, help="parallel downloads (default %(default)s)")
+    ap.add_argument("--timeout", type=float, default=60.0, help="seconds per connect/read (default %(default)s)")
+    ap.add_argument("--retries", type=int, default=5, help="retries per file (default %(default)s)")
+    ap.add_argument("--backoff", type=float, default=1.0, help="first retry delay, doubled each time (s)")
+    ap.add_argument("--dry-run", action="store_true", help="query and plan only")
+    ap.add_argument("--from-query", type=Path, help="plan from a saved query result (CSV or NDJSON)")
+    args = ap.parse_args(argv)
+    if not args.from_query and not (args.vsn and args.start and args.end):
+        ap.error("give --vsn, --start and --end (or --from-query FILE)")
+    if args.workers < 1:
+        ap.error("--workers must be >= 1")
+    return args
+
+
+def storage_urls(plan: pd.DataFrame, storage_url: str) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Map each record URL onto --storage-url; URLs on any other host are rejected, never fetched."""
+    allowed = {origin_of(STORAGE_URL), origin_of(storage_url)}
+    base = storage_url.rstrip("/")
+    keep, rejected = [], []
+    for url in plan["url"]:
+        ok = origin_of(url) in allowed
+        keep.append(ok)
+        if not ok:
+            rejected.append((url, f"not on the storage host {urlsplit(storage_url).hostname}"))
+    plan = plan[pd.Series(keep, index=plan.index, dtype=bool)].copy()
+    plan["fetch_url"] = [base + urlsplit(u).path for u in plan["url"]]
+    return plan, rejected
+
+
+def summarize(plan: pd.DataFrame, skipped, rejected) -> str:
+    lines = [f"plan: {len(plan)} files to fetch"]
+    if len(plan):
+        table = pd.crosstab(plan["vsn"], plan["kind"])
+        lines += ["  " + ln for ln in table.to_string().splitlines()]
+    for reason, n in sorted(skipped.items()):
+        lines.append(f"  skipped {n:6d}  {reason}")
+    if rejected:
+        lines.append(f"  rejected {len(rejected):5d}  unsafe or foreign URLs (listed in failed_urls.csv)")
+    return "\n".join(lines)
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def download(plan: pd.DataFrame, raw: Path, fetcher: Fetcher, workers: int) -> tuple[list, bool]:
+    """Fetch every planned file; returns (results, auth_refused)."""
+    results, auth_refused = [], False
+    with tqdm(total=len(plan), unit="file", desc="files") as files, \
+            tqdm(unit="B", unit_scale=True, desc="bytes", position=1) as nbytes:
+        fetcher.on_bytes = nbytes.update
+        with ThreadPoolExecutor(workers) as pool:
+            futures = {pool.submit(fetcher.fetch, row.fetch_url, raw / row.dest, raw / row.vsn / ".partial"):
+                       row for row in plan.itertuples()}
+            for fut in as_completed(futures):
+                row = futures[fut]
+                try:
+                    res = fut.result()
+                    res.url = row.url
+                except AuthError:
+                    auth_refused = True
+                    res = Result(row.url, False, 401, "storage answered 401 Unauthorized")
+                results.append(res)
+                files.update()
+    return results, auth_refused
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    raw: Path = args.out
+    raw.mkdir(parents=True, exist_ok=True)
+    try:
+        if args.from_query:
+            records = load_query_file(args.from_query)
+        else:
+            start, end = to_utc(args.start), to_utc(args.end)
+            frames = [query_uploads(v.upper(), start, end, raw=raw, plugin=args.plugin, endpoint=args.endpoint)
+                      for v in args.vsn]
+            records = pd.concat(frames, ignore_index=True)
+    except QueryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    plan, skipped, rejected = plan_downloads(records, all_positions=args.all_positions,
+                                             keep_unpositioned=args.keep_unpositioned, vsns=args.vsn)
+    plan, foreign = storage_urls(plan, args.storage_url)
+    rejected += foreign
+    print(summarize(plan, skipped, rejected), flush=True)
+    write_csv(plan.drop(columns="fetch_url"), raw / "plan.csv")
+    failures = [{"url": u, "status": "", "reason": r} for u, r in rejected]
+    if args.dry_run:
+        write_csv(pd.DataFrame(failures, columns=["url", "status", "reason"]), raw / "failed_urls.csv")
+        print(f"dry run: wrote {raw / 'plan.csv'}")
+        return 0
+    creds = find_credentials(args.storage_url)
+    host = urlsplit(args.storage_url).hostname
+    if creds is None:
+        print(f"note: no credentials found; protected files will fail ({AUTH_HELP.format(host=host)})")
+    fetcher = Fetcher(storage_url=args.storage_url, credentials=creds, timeout=args.timeout,
+                      retries=args.retries, backoff=args.backoff)
+    results, auth_refused = download(plan, raw, fetcher, args.workers)
+    failures += [{"url": r.url, "status": r.status or "", "reason": r.reason} for r in results if not r.ok]
+    write_csv(pd.DataFrame(failures, columns=["url", "status", "reason"]), raw / "failed_urls.csv")
+    for vsn in plan["vsn"].unique():
+        partial = raw / vsn / ".partial"
+        if partial.is_dir() and not any(partial.iterdir()):
+            partial.rmdir()
+    done = sum(r.ok and not r.skipped for r in results)
+    print(f"downloaded {done}, already complete {sum(r.skipped for r in results)}, failed {len(failures)} "
+          f"(listed in {raw / 'failed_urls.csv'})")
+    if auth_refused:
+        given = f"the credentials from {creds.source} were refused" if creds else "no credentials were found"
+        print(f"error: the storage answered 401 Unauthorized ({given}): {AUTH_HELP.format(host=host)}",
+              file=sys.stderr)
+        return 3
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
