@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data.thermal_parse import parse_grid
+
 SKY_PRESETS = (1, 5, 9, 13, 17, 21, 25, 29)
 THERMAL_W, THERMAL_H = 336, 252
 KELVIN_STEP = 0.04  # the camera's 14-bit radiometric grid: celsius = 0.04 * uint - 273.15
@@ -149,57 +151,73 @@ def read_thermal_csv(path: str | os.PathLike) -> np.ndarray:
     """Read a Mobotix thermal celsius CSV into float32 (H, W), row 0 = top of the image.
 
     Width and height come from the header; negative values are kept. Wrong row or column counts and
-    non-numbers raise ThermalFormatError naming the file and the 1-based line.
+    non-numbers raise ThermalFormatError naming the file and the 1-based line. Values equal
+    `np.loadtxt(path, delimiter=";", skiprows=8).astype(np.float32)`; plain files take a vectorised path
+    (data.thermal_parse, ~10x faster), anything unusual the line-by-line one that reports the error.
     """
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("ascii")
-    except UnicodeDecodeError as e:
-        raise ThermalFormatError(f"{path}: not a text file ({e.reason} at byte {e.start})") from None
-    lines = text.split("\n")
+    raw = path.read_bytes()
+    width, height, first, start = _thermal_header(path, raw)
+    values = parse_grid(raw, start, width, height)
+    if values is None:
+        values = _parse_rows_checked(path, raw[start:], width, height, first)
+    return values.astype(np.float32)
+
+
+def _thermal_header(path: Path, raw: bytes) -> tuple[int, int, int, int]:
+    """(width, height, 1-based line number of the first data row, its byte offset)."""
     header: dict[str, str] = {}
-    i = 0
-    while i < len(lines) and lines[i].strip():
-        key, sep, value = lines[i].partition(";")
-        if not sep:
-            break
-        try:
-            float(key)
-            break  # a data row: the header had no blank line after it
-        except ValueError:
+    pos, line_no, blank_seen = 0, 1, False
+    while pos < len(raw):
+        end = raw.find(b"\n", pos)
+        end = len(raw) if end < 0 else end
+        line = raw[pos:end].decode("ascii", "replace").strip()
+        if line:
+            key, sep, value = line.partition(";")
+            if blank_seen or not sep or _is_number(key):
+                break  # the first data row (also when no blank line follows the header)
             header[key.strip().lower()] = value.strip()
-        i += 1
+        elif header:
+            blank_seen = True
+        pos, line_no = end + 1, line_no + 1
     try:
         width, height = int(header["width"]), int(header["height"])
     except (KeyError, ValueError):
         raise ThermalFormatError(f"{path}: header lacks integer width/height (got {header})") from None
-    while i < len(lines) and not lines[i].strip():
-        i += 1
-    first = i
-    rows = [ln for ln in lines[first:first + height]]
-    while rows and not rows[-1].strip():
-        rows.pop()
-    if len(rows) != height:
-        raise ThermalFormatError(f"{path}: expected {height} data rows, found {len(rows)} "
-                                 f"(line {first + len(rows) + 1}: file truncated?)")
-    extra = [ln for ln in lines[first + height:] if ln.strip()]
-    if extra:
-        raise ThermalFormatError(f"{path}: more than {height} data rows (line {first + height + 1})")
-    for r, row in enumerate(rows):
-        if row.count(";") != width - 1:
-            raise ThermalFormatError(f"{path}: line {first + r + 1} has {row.count(';') + 1} values, "
-                                     f"expected {width}")
+    if width < 1 or height < 1:
+        raise ThermalFormatError(f"{path}: header width/height must be positive (got {width}x{height})")
+    return width, height, line_no, pos
+
+
+def _is_number(text: str) -> bool:
     try:
-        values = np.array(";".join(rows).split(";"), dtype=np.float32)
+        float(text)
     except ValueError:
-        for r, row in enumerate(rows):
-            for v in row.split(";"):
-                try:
-                    float(v)
-                except ValueError:
-                    raise ThermalFormatError(f"{path}: line {first + r + 1}: not a number: {v!r}") from None
-        raise
-    if not np.isfinite(values).all():
-        bad = int(np.flatnonzero(~np.isfinite(values))[0]) // width
-        raise ThermalFormatError(f"{path}: line {first + bad + 1}: non-finite value")
-    return values.reshape(height, width)
+        return False
+    return True
+
+
+def _parse_rows_checked(path: Path, body: bytes, width: int, height: int, first: int) -> np.ndarray:
+    try:
+        text = body.decode("ascii")
+    except UnicodeDecodeError as e:
+        raise ThermalFormatError(f"{path}: not a text file ({e.reason} at byte {e.start} of the data)") from None
+    rows = text.rstrip().split("\n") if text.strip() else []
+    if len(rows) < height:
+        raise ThermalFormatError(f"{path}: expected {height} data rows, found {len(rows)} "
+                                 f"(line {first + len(rows)}: file truncated?)")
+    if len(rows) > height:
+        raise ThermalFormatError(f"{path}: more than {height} data rows (line {first + height})")
+    out = np.empty((height, width), np.float64)
+    for r, row in enumerate(rows):
+        cells = row.strip().split(";")
+        if len(cells) != width:
+            raise ThermalFormatError(f"{path}: line {first + r} has {len(cells)} values, expected {width}")
+        try:
+            out[r] = [float(v) for v in cells]
+        except ValueError:
+            bad = next(v for v in cells if not _is_number(v))
+            raise ThermalFormatError(f"{path}: line {first + r}: not a number: {bad!r}") from None
+        if not np.isfinite(out[r]).all():
+            raise ThermalFormatError(f"{path}: line {first + r}: non-finite value")
+    return out

@@ -120,7 +120,8 @@ def sun_elevation(vsn: str, when, *, registry: str | os.PathLike | None = None) 
     ts = to_utc(when)
     p = node_period(vsn, ts, registry=registry)
     observer = Observer(latitude=p.lat, longitude=p.lon, elevation=p.elevation_m)
-    return float(astral_elevation(observer, ts.to_pydatetime()))
+    # datetime holds microseconds; SAGE timestamps carry nanoseconds that do not matter for the sun.
+    return float(astral_elevation(observer, ts.floor("us").to_pydatetime()))
 
 
 def is_day(vsn: str, when, *, min_elevation: float = 0.0, registry: str | os.PathLike | None = None) -> bool:

@@ -1,0 +1,119 @@
+"""`PairedSkyDataset`: the prepared RGB/thermal pairs as a torch Dataset for stage 1 (VICReg's two views).
+
+    ds = PairedSkyDataset("runs/prepared", "train")        # augmented, day rows only
+    rgb, thermal = ds[0]                                    # (3, s, s), (1, s, s) float32, normalised
+
+Reads the memory-mapped `rgb.npy` / `thermal.npy` of a `python -m data.prepare` folder (nothing is decoded).
+Geometric augmentations - a random resized crop of the sky and a horizontal flip - use one box for both
+modalities (the arrays are pixel-aligned), so both views still look at the same sky. Photometric ones are
+per modality: colour jitter and blur for RGB, a global offset plus pixel noise in °C for thermal. Then both
+are normalised with the prepared folder's norm_stats.json (train split). Random draws come from a generator
+seeded by (seed, torch.initial_seed()), so they differ per DataLoader worker and epoch and are reproducible
+under torch.manual_seed. Memmaps open lazily in each process, so DataLoader workers and DistributedSampler
+work as usual.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+CROP_SCALE = (0.35, 1.0)  # share of the frame the random crop keeps
+CROP_RATIO = (3 / 4, 4 / 3)
+JITTER = {"brightness": 0.3, "contrast": 0.3, "saturation": 0.2, "hue": 0.02}  # kept mild: colour is signal
+P_JITTER, P_BLUR, BLUR_SIGMA = 0.8, 0.2, (0.1, 1.5)
+THERMAL_OFFSET_C, THERMAL_NOISE_C = 1.0, 0.2  # std of the global offset and of the per-pixel noise
+
+
+class PairedSkyDataset(torch.utils.data.Dataset):
+    def __init__(self, prepared_dir, split: str | None, *, augment: bool = True, day_only: bool = True,
+                 crop_size: int | None = None, seed: int = 0):
+        self.dir = Path(prepared_dir)
+        if not (self.dir / "index.parquet").exists():
+            raise FileNotFoundError(f"{self.dir} has no index.parquet: run python -m data.prepare first")
+        index = pd.read_parquet(self.dir / "index.parquet")
+        if split not in (None, "all"):
+            if split not in ("train", "val", "test"):
+                raise ValueError(f"split must be train, val, test, 'all' or None; got {split!r}")
+            index = index[index["split"] == split]
+        if day_only:
+            index = index[index["is_day"]]
+        self.index = index.reset_index(drop=True)
+        self.rows = self.index["row"].to_numpy()
+        stats = json.loads((self.dir / "norm_stats.json").read_text())
+        self.rgb_mean = torch.tensor(stats["rgb_mean"], dtype=torch.float32).view(3, 1, 1)
+        self.rgb_std = torch.tensor(stats["rgb_std"], dtype=torch.float32).view(3, 1, 1)
+        self.thermal_mean, self.thermal_std = float(stats["thermal_mean"]), float(stats["thermal_std"])
+        self.augment, self.seed = augment, seed
+        self.size = int(np.load(self.dir / "rgb.npy", mmap_mode="r").shape[1])
+        self.crop_size = crop_size or self.size
+        self._arrays = self._gen = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_arrays": None, "_gen": None}  # each worker opens its own memmaps
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._arrays is None:
+            self._arrays = (np.load(self.dir / "rgb.npy", mmap_mode="r"),
+                            np.load(self.dir / "thermal.npy", mmap_mode="r"))
+        row = int(self.rows[i])
+        rgb = torch.from_numpy(np.array(self._arrays[0][row])).permute(2, 0, 1).float().div_(255.0)
+        thermal = torch.from_numpy(np.array(self._arrays[1][row], dtype=np.float32))[None]
+        if self.augment:
+            rgb, thermal = self._augment(rgb, thermal)
+        elif self.crop_size != self.size:
+            rgb = TF.resize(rgb, [self.crop_size] * 2, antialias=True)
+            thermal = TF.resize(thermal, [self.crop_size] * 2, antialias=True)
+        rgb = (rgb - self.rgb_mean) / self.rgb_std
+        thermal = (thermal - self.thermal_mean) / self.thermal_std
+        return rgb, thermal
+
+    def _uniform(self, lo: float = 0.0, hi: float = 1.0) -> float:
+        return lo + (hi - lo) * float(torch.rand((), generator=self._gen))
+
+    def crop_box(self) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of a random resized crop, RandomResizedCrop's rule."""
+        S = self.size
+        for _ in range(10):
+            area = S * S * self._uniform(*CROP_SCALE)
+            ratio = math.exp(self._uniform(math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])))
+            w, h = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+            if 0 < w <= S and 0 < h <= S:
+                top = int(torch.randint(0, S - h + 1, (), generator=self._gen))
+                left = int(torch.randint(0, S - w + 1, (), generator=self._gen))
+                return top, left, h, w
+        return 0, 0, S, S
+
+    def _augment(self, rgb: torch.Tensor, thermal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._gen is None:
+            self._gen = torch.Generator().manual_seed(hash((self.seed, torch.initial_seed())) % 2**63)
+        top, left, h, w = self.crop_box()
+        out = [self.crop_size] * 2
+        rgb = TF.resized_crop(rgb, top, left, h, w, out, antialias=True)
+        thermal = TF.resized_crop(thermal, top, left, h, w, out, antialias=True)
+        if self._uniform() < 0.5:
+            rgb, thermal = rgb.flip(-1), thermal.flip(-1)
+        if self._uniform() < P_JITTER:
+            for name in torch.randperm(4, generator=self._gen).tolist():
+                key = list(JITTER)[name]
+                amount = JITTER[key]
+                if key == "hue":
+                    rgb = TF.adjust_hue(rgb, self._uniform(-amount, amount))
+                else:
+                    factor = self._uniform(1 - amount, 1 + amount)
+                    rgb = getattr(TF, f"adjust_{key}")(rgb, factor)
+        if self._uniform() < P_BLUR:
+            sigma = self._uniform(*BLUR_SIGMA)
+            rgb = TF.gaussian_blur(rgb, [2 * math.ceil(2 * sigma) + 1] * 2, [sigma, sigma])
+        offset = float(torch.randn((), generator=self._gen)) * THERMAL_OFFSET_C
+        noise = torch.randn(thermal.shape, generator=self._gen) * THERMAL_NOISE_C
+        return rgb.clamp_(0.0, 1.0), thermal + offset + noise

@@ -1,0 +1,264 @@
+"""Raw SAGE Mobotix files → paired, day/night-flagged index + memory-mappable arrays.
+
+    python -m data.prepare --raw runs/raw --out runs/prepared --size 64
+
+Reads layout (a) `RAW/<VSN>/{rgb,thermal}/{ts_ns}-{filename}` and/or the original workflow's layout (b)
+`RAW/rgb/`, `RAW/rgb/processed/`, `RAW/thermal/` (data.pairing), pairs RGB and thermal per capture and
+position, decodes each pair once (data.images; cached under OUT/cache/, so a rerun after new files arrive,
+or after a kill, processes only what is missing and ends with the same outputs) and writes atomically:
+  index.parquet   one row per pair, sorted by (vsn, timestamp, position); `row` indexes the arrays
+  rgb.npy         uint8 (N, S, S, 3)      thermal.npy  float16 (N, S, S) °C, pixel-aligned with rgb.npy
+  norm_stats.json channel mean/std of the train split's day rows (rgb on a 0..1 scale, thermal in °C)
+  report.json     counts: pairs, bad pairs, skipped by reason, day/night, days and pairs per split
+  skipped.csv     file, reason, detail     bad_pairs.csv  rgb_file, thermal_file, reason
+  pairs/<VSN>/{ts_ns}_position{N}.txt      the original two-line pair files (RGB name, thermal name)
+  runs.jsonl      one line per run: pairs decoded now vs taken from the cache
+Day/night: sun elevation at the node's registry location at each timestamp ≥ --min-elevation.
+Splits: whole local days (node time zone). Each local date gets a fixed pseudo-random u = hash(seed, date)
+in [0, 1): train below f_train, val below f_train + f_val, else test. Adding days never moves an existing
+day, except in small sets: if a split would be empty (≥ 3 days), the day whose u lies nearest that split's
+interval is moved into it, so every split has ≥ 1 day.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import multiprocessing
+import os
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from data.images import STATS, cache_key, cache_path, load_cached, parse_crop, process_pair, save_cached
+from data.pairing import Skip, filter_positions, pair_files, scan_raw
+from data.registry import RegistryError, node_period, sun_elevation
+from sagecast_common.runio import JsonlLogger, atomic_path, atomic_write_json, atomic_write_text
+
+SPLITS = ("train", "val", "test")
+
+
+def assign_splits(dates, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> dict[str, str]:
+    """Local date (str) → split; see the module docstring for the rule."""
+    u = {d: int.from_bytes(hashlib.sha256(f"{seed}:{d}".encode()).digest()[:8], "big") / 2**64
+         for d in sorted(set(dates))}
+    edges = np.concatenate([[0.0], np.cumsum(fractions) / np.sum(fractions)])
+    split = {d: SPLITS[min(int(np.searchsorted(edges, x, side="right")) - 1, 2)] for d, x in u.items()}
+    if len(u) >= 3:
+        for k, name in enumerate(SPLITS):
+            if name in split.values():
+                continue
+            sizes = Counter(split.values())
+            donors = [d for d in u if sizes[split[d]] >= 2]
+            split[min(donors, key=lambda d: max(edges[k] - u[d], u[d] - edges[k + 1], 0.0))] = name
+    return split
+
+
+def _locate(pairs, min_elevation: float, registry) -> tuple[list[dict], list[Skip]]:
+    """Registry location, sun elevation and local date of each pair."""
+    rows, skipped = [], []
+    for p in pairs:
+        try:
+            period = node_period(p.vsn, p.ts_ns, registry=registry)
+            elevation = sun_elevation(p.vsn, p.ts_ns // 1000 * 1000, registry=registry)  # astral takes µs
+        except RegistryError as e:
+            skipped += [Skip(p.rgb.rel, "unknown_node", str(e)), Skip(p.thermal.rel, "unknown_node", str(e))]
+            continue
+        when = pd.Timestamp(p.ts_ns, tz="UTC")
+        rows.append({"vsn": p.vsn, "timestamp": when, "position": p.position, "rgb_file": p.rgb.rel,
+                     "thermal_file": p.thermal.rel, "lat": period.lat, "lon": period.lon,
+                     "sun_elevation": elevation, "is_day": elevation >= min_elevation,
+                     "local_date": str(when.tz_convert(period.tz).date()),
+                     "_pair": p})
+    return rows, skipped
+
+
+def _decode_all(rows: list[dict], cache_dir: Path, *, size: int, crop, workers: int, progress: bool) -> dict:
+    """Fill the cache for every row (only those missing from it are decoded); sets row['_cache']."""
+    todo = []
+    for r in rows:
+        p = r["_pair"]
+        job = {"rgb_path": str(p.rgb.path), "rgb_rel": p.rgb.rel, "thermal_path": str(p.thermal.path),
+               "thermal_rel": p.thermal.rel, "size": size, "crop": crop}
+        r["_cache"] = cache_path(cache_dir, cache_key(job))
+        if load_cached(r["_cache"], "stats", "fail") is None:
+            todo.append((job, r["_cache"]))
+    bar = tqdm(total=len(todo), desc="prepare", unit="pair", disable=not progress)
+    jobs = [job for job, _ in todo]
+    if workers > 1 and len(todo) > 1:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for (_, path), result in zip(todo, pool.imap(process_pair, jobs, chunksize=4), strict=True):
+                save_cached(path, result)
+                bar.update()
+    else:
+        for (job, path) in todo:
+            save_cached(path, process_pair(job))
+            bar.update()
+    bar.close()
+    return {"decoded": len(todo), "cached": len(rows) - len(todo)}
+
+
+def _norm_stats(rgb: np.ndarray, thermal: np.ndarray, rows: np.ndarray, selection: str) -> dict:
+    s, ss, ts, tss = np.zeros(3), np.zeros(3), 0.0, 0.0
+    for lo in range(0, len(rows), 256):
+        chunk = rows[lo:lo + 256]
+        x = rgb[chunk].astype(np.float64) / 255.0
+        s, ss = s + x.sum(axis=(0, 1, 2)), ss + (x * x).sum(axis=(0, 1, 2))
+        t = thermal[chunk].astype(np.float64)
+        ts, tss = ts + t.sum(), tss + (t * t).sum()
+    n = max(len(rows), 1) * rgb.shape[1] * rgb.shape[2]
+    mean, tmean = s / n, ts / n
+    return {"rgb_mean": mean.tolist(), "rgb_std": np.sqrt(np.maximum(ss / n - mean**2, 1e-12)).tolist(),
+            "thermal_mean": float(tmean), "thermal_std": float(np.sqrt(max(tss / n - tmean**2, 1e-12))),
+            "rows": int(len(rows)), "selection": selection}
+
+
+def _write_arrays(out: Path, index: pd.DataFrame, size: int) -> dict:
+    """rgb.npy / thermal.npy from the cache, in index order, and norm_stats from them."""
+    n = len(index)
+    with atomic_path(out / "rgb.npy") as rgb_tmp, atomic_path(out / "thermal.npy") as th_tmp:
+        rgb = np.lib.format.open_memmap(rgb_tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        thermal = np.lib.format.open_memmap(th_tmp, mode="w+", dtype=np.float16, shape=(n, size, size))
+        for i, path in enumerate(index["_cache"]):
+            entry = load_cached(path, "rgb", "thermal")
+            rgb[i], thermal[i] = entry["rgb"], entry["thermal"]
+        for selection, mask in (("train split, day rows", (index.split == "train") & index.is_day),
+                                ("train split, all rows (no day rows)", index.split == "train"),
+                                ("all rows (no train rows)", index.split.notna())):
+            if mask.any() or selection.startswith("all"):
+                stats = _norm_stats(rgb, thermal, np.flatnonzero(mask.to_numpy()), selection)
+                break
+        rgb.flush(), thermal.flush()
+        del rgb, thermal
+    return stats
+
+
+def _write_pair_files(out: Path, index: pd.DataFrame) -> None:
+    staging = out / ".pairs.new"
+    shutil.rmtree(staging, ignore_errors=True)
+    for r in index.itertuples():
+        folder = staging / r.vsn
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{r.timestamp.value}_position{r.position}.txt").write_text(
+            f"{Path(r.rgb_file).name}\n{Path(r.thermal_file).name}\n")
+    staging.mkdir(exist_ok=True)
+    old = out / ".pairs.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if (out / "pairs").exists():
+        os.replace(out / "pairs", old)
+    os.replace(staging, out / "pairs")
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare(raw, out, *, size: int = 128, crop: str = "fov", min_elevation: float = 0.0, seed: int = 0,
+            fractions=(0.7, 0.15, 0.15), all_positions: bool = False, keep_unpositioned: bool = False,
+            workers: int | None = None, registry=None, progress: bool = True) -> dict:
+    """Run the whole preparation; returns the report (also written to OUT/report.json)."""
+    raw, out, started = Path(raw), Path(out), time.time()
+    if not raw.is_dir():
+        raise FileNotFoundError(f"raw folder {raw} does not exist")
+    crop_spec = parse_crop(crop)
+    workers = workers or min(4, os.cpu_count() or 1)
+    files, skipped = scan_raw(raw)
+    pairs, bad, more = pair_files(files)
+    kept, by_position = filter_positions(pairs, all_positions=all_positions, keep_unpositioned=keep_unpositioned)
+    rows, unlocated = _locate(kept, min_elevation, registry)
+    skipped += more + by_position + unlocated
+    run = _decode_all(rows, out / "cache", size=size, crop=crop_spec, workers=workers, progress=progress)
+    good = []
+    for r in rows:
+        entry = load_cached(r["_cache"], "stats", "fail")
+        if "fail" in entry:
+            skipped.append(Skip(*map(str, entry["fail"])))
+        else:
+            good.append({**r, **dict(zip(STATS, entry["stats"].tolist(), strict=True))})
+    columns = ["vsn", "timestamp", "position", "rgb_file", "thermal_file", "lat", "lon", "sun_elevation",
+               "is_day", "local_date", "split", "row", *STATS]
+    index = pd.DataFrame(good, columns=[*columns, "_cache"])
+    index = index.sort_values(["vsn", "timestamp", "position"], kind="stable").reset_index(drop=True)
+    index["timestamp"] = pd.to_datetime(index["timestamp"], utc=True).astype("datetime64[ns, UTC]")
+    index["split"] = index["local_date"].map(assign_splits(index["local_date"], fractions, seed))
+    index["row"] = np.arange(len(index))
+    index = index.astype({"position": np.int64, "is_day": bool, "sun_elevation": np.float64})
+    reasons = Counter(s.reason for s in skipped)
+    report = {"raw": str(raw.resolve()), "size": size, "crop": crop, "min_elevation": min_elevation, "seed": seed,
+              "fractions": list(fractions), "all_positions": all_positions, "keep_unpositioned": keep_unpositioned,
+              "files": {"rgb": sum(f.name.kind == "rgb" for f in files),
+                        "thermal": sum(f.name.kind == "thermal" for f in files)},
+              "pairs": len(index), "bad_pairs": len(bad), "skipped_files": len(skipped),
+              "skipped_by_reason": dict(sorted(reasons.items())),
+              "day_pairs": int(index.is_day.sum()), "night_pairs": int((~index.is_day).sum()),
+              "splits": {s: {"days": sorted(index.local_date[index.split == s].unique().tolist()),
+                             "pairs": int((index.split == s).sum()),
+                             "day_pairs": int((index.is_day & (index.split == s)).sum())} for s in SPLITS}}
+    out.mkdir(parents=True, exist_ok=True)
+    skip_df = pd.DataFrame([vars(s) for s in skipped], columns=["file", "reason", "detail"])
+    atomic_write_text(out / "skipped.csv", skip_df.sort_values(["file", "reason"]).to_csv(index=False))
+    bad_df = pd.DataFrame([(b.rgb.rel, b.thermal.rel, b.reason) for b in bad],
+                          columns=["rgb_file", "thermal_file", "reason"])
+    atomic_write_text(out / "bad_pairs.csv", bad_df.to_csv(index=False))
+    if index.empty:
+        atomic_write_json(out / "report.json", report)
+        raise SystemExit(f"no usable pairs under {raw}: see {out / 'skipped.csv'} and {out / 'report.json'}")
+    atomic_write_json(out / "norm_stats.json", _write_arrays(out, index, size))
+    _write_pair_files(out, index)
+    with atomic_path(out / "index.parquet") as tmp:
+        index[columns].to_parquet(tmp, index=False)
+    atomic_write_json(out / "report.json", report)
+    JsonlLogger(out / "runs.jsonl").log({**run, "pairs": len(index), "seconds": round(time.time() - started, 2),
+                                         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    return report
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    values = tuple(float(v) for v in text.split(","))
+    if len(values) != 3 or min(values) < 0 or sum(values) <= 0:
+        raise argparse.ArgumentTypeError(f"need three non-negative numbers like 0.7,0.15,0.15; got {text!r}")
+    return values
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--raw", required=True, help="raw folder (layout a and/or b, see above)")
+    ap.add_argument("--out", required=True, help="prepared folder to write (created; reruns are incremental)")
+    ap.add_argument("--size", type=int, default=128, help="output side S in pixels (e.g. 64 quick, 224 full)")
+    ap.add_argument("--crop", default="fov",
+                    help="RGB crop inside the optical (left) half: 'fov' (default) = the thermal field of view, "
+                         "a centred (H/1.1) x (H/1.1*4/3) box as in the original workflow, pixel-aligned with "
+                         "the thermal frame; or 'left,top,right,bottom' as fractions of the half (all <= 1) or "
+                         "as its pixels, e.g. 685,215,2627,1808 for a 3072x2048 half. A custom crop is no "
+                         "longer aligned pixel for pixel with the thermal frame.")
+    ap.add_argument("--min-elevation", type=float, default=0.0,
+                    help="sun elevation (deg) from which a frame counts as day: 0 horizon, -6 civil twilight")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the day-to-split assignment")
+    ap.add_argument("--fractions", type=_fractions, default=(0.7, 0.15, 0.15), help="train,val,test share of days")
+    ap.add_argument("--all-positions", action="store_true", help="keep every numbered preset, not only sky ones")
+    ap.add_argument("--keep-unpositioned", action="store_true",
+                    help="keep files whose names carry no position (before ~2023-03-14); indexed as position -1")
+    ap.add_argument("--workers", type=int, default=None, help="decoding processes (default min(4, CPUs))")
+    ap.add_argument("--registry", default=None, help="node registry JSON (default $SAGECAST_NODES or data/nodes.json)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    if args.size < 8:
+        ap.error(f"--size must be >= 8, got {args.size}")
+    try:
+        parse_crop(args.crop)
+    except ValueError as e:
+        ap.error(str(e))
+    report = prepare(args.raw, args.out, size=args.size, crop=args.crop, min_elevation=args.min_elevation,
+                     seed=args.seed, fractions=args.fractions, all_positions=args.all_positions,
+                     keep_unpositioned=args.keep_unpositioned, workers=args.workers, registry=args.registry,
+                     progress=not args.no_progress)
+    days = ", ".join(f"{s} {len(v['days'])} days/{v['pairs']} pairs" for s, v in report["splits"].items())
+    print(f"{report['pairs']} pairs ({report['day_pairs']} day, {report['night_pairs']} night; {days}), "
+          f"{report['bad_pairs']} bad pairs, skipped {report['skipped_by_reason']} -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

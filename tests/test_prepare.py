@@ -1,0 +1,261 @@
+"""data.prepare: both raw layouts, every fault kind, sky filter, day-blocked splits, incremental and
+interrupted reruns, RGB↔thermal alignment. Hand-made tiny files (96×32 JPG, 16×12 CSV) keep it fast."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import data.prepare as prep
+from data.formats import format_thermal_csv, rgb_name, thermal_fov_box, thermal_name, thermal_plot_name
+from data.prepare import assign_splits, prepare
+
+W, H, TW, TH = 96, 32, 16, 12
+NOON = pd.Timestamp("2023-05-18T17:00Z")  # Lemont, IL: midday; 06:00Z is night
+OUTPUTS = ("index.parquet", "rgb.npy", "thermal.npy", "norm_stats.json", "report.json", "skipped.csv",
+           "bad_pairs.csv")
+
+
+def jpg_bytes(square: tuple[float, float] | None = None) -> bytes:
+    """A 3:1 combined frame; optional bright square at (x, y) fractions of the thermal field of view."""
+    img = np.zeros((H, W, 3), np.uint8)
+    img[:, : W // 2] = (40, 60, 120)
+    if square:
+        left, top, right, bottom = thermal_fov_box(W // 2, H)
+        x = left + round(square[0] * (right - left))
+        y = top + round(square[1] * (bottom - top))
+        img[y - 3:y + 3, x - 3:x + 3] = 255
+    buf = BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def csv_text(square: tuple[float, float] | None = None, *, w: int = TW, h: int = TH) -> str:
+    celsius = np.full((h, w), -40.0)
+    celsius[0, 0] = -41.5  # a negative value with decimals
+    if square:
+        x, y = round(square[0] * w), round(square[1] * h)
+        celsius[y - 2:y + 2, x - 2:x + 2] = 20.0
+    return format_thermal_csv(celsius)
+
+
+def capture(raw: Path, when, position: int, *, vsn="W056", thermal_position=None, rgb=True, thermal=True,
+            square=None, jpg: bytes | None = None, csv: str | None = None) -> int:
+    ts = pd.Timestamp(when).value
+    if rgb:
+        path = raw / vsn / "rgb" / f"{ts}-{rgb_name(W * 8, H * 8, position)}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(jpg if jpg is not None else jpg_bytes(square))
+    if thermal:
+        pos = position if thermal_position is None else thermal_position
+        path = raw / vsn / "thermal" / f"{ts}-{thermal_name(pos, width=TW, height=TH)}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(csv if csv is not None else csv_text(square))
+    return ts
+
+
+def run(raw, out, **kw):
+    return prepare(raw, out, **{"size": 16, "workers": 1, "progress": False, **kw})
+
+
+def read_outputs(out: Path) -> dict:
+    return {name: (out / name).read_bytes() for name in OUTPUTS if name != "index.parquet"} | {
+        "index": pd.read_parquet(out / "index.parquet"),
+        "pairs": sorted((p.relative_to(out).as_posix(), p.read_text()) for p in (out / "pairs").rglob("*.txt"))}
+
+
+def assert_same_outputs(a: Path, b: Path) -> None:
+    x, y = read_outputs(a), read_outputs(b)
+    pd.testing.assert_frame_equal(x.pop("index"), y.pop("index"))
+    assert x == y
+
+
+@pytest.fixture
+def faulty_raw(tmp_path):
+    raw = tmp_path / "raw"
+    for k in range(3):  # good sky captures, midday and night
+        capture(raw, NOON + pd.Timedelta(minutes=5 * k), 1)
+        capture(raw, NOON + pd.Timedelta(minutes=5 * k, seconds=3), 5)
+    capture(raw, "2023-05-18T06:00Z", 9)
+    capture(raw, NOON + pd.Timedelta(minutes=20), 2)  # not a sky preset
+    ts = capture(raw, NOON + pd.Timedelta(minutes=25), 13)
+    (raw / "W056" / "thermal" / f"{ts}-{thermal_plot_name(13, width=TW, height=TH)}").write_bytes(jpg_bytes())
+    (raw / "W056" / "thermal" / f"{ts}-right_16x12_14bit.thermal.uint_position13.csv").write_text("1;2\n")
+    (raw / "W056" / "thermal" / f"{ts}-right_16x12_14bit.thermal_position13.raw").write_bytes(b"\0" * 8)
+    (raw / "W056" / "thermal" / f"{ts}-right_16x12_14bit.thermal.celsius_position13.nc").write_bytes(b"CDF")
+    capture(raw, NOON + pd.Timedelta(minutes=30), 17, thermal=False)  # missing thermal
+    capture(raw, NOON + pd.Timedelta(minutes=35), 21, thermal_position=25)  # position mismatch
+    capture(raw, NOON + pd.Timedelta(minutes=40), 25, csv=csv_text()[:300])  # truncated CSV
+    capture(raw, NOON + pd.Timedelta(minutes=45), 29, jpg=jpg_bytes()[:400])  # corrupt (truncated) JPG
+    capture(raw, NOON + pd.Timedelta(minutes=50), 1, csv=csv_text().replace(";-39.99;", ";nan;", 1))  # NaN
+    capture(raw, NOON + pd.Timedelta(minutes=55), 5, csv=csv_text(w=TW - 2))  # header 14x12, name 16x12
+    capture(raw, NOON + pd.Timedelta(minutes=60), 9, jpg=_square_jpg())  # wrong RGB dimensions
+    ts = pd.Timestamp(NOON + pd.Timedelta(minutes=65)).value  # no position in the names (old sampler)
+    (raw / "W056" / "rgb" / f"{ts}-{W * 8}x{H * 8}.jpg").write_bytes(jpg_bytes())
+    (raw / "W056" / "thermal" / f"{ts}-right_16x12_14bit.thermal.celsius.csv").write_text(csv_text())
+    return raw
+
+
+def _square_jpg() -> bytes:  # wrong dimensions: not a 3:1 combined frame
+    buf = BytesIO()
+    Image.new("RGB", (W, W)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_every_fault_is_skipped_with_its_reason_and_the_run_goes_on(faulty_raw, tmp_path):
+    out = tmp_path / "prep"
+    report = run(faulty_raw, out)
+    index = pd.read_parquet(out / "index.parquet")
+    assert len(index) == 8 and list(index.row) == list(range(8))
+    assert index.position.tolist() == [9, 1, 5, 1, 5, 1, 5, 13]  # sorted by time; the 06:00Z capture first
+    assert index.is_day.tolist() == [False] + [True] * 7
+    assert (index.sun_elevation < 0).tolist() == [True] + [False] * 7
+    assert report["skipped_by_reason"] == {
+        "bad_thermal": 2, "corrupt_jpg": 1, "no_position": 2, "no_thermal": 1, "not_sky_preset": 2,
+        "rgb_dims": 1, "thermal_dims": 1, "thermal_nc": 1, "thermal_plot": 1, "thermal_raw": 1, "thermal_uint": 1}
+    skipped = pd.read_csv(out / "skipped.csv")
+    truncated = skipped[skipped.file.str.contains("position25.csv")]
+    assert truncated.reason.tolist() == ["bad_thermal"] and "file truncated" in truncated.detail.iloc[0]
+    assert skipped[skipped.detail.str.contains("non-finite", na=False)].file.str.contains("position1.csv").all()
+    bad = pd.read_csv(out / "bad_pairs.csv")
+    assert len(bad) == 1 and bad.reason[0] == "position mismatch: rgb 21, thermal 25"
+    assert (faulty_raw / bad.rgb_file[0]).exists() and (faulty_raw / bad.thermal_file[0]).exists()  # not deleted
+    assert report["pairs"] == 8 and report["bad_pairs"] == 1 and report["night_pairs"] == 1
+    rgb, thermal = np.load(out / "rgb.npy", mmap_mode="r"), np.load(out / "thermal.npy", mmap_mode="r")
+    assert rgb.shape == (8, 16, 16, 3) and rgb.dtype == np.uint8
+    assert thermal.shape == (8, 16, 16) and thermal.dtype == np.float16
+    assert index.t_min.iloc[0] == pytest.approx(-41.51, abs=0.02)
+    assert index.t_max.iloc[0] == pytest.approx(-40, abs=0.02)
+    pair_file = out / "pairs" / "W056" / f"{index.timestamp.iloc[0].value}_position9.txt"
+    assert pair_file.read_text().splitlines() == [Path(index.rgb_file[0]).name, Path(index.thermal_file[0]).name]
+    stats = json.loads((out / "norm_stats.json").read_text())
+    assert stats["thermal_mean"] == pytest.approx(-40, abs=0.5) and len(stats["rgb_std"]) == 3
+
+
+def test_all_positions_and_unpositioned_are_opt_in(faulty_raw, tmp_path):
+    run(faulty_raw, tmp_path / "p", all_positions=True, keep_unpositioned=True)
+    index = pd.read_parquet(tmp_path / "p" / "index.parquet")
+    assert {2, -1} <= set(index.position) and len(index) == 10
+
+
+def test_original_workflow_layout(tmp_path):
+    raw, registry = tmp_path / "orig", tmp_path / "nodes.json"
+    registry.write_text(json.dumps({"W057": [{"from": None, "to": None, "lat": 41.7, "lon": -87.99,
+                                              "tz": "America/Chicago"}]}))
+    for folder, stamp, pos in (("rgb", "20230521-170000", 10), ("rgb/processed", "20230521-170500", 1),
+                               ("rgb/processed", "20230521-171000", 5)):
+        (raw / folder).mkdir(parents=True, exist_ok=True)
+        (raw / folder / f"rgb_{stamp}_W057_{W * 8}x{H * 8}_position{pos}.jpg").write_bytes(jpg_bytes())
+        (raw / "thermal").mkdir(exist_ok=True)
+        (raw / "thermal" / f"{stamp}_W057_right_16x12_14bit.thermal.celsius_position{pos}.csv").write_text(csv_text())
+    (raw / "pairs" / "W057").mkdir(parents=True)  # old pair files are left alone
+    report = run(raw, tmp_path / "p", all_positions=True, registry=registry)
+    index = pd.read_parquet(tmp_path / "p" / "index.parquet")
+    assert report["pairs"] == 3 and index.vsn.unique().tolist() == ["W057"]
+    assert index.timestamp.iloc[0] == pd.Timestamp("2023-05-21T17:00:00Z")
+    assert index.position.tolist() == [10, 1, 5] and index.rgb_file[1].startswith("rgb/processed/")
+    assert (tmp_path / "p" / "pairs" / "W057" / f"{index.timestamp.iloc[2].value}_position5.txt").read_text() == (
+        f"rgb_20230521-171000_W057_{W * 8}x{H * 8}_position5.jpg\n"
+        "20230521-171000_W057_right_16x12_14bit.thermal.celsius_position5.csv\n")
+
+
+def test_rgb_and_thermal_stay_pixel_aligned(tmp_path):
+    raw = tmp_path / "raw"
+    spots = [(0.3, 0.4), (0.7, 0.6)]
+    for k, spot in enumerate(spots):
+        capture(raw, NOON + pd.Timedelta(minutes=5 * k), 1, square=spot)
+    out = tmp_path / "p"
+    run(raw, out, size=24)
+    rgb, thermal = np.load(out / "rgb.npy"), np.load(out / "thermal.npy").astype(np.float32)
+    for k, (x, y) in enumerate(spots):
+        for img in (rgb[k].mean(-1), thermal[k]):
+            wy, wx = np.nonzero(img > (img.max() + img.min()) / 2)
+            assert abs(wx.mean() - x * 24) <= 1.5 and abs(wy.mean() - y * 24) <= 1.5
+
+
+def test_splits_are_whole_days_stable_when_days_are_added():
+    days = [str(pd.Timestamp("2023-01-01") + pd.Timedelta(days=d))[:10] for d in range(60)]
+    split = assign_splits(days[:40], seed=3)
+    assert assign_splits(days, seed=3) | split == assign_splits(days, seed=3)  # the first 40 did not move
+    assert 0.5 < sum(s == "train" for s in split.values()) / 40 < 0.9
+    assert assign_splits(days[:40], seed=4) != split
+    for n in (3, 4, 5):
+        assert set(assign_splits(days[:n], seed=0).values()) == {"train", "val", "test"}
+
+
+def test_incremental_rerun_decodes_only_new_captures_and_matches_a_fresh_run(tmp_path):
+    raw = tmp_path / "raw"
+    for k in range(4):
+        capture(raw, NOON + pd.Timedelta(days=k), 1)
+    run(raw, tmp_path / "inc")
+    for k in range(4, 6):
+        capture(raw, NOON + pd.Timedelta(days=k), 5)
+    run(raw, tmp_path / "inc")
+    runs = [json.loads(line) for line in (tmp_path / "inc" / "runs.jsonl").read_text().splitlines()]
+    assert [(r["decoded"], r["cached"]) for r in runs] == [(4, 0), (2, 4)]
+    run(raw, tmp_path / "fresh")
+    assert_same_outputs(tmp_path / "inc", tmp_path / "fresh")
+
+
+def test_interrupted_run_then_rerun_matches_an_uninterrupted_one(faulty_raw, tmp_path, monkeypatch):
+    calls = []
+
+    def dies_after_three(job):
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        calls.append(job)
+        return real(job)
+
+    real = prep.process_pair
+    monkeypatch.setattr(prep, "process_pair", dies_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        run(faulty_raw, tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / "index.parquet").exists()
+    monkeypatch.setattr(prep, "process_pair", real)
+    run(faulty_raw, tmp_path / "resumed")
+    last = json.loads((tmp_path / "resumed" / "runs.jsonl").read_text().splitlines()[-1])
+    assert last["cached"] == 3
+    run(faulty_raw, tmp_path / "straight")
+    assert_same_outputs(tmp_path / "resumed", tmp_path / "straight")
+
+
+def test_workers_give_the_same_outputs(faulty_raw, tmp_path):
+    run(faulty_raw, tmp_path / "one")
+    run(faulty_raw, tmp_path / "two", workers=2)
+    assert_same_outputs(tmp_path / "one", tmp_path / "two")
+
+
+def test_cli_help_and_bad_arguments(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "data.prepare", "--help"], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[1])
+    assert out.returncode == 0 and "--min-elevation" in out.stdout and "--crop" in out.stdout
+    with pytest.raises(SystemExit):
+        prep.main(["--raw", str(tmp_path), "--out", str(tmp_path / "p"), "--crop", "1,2"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run(tmp_path / "nowhere", tmp_path / "p")
+
+
+def test_tiny_synthetic_end_to_end(tiny_prepared):
+    index = pd.read_parquet(tiny_prepared / "index.parquet")
+    assert list(index.columns) == ["vsn", "timestamp", "position", "rgb_file", "thermal_file", "lat", "lon",
+                                   "sun_elevation", "is_day", "local_date", "split", "row", "t_min", "t_mean",
+                                   "t_max", "cloud_fraction"]
+    assert str(index.timestamp.dtype) == "datetime64[ns, UTC]"
+    assert index.equals(index.sort_values(["vsn", "timestamp", "position"]))
+    assert set(index.position) <= {1, 5, 9, 13, 17, 21, 25, 29}
+    days = index.groupby("local_date").split.nunique()
+    assert (days == 1).all() and set(index.split) == {"train", "val", "test"}  # no day in two splits
+    assert (index.is_day == (index.sun_elevation >= 0)).all() and index.is_day.any() and (~index.is_day).any()
+    assert index.lat.nunique() == 2  # W056 moved from Lemont to San Diego on 2023-05-20
+    rgb = np.load(tiny_prepared / "rgb.npy", mmap_mode="r")
+    assert isinstance(rgb, np.memmap) and rgb.shape == (len(index), 32, 32, 3)
+    report = json.loads((tiny_prepared / "report.json").read_text())
+    assert report["pairs"] == len(index) and report["bad_pairs"] == 0

@@ -1,0 +1,69 @@
+"""read_thermal_csv: same values as np.loadtxt (fast and fallback paths), errors that name file and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.formats import ThermalFormatError, format_thermal_csv, read_thermal_csv
+
+REAL = Path(__file__).parents[2] / "shared" / "samples" / "mobotix-m73" / \
+    "stream_000001_left_640x480_14bit.thermal.celsius.csv"
+HEADER = ("sensor;right\nbit depth;14 bit\nwidth;{w}\nheight;{h}\nresolution;high\n"
+          "advanced radiometry support;yes\nunit;degrees Celsius\n\n")
+
+
+def loadtxt(path) -> np.ndarray:
+    return np.loadtxt(path, delimiter=";", skiprows=8, ndmin=2).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(252, 336), (84, 112), (3, 4), (1, 1)])
+def test_equals_loadtxt_on_generated_files_with_negatives(tmp_path, shape):
+    rng = np.random.default_rng(shape[0])
+    celsius = rng.uniform(-75, 45, shape)
+    celsius.flat[::7] = np.round(celsius.flat[::7])  # integer tokens such as "-40" and "31"
+    path = tmp_path / "t.csv"
+    path.write_text(format_thermal_csv(celsius))
+    got = read_thermal_csv(path)
+    assert got.dtype == np.float32 and got.shape == shape
+    assert (got < 0).any() and np.array_equal(got, loadtxt(path).reshape(shape))
+
+
+def test_unusual_but_valid_numbers_take_the_fallback_path(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes((HEADER.format(w=3, h=2) + "1e-05;-0.04;+3\r\n-273.15;.5;12345.678\r\n").encode())
+    assert np.array_equal(read_thermal_csv(path), loadtxt(path))
+
+
+@pytest.mark.skipif(not REAL.exists(), reason="shared/samples/mobotix-m73 not present")
+def test_equals_loadtxt_on_the_real_640x480_file():
+    got = read_thermal_csv(REAL)
+    assert got.shape == (480, 640) and np.array_equal(got, loadtxt(REAL))
+
+
+@pytest.mark.parametrize("body, message", [
+    ("1;2;3\n4;5;6\n", "expected 3 data rows, found 2 (line 11"),
+    ("1;2;3\n4;5\n7;8;9\n", "line 10 has 2 values, expected 3"),
+    ("1;2;3\n4;5;6;7\n7;8;9\n", "line 10 has 4 values, expected 3"),
+    ("1;2;3\n4;x;6\n7;8;9\n", "line 10: not a number: 'x'"),
+    ("1;2;3\n4;5;6\n7;;9\n", "line 11: not a number: ''"),
+    ("1;2;3\n4;nan;6\n7;8;9\n", "line 10: non-finite value"),
+    ("1;2;3\n4;5;6\n7;8;9\n1;2;3\n", "more than 3 data rows (line 12)"),
+    ("1;2;3\n4;5;6\n7;8;9-\n", "line 11: not a number: '9-'"),
+    ("1;2;3\n4;5;6\n7;8;1.2.3\n", "line 11: not a number: '1.2.3'"),
+])
+def test_bad_files_name_file_and_line(tmp_path, body, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(HEADER.format(w=3, h=3) + body)
+    with pytest.raises(ThermalFormatError) as err:
+        read_thermal_csv(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_header_without_size_is_refused(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("sensor;right\nunit;degrees Celsius\n\n1;2\n")
+    with pytest.raises(ThermalFormatError, match="lacks integer width/height"):
+        read_thermal_csv(path)
