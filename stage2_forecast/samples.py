@@ -1,0 +1,227 @@
+"""Stage-2 samples: stage-1 embeddings grouped into scans, context/target windows, standardisation.
+
+A *scan* is one loop of the camera over the P = 8 sky presets (captures ~3 s apart, one loop every few
+minutes); a new scan starts when the gap to the previous capture exceeds `gap_s`. Scans live in a table with
+one slot per preset (missing presets masked). A *sample* is (node, anchor scan t): the context is the scans
+nearest t - k·step (k = 0..T-1) and the targets are the scans nearest t + h for each horizon h, each within a
+tolerance, on the same local day as t (hence the same split), else masked. Targets are strictly after t, so
+never inside the context. Every table array has one extra all-masked row at the end, so index -1 (a masked
+slot) gathers zeros without special cases.
+
+    table = load_scan_table(stage1_run)             # reads RUN/embeddings.{parquet,json} + prepared index
+    win = build_windows(table, horizons_min=(5, 15, 30, 60), context_scans=3, split="train")
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from data.formats import SKY_PRESETS
+
+FEATURES = {"rgb": ("emb_rgb",), "thermal": ("emb_thermal",), "both": ("emb_rgb", "emb_thermal")}
+
+
+@dataclass
+class ScanTable:
+    """Scans × presets. Arrays have S + 1 rows (last = masked sentinel); z is filled by `standardise`."""
+
+    vsn: np.ndarray  # (S+1,) str
+    time_ns: np.ndarray  # (S+1,) int64, first capture of the scan
+    day: np.ndarray  # (S+1,) int64, node-local date as an ordinal
+    split: np.ndarray  # (S+1,) str
+    sun_elev: np.ndarray  # (S+1,) float32 degrees
+    solar_hour: np.ndarray  # (S+1,) float32, local solar time from UTC + longitude / 15
+    present: np.ndarray  # (S+1, P) bool
+    is_day: np.ndarray  # (S+1, P) bool
+    emb: np.ndarray  # (S+1, P, D) float32 stage-1 embedding, concat of the chosen features
+    rows: np.ndarray  # (S+1, P) int64 row in the prepared arrays, -1 if missing
+    cloud: np.ndarray  # (S+1, P) float32 cloud_fraction from the prepared index
+    prepared_dir: str
+    z: np.ndarray | None = None  # (S+1, P, D) standardised embedding
+
+
+@dataclass
+class Windows:
+    """Samples: anchor scan, context scans (T, -1 = masked) and target scans (H, -1 = masked)."""
+
+    anchor: np.ndarray  # (N,)
+    ctx: np.ndarray  # (N, T)
+    tgt: np.ndarray  # (N, H)
+    horizons_min: tuple[float, ...]
+
+    def __len__(self) -> int:
+        return len(self.anchor)
+
+
+def read_stage1(stage1_run: str | Path) -> tuple[pd.DataFrame, dict]:
+    run = Path(stage1_run)
+    for name in ("embeddings.parquet", "embeddings.json"):
+        if not (run / name).exists():
+            raise FileNotFoundError(f"{run / name} is missing: run `python -m stage1_jea.export --run {run}` first")
+    return pd.read_parquet(run / "embeddings.parquet"), json.loads((run / "embeddings.json").read_text())
+
+
+def load_scan_table(stage1_run: str | Path, *, features: str = "both", gap_s: float = 60.0,
+                    prepared_dir: str | None = None) -> ScanTable:
+    """Group the stage-1 embeddings into scans, joined with the prepared index for time/day/cloud facts."""
+    if features not in FEATURES:
+        raise ValueError(f"features={features!r}: expected one of {sorted(FEATURES)}")
+    emb, meta = read_stage1(stage1_run)
+    prepared = Path(prepared_dir or meta["prepared_dir"])
+    if not (prepared / "index.parquet").exists():
+        raise FileNotFoundError(f"{prepared / 'index.parquet'} is missing (prepared_dir of {stage1_run})")
+    index = pd.read_parquet(prepared / "index.parquet",
+                            columns=["vsn", "timestamp", "position", "row", "lon", "sun_elevation",
+                                     "local_date", "cloud_fraction"])
+    df = emb.merge(index, on=["vsn", "timestamp", "position"], how="inner", validate="one_to_one")
+    if len(df) < len(emb):
+        raise ValueError(f"{len(emb) - len(df)} embeddings of {stage1_run} have no row in {prepared}/index.parquet")
+    df = df[df["position"].isin(SKY_PRESETS)].sort_values(["vsn", "timestamp"], kind="stable").reset_index(drop=True)
+    ns = df["timestamp"].astype("int64").to_numpy()
+    new_node = (df["vsn"] != df["vsn"].shift()).to_numpy()
+    gap = np.diff(ns, prepend=ns[0] - 1) > gap_s * 1e9
+    df["scan"] = np.cumsum(new_node | gap) - 1
+    df = df.drop_duplicates(["scan", "position"], keep="first")
+    first = df.groupby("scan", sort=True).first()
+    S, P = len(first), len(SKY_PRESETS)
+    slot = df["position"].map({p: i for i, p in enumerate(SKY_PRESETS)}).to_numpy()
+    day = pd.to_datetime(df["local_date"].astype(str)).map(pd.Timestamp.toordinal).to_numpy()
+    scan_day = pd.to_datetime(first["local_date"].astype(str)).map(pd.Timestamp.toordinal).to_numpy()
+    # A capture past local midnight belongs to the next day (maybe another split): mask it in this scan.
+    keep = day == scan_day[df["scan"].to_numpy()]
+    s, slot = df["scan"].to_numpy()[keep], slot[keep]
+    vectors = np.concatenate([np.stack(df[c].to_numpy()[keep]).astype(np.float32) for c in FEATURES[features]],
+                             axis=1)
+
+    def grid(values, fill, dtype):
+        out = np.full((S + 1, P) + values.shape[1:], fill, dtype=dtype)
+        out[s, slot] = values
+        return out
+
+    hours = ((first["timestamp"] - first["timestamp"].dt.normalize()).dt.total_seconds() / 3600.0).to_numpy()
+    return ScanTable(
+        vsn=np.append(first["vsn"].to_numpy(dtype=object), ""),
+        time_ns=np.append(first["timestamp"].astype("int64").to_numpy(), 0),
+        day=np.append(scan_day, -1),
+        split=np.append(first["split"].to_numpy(dtype=object), ""),
+        sun_elev=np.append(first["sun_elevation"].to_numpy(np.float32), 0.0).astype(np.float32),
+        solar_hour=np.append((hours + first["lon"].to_numpy() / 15.0) % 24.0, 0.0).astype(np.float32),
+        present=grid(np.ones(len(s), bool), False, bool),
+        is_day=grid(df["is_day"].to_numpy(bool)[keep], False, bool),
+        emb=grid(vectors, 0.0, np.float32),
+        rows=grid(df["row"].to_numpy(np.int64)[keep], -1, np.int64),
+        cloud=grid(df["cloud_fraction"].to_numpy(np.float32)[keep], np.nan, np.float32),
+        prepared_dir=str(prepared.resolve()),
+    )
+
+
+def standardise(table: ScanTable, *, day_only: bool = True, mean=None, std=None) -> tuple[np.ndarray, np.ndarray]:
+    """Fill `table.z`; statistics from the train split's (daytime) captures unless given. Returns (mean, std)."""
+    if mean is None:
+        use = table.present & (table.split == "train")[:, None] & (table.is_day if day_only else True)
+        if not use.any():
+            raise ValueError("no train-split captures to compute standardisation statistics from")
+        x = table.emb[use]
+        mean, std = x.mean(0), x.std(0) + 1e-6
+    table.z = np.where(table.present[..., None], (table.emb - mean) / std, 0.0).astype(np.float32)
+    return np.asarray(mean, np.float32), np.asarray(std, np.float32)
+
+
+def _nearest(times: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Index of the element of sorted `times` nearest each `wanted` (same shape as `wanted`)."""
+    pos = np.clip(np.searchsorted(times, wanted), 1, len(times) - 1)
+    left, right = times[pos - 1], times[pos]
+    return np.where(np.abs(wanted - left) <= np.abs(right - wanted), pos - 1, pos)
+
+
+def scan_step_min(table: ScanTable) -> float:
+    """Typical scan cadence: the median gap between consecutive scans of a node, in minutes."""
+    same = table.vsn[1:-1] == table.vsn[:-2]
+    gaps = np.diff(table.time_ns[:-1])[same] / 60e9
+    if len(gaps) == 0:
+        raise ValueError("need at least two scans of one node to know the scan cadence")
+    return float(np.median(gaps))
+
+
+def build_windows(table: ScanTable, *, horizons_min=(5.0, 15.0, 30.0, 60.0), context_scans: int = 3,
+                  step_min: float | None = None, tolerance_min: float | None = None, split: str | None = None,
+                  day_only: bool = True) -> Windows:
+    """All samples of one split (None = all), vectorised over anchors with `searchsorted` per node.
+
+    A context slot k holds the scan nearest t - k·step, a target the scan nearest t + h, each accepted only
+    within `tolerance_min` (default step/2) and on the anchor's local day; a gap leaves the slot masked.
+    Samples without any valid (daytime, if `day_only`) target are dropped.
+    """
+    step = step_min or scan_step_min(table)
+    tol = tolerance_min if tolerance_min is not None else step / 2
+    if min(horizons_min) <= tol:
+        raise ValueError(f"horizon {min(horizons_min)} min must exceed the tolerance {tol} min")
+    S = len(table.time_ns) - 1
+    t = table.time_ns[:S].astype(np.float64) / 60e9
+    anchors, ctx, tgt = [], [], []
+    for vsn in pd.unique(table.vsn[:S]):
+        idx = np.flatnonzero(table.vsn[:S] == vsn)  # contiguous, time-sorted
+        tn, dn = t[idx], table.day[idx]
+        a = np.arange(len(idx))
+
+        def pick(offsets, after, tn=tn, dn=dn, a=a, idx=idx):
+            wanted = tn[:, None] + np.asarray(offsets, np.float64)[None]
+            j = _nearest(tn, wanted)
+            ok = (np.abs(tn[j] - wanted) <= tol) & (dn[j] == dn[:, None])
+            ok &= (j > a[:, None]) if after else (j <= a[:, None])
+            return np.where(ok, idx[j], -1)
+
+        c = pick([-k * step for k in range(context_scans)], after=False)
+        c[:, 1:] = np.where(c[:, 1:] == idx[:, None], -1, c[:, 1:])  # slot k >= 1 never repeats the anchor
+        anchors.append(idx), ctx.append(c), tgt.append(pick(list(horizons_min), after=True))
+    anchor, ctx_a, tgt_a = np.concatenate(anchors), np.concatenate(ctx), np.concatenate(tgt)
+    usable = table.present[tgt_a] & (table.is_day[tgt_a] if day_only else True) & table.present[anchor][:, None]
+    keep = usable.any(axis=(1, 2))
+    if split is not None:
+        keep &= table.split[anchor] == split
+    return Windows(anchor[keep], ctx_a[keep], tgt_a[keep], tuple(float(h) for h in horizons_min))
+
+
+def load_images(prepared_dir: str | Path, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    """Full frames for prepared `rows` (any shape, -1 = zeros), normalised exactly as PairedSkyDataset does."""
+    prepared = Path(prepared_dir)
+    stats = json.loads((prepared / "norm_stats.json").read_text())
+    rgb_all = np.load(prepared / "rgb.npy", mmap_mode="r")
+    th_all = np.load(prepared / "thermal.npy", mmap_mode="r")
+    flat = rows.reshape(-1)
+    take = np.maximum(flat, 0)
+    rgb = torch.from_numpy(np.asarray(rgb_all[take], np.float32) / 255.0).permute(0, 3, 1, 2)
+    rgb = (rgb - torch.tensor(stats["rgb_mean"]).view(1, 3, 1, 1)) / torch.tensor(stats["rgb_std"]).view(1, 3, 1, 1)
+    th = torch.from_numpy(np.asarray(th_all[take], np.float32))[:, None]
+    th = (th - stats["thermal_mean"]) / stats["thermal_std"]
+    missing = torch.from_numpy(flat < 0).view(-1, 1, 1, 1)
+    rgb, th = rgb.masked_fill(missing, 0.0), th.masked_fill(missing, 0.0)
+    return {"rgb": rgb.reshape(*rows.shape, *rgb.shape[1:]), "thermal": th.reshape(*rows.shape, *th.shape[1:])}
+
+
+def gather(table: ScanTable, win: Windows, idx: np.ndarray, *, day_only: bool = True,
+           images: bool = False, target_images: bool = False) -> dict[str, torch.Tensor]:
+    """One batch: context (B,T,P,D) + mask, targets (B,H,P,D) + mask, conditioning, optional images."""
+    a, c, g = win.anchor[idx], win.ctx[idx], win.tgt[idx]
+    t = table.time_ns
+    tgt_mask = table.present[g] & table.present[a][:, None] & (table.is_day[g] if day_only else True)
+    batch = {
+        "ctx_z": torch.from_numpy(table.z[c]),
+        "ctx_mask": torch.from_numpy(table.present[c]),
+        "ctx_dt": torch.from_numpy(np.where(c >= 0, (t[c] - t[a][:, None]) / 60e9, 0.0).astype(np.float32)),
+        "sun_elev": torch.from_numpy(table.sun_elev[a]),
+        "solar_hour": torch.from_numpy(table.solar_hour[a]),
+        "tgt_z": torch.from_numpy(table.z[g]),
+        "tgt_mask": torch.from_numpy(tgt_mask),
+    }
+    if images:
+        batch.update({f"{k}": v for k, v in load_images(table.prepared_dir, table.rows[a]).items()})
+    if target_images:
+        batch.update({f"tgt_{k}": v for k, v in load_images(table.prepared_dir, table.rows[g]).items()})
+    return batch

@@ -1,0 +1,70 @@
+"""Stage-2 predictors: output shapes, persistence at initialisation, one step lowers the loss, losses."""
+
+import numpy as np
+import pytest
+import torch
+
+from stage2_forecast import samples
+from stage2_forecast.train import Config, build_model, forecast_loss, variance_covariance
+from tests.test_stage2_fakes import fake_stage1_run  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="module")
+def data(fake_stage1_run):  # noqa: F811
+    table = samples.load_scan_table(fake_stage1_run)
+    mean, std = samples.standardise(table)
+    win = samples.build_windows(table, context_scans=3, split="train")
+    return fake_stage1_run, table, mean, std, samples.gather(table, win, np.arange(8), images=True)
+
+
+@pytest.mark.parametrize("variant", ["detr", "jepa"])
+def test_output_shape_and_persistence_at_init(data, variant):
+    run, table, mean, std, batch = data
+    torch.manual_seed(0)
+    model = build_model(Config(variant=variant, stage1_run=str(run), width=32, jepa_width=32), mean, std).eval()
+    with torch.no_grad():
+        out = model(batch)
+    assert out.shape == (8, 4, 8, 16) and torch.isfinite(out).all()
+    # Zero-initialised head + residual: an untrained model forecasts the current embedding (persistence).
+    # For jepa this also checks that the frozen stage-1 encoders reproduce the exported embeddings.
+    expected = batch["ctx_z"][:, None, 0].expand_as(out) * batch["ctx_mask"][:, None, 0, :, None]
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["detr", "jepa"])
+def test_one_step_lowers_the_loss_on_a_fixed_batch(data, variant):
+    run, table, mean, std, batch = data
+    torch.manual_seed(0)
+    model = build_model(Config(variant=variant, stage1_run=str(run), width=32, jepa_width=32, dropout=0.0),
+                        mean, std).train()
+    encoders = list(model.encoders.parameters()) if variant == "jepa" else []
+    frozen = [p.clone() for p in encoders]
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(2):
+        loss, terms = forecast_loss(model(batch), batch["tgt_z"], batch["tgt_mask"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[1] < losses[0] and set(terms) == {"mse"}
+    for before, after in zip(frozen, encoders, strict=True):
+        assert torch.equal(before, after)  # frozen by default
+
+
+def test_forecast_loss_counts_only_valid_slots():
+    pred = torch.zeros(1, 2, 2, 3)
+    target = torch.tensor([[[[1.0, 1, 1], [2, 2, 2]], [[3, 3, 3], [100, 100, 100]]]])
+    mask = torch.tensor([[[True, True], [True, False]]])
+    loss, terms = forecast_loss(pred, target, mask)
+    assert loss.item() == pytest.approx((1 + 4 + 9) / 3)
+    loss, _ = forecast_loss(pred, target, mask, kind="smooth_l1")
+    assert loss.item() == pytest.approx((0.5 + 1.5 + 2.5) / 3)
+
+
+def test_variance_covariance_penalises_collapse_not_whitened_features():
+    collapsed, _ = variance_covariance(torch.zeros(64, 4))
+    assert collapsed.item() == pytest.approx(1.0, abs=0.02)  # std 0 → hinge 1 per dimension
+    white = torch.tensor(np.kron(np.eye(4), np.ones((16, 1))) * 8.0, dtype=torch.float32)
+    spread, terms = variance_covariance(white - white.mean(0))
+    assert terms["var"] == 0.0 and terms["cov"] > 0

@@ -1,0 +1,84 @@
+"""Stage-2 samples: scans, context/target windows (no overlap, gaps, splits), standardisation, images."""
+
+import numpy as np
+import pytest
+
+from stage2_forecast import samples
+from tests.test_stage2_fakes import fake_stage1_run  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="module")
+def table(fake_stage1_run):  # noqa: F811
+    t = samples.load_scan_table(fake_stage1_run)
+    samples.standardise(t)
+    return t
+
+
+def test_scans_group_captures_and_mask_missing(table):
+    S = len(table.time_ns) - 1
+    assert S == 3 * (48 - 2)  # 3 days of 48 scans, two dropped per day
+    assert table.emb.shape == (S + 1, 8, 16)
+    assert not table.present[3, 2] and table.present[3].sum() == 7  # the dropped capture
+    assert not table.present[-1].any()  # the sentinel row
+    assert samples.scan_step_min(table) == pytest.approx(5.0)
+
+
+def test_windows_never_overlap_and_respect_gaps_and_splits(table):
+    wins = {s: samples.build_windows(table, context_scans=3, split=s) for s in ("train", "val", "test")}
+    for split, w in wins.items():
+        assert len(w) > 0
+        assert (table.split[w.anchor] == split).all()
+        t = table.time_ns
+        for a, ctx, tgt in zip(w.anchor, w.ctx, w.tgt, strict=True):
+            c, g = ctx[ctx >= 0], tgt[tgt >= 0]
+            assert ctx[0] == a and not set(c) & set(g)
+            assert (t[g] > t[a]).all() and (t[c] <= t[a]).all()
+            assert (table.day[c] == table.day[a]).all() and (table.day[g] == table.day[a]).all()
+            assert (table.split[g] == split).all()
+            dt = (t[g] - t[a]) / 60e9
+            assert np.all(np.abs(dt - np.array(w.horizons_min)[tgt >= 0]) <= 2.5)
+    w = wins["train"]
+    # Scans 5 and 6 of each day are missing: anchor = scan 0 has no 30-min target, scan 7 no 5/10-min context.
+    assert w.anchor[0] == 0 and list(w.tgt[0]) == [1, 3, -1, 10]
+    assert list(w.ctx[5]) == [5, -1, -1]
+    # The last scans of a day have no 60-min target on that day (never the next day's scan).
+    assert (w.tgt[w.anchor == 45, 3] == -1).all()
+
+
+def test_standardisation_uses_train_statistics(table):
+    train = table.present & (table.split == "train")[:, None]
+    z = table.z[train]
+    np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(z.std(0), 1.0, atol=1e-3)
+    assert np.abs(table.z[table.present & (table.split == "test")[:, None]].mean(0)).max() > 1e-3
+
+
+def test_gather_masks_and_shapes(table):
+    w = samples.build_windows(table, context_scans=3, split="train")
+    b = samples.gather(table, w, np.arange(6), images=True)
+    assert b["ctx_z"].shape == (6, 3, 8, 16) and b["tgt_z"].shape == (6, 4, 8, 16)
+    assert b["rgb"].shape == (6, 8, 3, 16, 16) and b["thermal"].shape == (6, 8, 1, 16, 16)
+    assert not b["tgt_mask"][0, 2].any()  # missing 30-min target scan
+    assert (b["ctx_z"][5, 1:] == 0).all() and not b["ctx_mask"][5, 1:].any()
+    assert b["ctx_dt"][2].tolist() == [0.0, -5.0, -10.0]
+
+
+def test_bad_inputs_fail_clearly(table, tmp_path):
+    with pytest.raises(ValueError, match="must exceed the tolerance"):
+        samples.build_windows(table, horizons_min=(2.0, 15.0))
+    with pytest.raises(FileNotFoundError, match="embeddings.parquet"):
+        samples.load_scan_table(tmp_path)
+    with pytest.raises(ValueError, match="features"):
+        samples.load_scan_table(tmp_path, features="ir")
+
+
+def test_images_normalised_like_the_dataset(table):
+    data = pytest.importorskip("data")
+    if not hasattr(data, "PairedSkyDataset"):
+        pytest.skip("data.PairedSkyDataset not available yet")
+    ds = data.PairedSkyDataset(table.prepared_dir, split=None, augment=False, day_only=False)
+    imgs = samples.load_images(table.prepared_dir, np.array([0, 7]))
+    for k, i in enumerate((0, 7)):
+        rgb, thermal = ds[i]
+        np.testing.assert_allclose(imgs["rgb"][k].numpy(), rgb.numpy(), atol=1e-5)
+        np.testing.assert_allclose(imgs["thermal"][k].numpy(), thermal.numpy(), atol=1e-3)

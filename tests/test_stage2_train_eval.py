@@ -1,0 +1,118 @@
+"""Stage-2 loop and evaluation: resume, non-finite stop, report on a hand-made case and end to end."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from stage2_forecast import evaluate, samples, train
+from tests.test_stage2_fakes import fake_stage1_run  # noqa: F401  (fixture)
+
+
+def tiny(run, run_dir, **kw):
+    base = dict(stage1_run=str(run), run_dir=str(run_dir), epochs=2, batch_size=16, width=32, jepa_width=32,
+                dropout=0.0, log_every=1, horizons_min=(5.0, 15.0))
+    return train.Config(**{**base, **kw})
+
+
+def test_resume_continues_where_the_checkpoint_stopped(fake_stage1_run, tmp_path, monkeypatch):  # noqa: F811
+    train.main(tiny(fake_stage1_run, tmp_path / "straight"))
+    calls, real_gather = [0], samples.gather
+
+    def dies_in_epoch_two(*a, **kw):
+        calls[0] += 1
+        if calls[0] == 8:  # epoch 1 = 3 train + 3 val batches; call 8 is the 2nd batch of epoch 2
+            raise KeyboardInterrupt
+        return real_gather(*a, **kw)
+
+    monkeypatch.setattr(samples, "gather", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(tiny(fake_stage1_run, tmp_path / "killed"))
+    monkeypatch.setattr(samples, "gather", real_gather)
+    assert torch.load(tmp_path / "killed" / "ckpt.pt", weights_only=True)["epoch"] == 1
+    out = train.main(tiny(fake_stage1_run, tmp_path / "killed"))
+    assert out["epoch"] == 2
+    a = torch.load(tmp_path / "straight" / "ckpt.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "killed" / "ckpt.pt", weights_only=True)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+    assert (tmp_path / "killed" / "loss.png").exists() and (tmp_path / "killed" / "config.json").exists()
+
+
+def test_non_finite_loss_stops(fake_stage1_run, tmp_path):  # noqa: F811
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        train.main(tiny(fake_stage1_run, tmp_path, lr=1e30, warmup_steps=0, epochs=3))
+
+
+def moving_table(n_scans=24):
+    """One test day; the embedding of preset p at scan s is one-hot e[(p - s) mod 8]: clouds move one preset
+    per scan, so the future at p after k scans is what preset p - k shows now."""
+    P = 8
+    s, p = np.meshgrid(np.arange(n_scans), np.arange(P), indexing="ij")
+    z = np.eye(P, dtype=np.float32)[(p - s) % P]
+    pad = lambda a, fill: np.concatenate([a, np.full((1,) + a.shape[1:], fill, a.dtype)])  # noqa: E731
+    t = pd.Timestamp("2023-06-03 16:00", tz="UTC").value + np.arange(n_scans) * 300 * 10**9
+    return samples.ScanTable(
+        vsn=pad(np.array(["W056"] * n_scans, object), ""), time_ns=pad(t, 0), day=pad(np.full(n_scans, 7), -1),
+        split=pad(np.array(["test"] * n_scans, object), ""), sun_elev=pad(np.full(n_scans, 40, np.float32), 0),
+        solar_hour=pad(np.full(n_scans, 9, np.float32), 0), present=pad(np.ones((n_scans, P), bool), False),
+        is_day=pad(np.ones((n_scans, P), bool), False), emb=pad(z, 0), rows=pad(np.zeros((n_scans, P), np.int64), -1),
+        cloud=pad(np.zeros((n_scans, P), np.float32), np.nan), prepared_dir="", z=pad(z, 0))
+
+
+def test_evaluation_on_a_hand_made_shift_case():
+    table = moving_table()
+    win = samples.build_windows(table, horizons_min=(5.0, 15.0), context_scans=1, step_min=5.0, split="test")
+    b = samples.gather(table, win, np.arange(len(win)))
+    true, mask = b["tgt_z"].numpy(), b["tgt_mask"].numpy()
+    now = b["ctx_z"][:, 0].numpy()
+    persist = np.repeat(now[:, None], 2, axis=1)
+    shift = np.stack([np.roll(now, k, axis=1) for k in (1, 3)], axis=1)  # preset p takes p - k's embedding
+    scores = {}
+    for name, pred in (("persistence", persist), ("shift", shift)):
+        ranks = evaluate.retrieval_ranks(pred, table, win, mask)
+        scores[name] = evaluate.score(pred, true, mask, ranks, None, None)
+    evaluate.with_skill(scores["shift"], scores["persistence"])
+    evaluate.with_skill(scores["persistence"], scores["persistence"])
+    assert [scores["persistence"][h]["n"] for h in (0, 1)] == [23 * 8, 21 * 8]
+    for h in (0, 1):
+        # Two different one-hots in 8 dims: squared error 2 over 8 dims, cosine 0. Each vector appears
+        # 24/8 = 3 times per preset per day, all at distance 0 from the persisted one: rank 3.
+        assert scores["persistence"][h]["mse"] == pytest.approx(0.25)
+        assert scores["persistence"][h]["cosine"] == pytest.approx(0.0)
+        assert scores["persistence"][h]["top1"] == 0.0 and scores["persistence"][h]["top5"] == 1.0
+        assert scores["persistence"][h]["skill_vs_persistence"] == 0.0
+        assert scores["shift"][h] == pytest.approx({"n": scores["persistence"][h]["n"], "mse": 0.0, "cosine": 1.0,
+                                                    "top1": 1.0, "top5": 1.0, "cloud_fraction_mae": None,
+                                                    "skill_vs_persistence": 1.0})
+    assert evaluate.rankme(np.eye(8)) == pytest.approx(8.0, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_train_both_variants_and_report(fake_stage1_run, tmp_path):  # noqa: F811
+    for variant in ("detr", "jepa"):
+        train.main(tiny(fake_stage1_run, tmp_path / variant, variant=variant, epochs=1,
+                        horizons_min=(5.0, 15.0, 30.0, 60.0)))
+    report = evaluate.evaluate(fake_stage1_run, [tmp_path / "detr", tmp_path / "jepa"], tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["n_test"] == report["n_test"] > 0
+    assert (tmp_path / "out" / "report.md").exists() and (tmp_path / "out" / "skill_vs_horizon.png").exists()
+    assert set(report["variants"]) == {"detr", "jepa", "persistence", "climatology", "ridge"}
+    keys = {"mse", "cosine", "skill_vs_persistence", "top1", "top5", "cloud_fraction_mae"}
+    for per_h in report["variants"].values():
+        assert list(per_h) == ["5", "15", "30", "60"] and all(keys <= set(m) for m in per_h.values())
+    assert all(m["skill_vs_persistence"] == 0.0 for m in report["variants"]["persistence"].values())
+    # The fake sky is linear advection of the embeddings' source field: the ridge baseline must see it.
+    assert report["variants"]["ridge"]["15"]["skill_vs_persistence"] > 0.5
+
+
+@pytest.mark.slow
+def test_end_to_end_on_a_real_tiny_stage1_run(tiny_stage1_run, tmp_path):
+    """Stage 2 reads only the files a real stage-1 run wrote (embeddings, encoders, probe, prepared dir)."""
+    for variant in ("detr", "jepa"):  # the tiny data set scans hourly
+        train.main(tiny(tiny_stage1_run, tmp_path / variant, variant=variant, epochs=1, batch_size=8,
+                        horizons_min=(60.0, 120.0), context_scans=2))
+    report = evaluate.evaluate(tiny_stage1_run, [tmp_path / "detr", tmp_path / "jepa"], tmp_path / "out")
+    assert report["n_test"] > 0 and report["cloud_fraction_probe"]
+    assert all(m["skill_vs_persistence"] == 0.0 for m in report["variants"]["persistence"].values())
