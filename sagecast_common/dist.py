@@ -46,13 +46,11 @@ def _first_host_from_nodefile(var: str, environ) -> str | None:
 
 def first_slurm_host(nodelist: str) -> str:
     """First host of a Slurm node list such as `nid[001-004,007],gpu2` (no `scontrol` needed)."""
-    m = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
-    if not m:
+    # The first entry ends at the first comma outside brackets; each [range] in it contributes its first value.
+    first = re.split(r",(?![^\[]*\])", nodelist.strip())[0]
+    if not first:
         raise ValueError(f"cannot parse Slurm node list {nodelist!r}")
-    prefix, ranges = m.group(1), m.group(2)
-    if ranges is None:
-        return prefix
-    return prefix + ranges.split(",")[0].split("-")[0]
+    return re.sub(r"\[([^\]]*)\]", lambda m: re.split(r"[,-]", m.group(1))[0], first)
 
 
 def _master_addr(environ) -> str:

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Scheduler-neutral launcher: run one Python module across every node of the current batch job.
+#
+#   jobs/run_stage.sh [options] -- MODULE [ARGS...]      # e.g. -- stage1_jea.train --preset quick run_dir=...
+#
+# It finds the job's hosts (COBALT_NODEFILE, PBS_NODEFILE or Slurm's SLURM_JOB_NODELIST; none of them, or
+# --local: this host), the node count and the master address (first host), then starts
+#   default : one torchrun per node, c10d rendezvous on MASTER:PORT, --nproc processes per node
+#             (PBS: mpiexec -n N --ppn 1; Cobalt: mpirun -n N -npernode 1; Slurm: srun --ntasks-per-node=1;
+#              local: plain torchrun --standalone)
+#   --mpi   : mpiexec/mpirun/srun with one rank per GPU running python directly; the training reads the
+#             OMPI_COMM_WORLD_* / PMI_* / SLURM_* variables (sagecast_common.dist.launch_env)
+#   --single: one process on this node (export, evaluate, data preparation, stage 2)
+# and exits with the launcher's status, which is what the scheduler's afterok dependency checks.
+#
+# Options:
+#   --local            ignore any scheduler variables: this host only (CPU testing: --local --nproc 2)
+#   --nproc G          processes per node (GPUs per node; default 1)
+#   --mpi | --single   launch modes described above
+#   --container SIF    run every process inside `apptainer exec --nv [-B PATH]... SIF`
+#   --bind PATH        bind mount for the container (repeatable: data root, run folder)
+#   --port P           rendezvous / master port (default $MASTER_PORT or 29500)
+# Environment: PYTHON (interpreter, default python), MPIEXEC (MPI launcher executable), SAGECAST_JOB_ID.
+set -euo pipefail
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+
+local_mode=0 mode=torchrun nproc=1 container="" port="${MASTER_PORT:-29500}"
+binds=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --local) local_mode=1 ;;
+        --nproc) nproc="$2"; shift ;;
+        --mpi) mode=mpi ;;
+        --single) mode=single ;;
+        --container) container="$2"; shift ;;
+        --bind) binds+=("$2"); shift ;;
+        --port) port="$2"; shift ;;
+        -h|--help) usage; exit 0 ;;
+        --) shift; break ;;
+        *) echo "run_stage.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [[ $# -lt 1 ]]; then
+    echo "run_stage.sh: missing '-- MODULE [ARGS...]' (see --help)" >&2
+    exit 2
+fi
+if ! [[ "$nproc" =~ ^[1-9][0-9]*$ ]]; then
+    echo "run_stage.sh: --nproc must be a positive integer, got '$nproc'" >&2
+    exit 2
+fi
+module="$1"
+shift
+
+# The per-process prefix: the interpreter, inside the container when one is given.
+python_cmd=()
+if [[ -n "$container" ]]; then
+    python_cmd=(apptainer exec --nv)
+    for b in "${binds[@]}"; do python_cmd+=(-B "$b"); done
+    python_cmd+=("$container")
+fi
+python_cmd+=("${PYTHON:-python}")
+
+# First host of a Slurm node list such as nid[001-004,007],gpu2 (fallback when scontrol is absent).
+first_slurm_host() {
+    local first
+    first=$(sed -E 's/^([^,[]*(\[[^]]*\][^,[]*)*).*/\1/' <<<"$1")
+    sed -E 's/\[([^],-]*)[^]]*\]/\1/g' <<<"$first"
+}
+
+scheduler=local hostfile="" job_id="${SAGECAST_JOB_ID:-local-$$}"
+if [[ $local_mode -eq 0 && -n "${COBALT_NODEFILE:-}" ]]; then
+    scheduler=cobalt hostfile="$COBALT_NODEFILE" job_id="${COBALT_JOBID:-$job_id}"
+elif [[ $local_mode -eq 0 && -n "${PBS_NODEFILE:-}" ]]; then
+    scheduler=pbs hostfile="$PBS_NODEFILE" job_id="${PBS_JOBID:-$job_id}"
+elif [[ $local_mode -eq 0 && -n "${SLURM_JOB_NODELIST:-}" ]]; then
+    scheduler=slurm job_id="${SLURM_JOB_ID:-$job_id}"
+fi
+
+case "$scheduler" in
+    cobalt|pbs)
+        # PBS lists a host once per requested chunk/cpu; count each host once, keeping file order.
+        mapfile -t hosts < <(awk 'NF && !seen[$1]++ {print $1}' "$hostfile")
+        ;;
+    slurm)
+        if command -v scontrol >/dev/null 2>&1; then
+            mapfile -t hosts < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+        else
+            hosts=("$(first_slurm_host "$SLURM_JOB_NODELIST")")
+        fi
+        ;;
+    local) hosts=("${HOSTNAME:-localhost}") ;;
+esac
+if [[ ${#hosts[@]} -eq 0 ]]; then
+    echo "run_stage.sh: no hosts found in ${hostfile:-the $scheduler environment}" >&2
+    exit 2
+fi
+nnodes="${#hosts[@]}"
+if [[ "$scheduler" == slurm ]]; then
+    nnodes="${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-$nnodes}}"
+fi
+master="${hosts[0]}"
+[[ "$scheduler" == local ]] && master=127.0.0.1
+
+# Start N processes, ppn per node, each running "$@" (the per-node launcher for this scheduler).
+per_node() {
+    local n="$1" ppn="$2"
+    shift 2
+    case "$scheduler" in
+        pbs) cmd=("${MPIEXEC:-mpiexec}" -n "$n" --ppn "$ppn" --hostfile "$hostfile" --cpu-bind none "$@") ;;
+        cobalt)
+            # Open MPI forwards only the variables named with -x.
+            cmd=("${MPIEXEC:-mpirun}" -n "$n" -npernode "$ppn" -hostfile "$hostfile")
+            for v in PATH LD_LIBRARY_PATH PYTHONPATH MASTER_ADDR MASTER_PORT; do
+                [[ -n "${!v:-}" ]] && cmd+=(-x "$v")
+            done
+            cmd+=("$@")
+            ;;
+        slurm) cmd=(srun --nodes "$nnodes" --ntasks "$n" --ntasks-per-node "$ppn" --kill-on-bad-exit=1 "$@") ;;
+        local) cmd=("$@") ;;
+    esac
+}
+
+case "$mode" in
+    single) cmd=("${python_cmd[@]}" -m "$module" "$@") ;;
+    mpi)
+        export MASTER_ADDR="$master" MASTER_PORT="$port"
+        if [[ "$scheduler" == local ]]; then
+            cmd=("${MPIEXEC:-mpiexec}" -n "$nproc" "${python_cmd[@]}" -m "$module" "$@")
+        else
+            per_node $((nnodes * nproc)) "$nproc" "${python_cmd[@]}" -m "$module" "$@"
+        fi
+        ;;
+    torchrun)
+        if [[ "$scheduler" == local ]]; then
+            rdzv=(--standalone)
+        else
+            rdzv=(--rdzv-backend c10d --rdzv-endpoint "$master:$port" --rdzv-id "$job_id")
+        fi
+        per_node "$nnodes" 1 "${python_cmd[@]}" -m torch.distributed.run --nnodes "$nnodes" \
+            --nproc-per-node "$nproc" "${rdzv[@]}" -m "$module" "$@"
+        ;;
+esac
+
+echo "run_stage.sh: $scheduler, $nnodes node(s) x $nproc, master $master, mode $mode" >&2
+echo "+ ${cmd[*]}" >&2
+exec "${cmd[@]}"
