@@ -1,0 +1,111 @@
+"""Export stage-1 backbone features for every prepared pair (all splits, day and night).
+
+    python -m stage1_jea.export --run runs/stage1 [--batch-size 256] [--prepared DIR]
+
+Reads RUN/encoders.pt (backbones only; the projectors are not part of the embedding) and writes
+RUN/embeddings.parquet (vsn, timestamp, position, split, is_day, emb_rgb, emb_thermal as float32 lists) and
+RUN/embeddings.json (dims, archs, SHA-256 of encoders.pt, run config, prepared dir and its fingerprint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from sagecast_common.encoders import load_encoders
+from sagecast_common.runio import atomic_path, atomic_write_json, file_sha256
+
+COLUMNS = ("vsn", "timestamp", "position", "split", "is_day")
+
+
+@torch.no_grad()
+def extract_features(encoders: dict[str, torch.nn.Module], dataset, *, batch_size: int, device: torch.device,
+                     num_workers: int = 0, desc: str = "export") -> dict[str, np.ndarray]:
+    """Backbone features {"rgb": (N, D_rgb), "thermal": (N, D_thermal)} float32, in dataset order."""
+    cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    memory_format = torch.channels_last if cuda else torch.contiguous_format
+    for module in encoders.values():
+        module.to(device, memory_format=memory_format).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=cuda)
+    out: dict[str, list[np.ndarray]] = {"rgb": [], "thermal": []}
+    for rgb, thermal in tqdm(loader, desc=desc, leave=False):
+        with autocast:
+            h_rgb = encoders["rgb"](rgb.to(device, non_blocking=True, memory_format=memory_format))
+            h_thermal = encoders["thermal"](thermal.to(device, non_blocking=True, memory_format=memory_format))
+        out["rgb"].append(h_rgb.float().cpu().numpy())
+        out["thermal"].append(h_thermal.float().cpu().numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _list_column(x: np.ndarray) -> pa.ListArray:
+    N, D = x.shape
+    offsets = pa.array(np.arange(0, (N + 1) * D, D, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(x.astype(np.float32).ravel()))
+
+
+def export(run: str | Path, *, batch_size: int = 256, prepared: str | Path | None = None,
+           device: str = "auto", num_workers: int = 0) -> Path:
+    run = Path(run)
+    if not (run / "encoders.pt").exists():
+        raise SystemExit(f"{run / 'encoders.pt'} not found: train first (python -m stage1_jea.train run_dir={run})")
+    encoders, meta = load_encoders(run / "encoders.pt")
+    prepared = Path(prepared or meta["prepared"]).resolve()
+    if not (prepared / "index.parquet").exists():
+        raise SystemExit(f"prepared dir {prepared} has no index.parquet (pass --prepared)")
+    if meta.get("step", 0) < meta.get("total_steps", 0):
+        print(f"warning: {run / 'encoders.pt'} is from step {meta['step']} of {meta['total_steps']} (unfinished run)")
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    from data import PairedSkyDataset
+
+    dataset = PairedSkyDataset(prepared, None, augment=False, day_only=False)
+    feats = extract_features(encoders, dataset, batch_size=batch_size, device=dev, num_workers=num_workers)
+    index = dataset.index.reset_index(drop=True)
+    table = pa.Table.from_pandas(index[list(COLUMNS)], preserve_index=False)
+    table = table.append_column("emb_rgb", _list_column(feats["rgb"]))
+    table = table.append_column("emb_thermal", _list_column(feats["thermal"]))
+    with atomic_path(run / "embeddings.parquet") as tmp:
+        pq.write_table(table, tmp)
+    config_path = run / "config.json"
+    atomic_write_json(run / "embeddings.json", {
+        "dim_rgb": int(feats["rgb"].shape[1]),
+        "dim_thermal": int(feats["thermal"].shape[1]),
+        "rgb_arch": meta["specs"]["rgb"]["arch"],
+        "thermal_arch": meta["specs"]["thermal"]["arch"],
+        "checkpoint_sha256": file_sha256(run / "encoders.pt"),
+        "checkpoint": "encoders.pt",
+        "step": meta.get("step"),
+        "config": json.loads(config_path.read_text()) if config_path.exists() else None,
+        "prepared_dir": str(prepared),
+        "prepared_fingerprint": "sha256:" + file_sha256(prepared / "index.parquet"),
+        "rows": len(index),
+    })
+    print(f"wrote {len(index)} rows ({feats['rgb'].shape[1]}+{feats['thermal'].shape[1]} dims) to "
+          f"{run / 'embeddings.parquet'}")
+    return run / "embeddings.parquet"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="stage-1 run dir (with encoders.pt)")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--prepared", help="prepared dir (default: the one the run was trained on)")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--num-workers", type=int, default=0)
+    args = ap.parse_args(argv)
+    export(args.run, batch_size=args.batch_size, prepared=args.prepared, device=args.device,
+           num_workers=args.num_workers)
+
+
+if __name__ == "__main__":
+    main()

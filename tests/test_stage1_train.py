@@ -1,0 +1,127 @@
+"""Stage-1 training loop: bitwise resume, signals, schedule refusal, non-finite stop, run files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from sagecast_common.config import build_config, parse_config
+from sagecast_common.encoders import load_encoders
+from stage1_jea import train
+from tests.fixtures_stage1 import TINY
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cfg(prepared, run, **over):
+    return build_config(train.Config, {**TINY, "prepared": str(prepared), "run_dir": str(run), **over})
+
+
+def _weights(run):
+    return torch.load(run / "ckpt.pt", weights_only=True)["model"]
+
+
+def _assert_bitwise(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_is_bitwise_identical_and_writes_run_files(fake_data, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    out = train.main(_cfg(fake_data, straight))
+    assert out == {"step": 6, "total_steps": 6, "interrupted": False}  # 27 day train rows // 8 = 3 steps/epoch
+    first = train.main(_cfg(fake_data, resumed, stop_after_epoch=1))
+    assert first["step"] == 3
+    ckpt = torch.load(resumed / "ckpt.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["total_steps"], ckpt["config"]["epochs"]) == (1, 6, 2)
+    assert {"torch", "numpy", "python"} <= set(ckpt["rng"]) and ckpt["data_order"]["seed"] == 0
+    after_one = _weights(resumed)
+    train.main(_cfg(fake_data, resumed))
+    _assert_bitwise(_weights(straight), _weights(resumed))
+    assert not torch.equal(after_one["proj_rgb.0.weight"], _weights(resumed)["proj_rgb.0.weight"])  # it trained
+
+    log = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert {"step", "epoch", "loss", "inv", "var", "cov", "lr", "emb_std", "pairs_per_s"} <= set(log[0])
+    for name in ("config.json", "env.json", "training_loss_two_panels.png", "learning_rate.png"):
+        assert (straight / name).stat().st_size > 0, name
+    encoders, meta = load_encoders(straight / "encoders.pt")
+    assert set(encoders) == {"rgb", "thermal"} and meta["img_size"] == 32 and "rgb_mean" in meta["norm_stats"]
+    assert meta["prepared"] == str(fake_data.resolve())
+    torch.testing.assert_close(encoders["rgb"].state_dict()["conv1.0.weight"], _weights(straight)["rgb.conv1.0.weight"])
+
+
+def test_signal_mid_epoch_saves_and_resumes_to_the_same_weights(fake_data, tmp_path, monkeypatch):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    train.main(_cfg(fake_data, straight))
+    calls = []
+
+    def loss_then_signal(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real_loss(*args, **kwargs)
+
+    real_loss = train.vicreg_loss
+    monkeypatch.setattr(train, "vicreg_loss", loss_then_signal)
+    out = train.main(_cfg(fake_data, interrupted))
+    assert out["interrupted"] and out["step"] == 2
+    assert torch.load(interrupted / "ckpt.pt", weights_only=True)["batches_done"] == 2
+    monkeypatch.setattr(train, "vicreg_loss", real_loss)
+    train.main(_cfg(fake_data, interrupted))
+    _assert_bitwise(_weights(straight), _weights(interrupted))
+    assert [json.loads(x)["step"] for x in (interrupted / "log.jsonl").read_text().splitlines()] == list(range(1, 7))
+
+
+def test_changed_schedule_is_refused_unless_forced(fake_data, tmp_path):
+    run = tmp_path / "run"
+    train.main(_cfg(fake_data, run, stop_after_epoch=1))
+    with pytest.raises(SystemExit, match=r"schedule changed \(epochs: 2 -> 3\).*force_schedule"):
+        train.main(_cfg(fake_data, run, epochs=3))
+    cfg = parse_config(train.Config, [f"prepared={fake_data}", f"run_dir={run}", "--force-schedule", "epochs=3",
+                                      *[f"{k}={v}" for k, v in TINY.items() if k != "epochs"]],
+                       presets=train.PRESETS, prog="test")
+    assert cfg.force_schedule and cfg.epochs == 3
+    out = train.main(cfg)
+    assert out == {"step": 9, "total_steps": 9, "interrupted": False}
+
+
+def test_non_finite_loss_stops_with_last_good_checkpoint_intact(fake_data, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train.main(_cfg(fake_data, run, stop_after_epoch=1))
+    before = (run / "ckpt.pt").read_bytes()
+
+    def nan_loss(z_a, z_b, **kwargs):
+        loss, terms = real_loss(z_a, z_b, **kwargs)
+        return loss * float("nan"), {**terms, "var": terms["var"] * float("nan")}
+
+    real_loss = train.vicreg_loss
+    monkeypatch.setattr(train, "vicreg_loss", nan_loss)
+    with pytest.raises(RuntimeError, match=r"non-finite loss at step 3 .*var=nan.*last good checkpoint"):
+        train.main(_cfg(fake_data, run))
+    assert (run / "ckpt.pt").read_bytes() == before
+
+
+def test_unreadable_checkpoint_raises(fake_data, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "ckpt.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="cannot load checkpoint"):
+        train.main(_cfg(fake_data, run))
+
+
+def test_quick_and_full_presets_parse():
+    quick = parse_config(train.Config, ["--preset", "quick"], presets=train.PRESETS, prog="t")
+    full = parse_config(train.Config, ["--preset=full", "epochs=3"], presets=train.PRESETS, prog="t")
+    assert quick.rgb_arch == "mobilenetv3_small_100" and full.projector == "8192-8192-8192" and full.epochs == 3
