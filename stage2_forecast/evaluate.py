@@ -23,7 +23,7 @@ import torch
 from sagecast_common.runio import atomic_write_json, atomic_write_text
 from stage2_forecast import samples
 from stage2_forecast.plots import plot_skill
-from stage2_forecast.train import Config, load_run
+from stage2_forecast.train import Config, load_run, needs_images
 
 # A day is "cloudy" when its mean daytime cloud_fraction (prepared index) is at least 3/8 (≥ 3 oktas).
 CLOUDY_DAY_FRACTION = 0.375
@@ -129,7 +129,7 @@ def predict(model, cfg: Config, table, win, *, batch_size: int = 64) -> np.ndarr
     out = []
     for start in range(0, len(win), batch_size):
         idx = np.arange(start, min(start + batch_size, len(win)))
-        out.append(model(samples.gather(table, win, idx, day_only=cfg.day_only, images=cfg.variant == "jepa")))
+        out.append(model(samples.gather(table, win, idx, day_only=cfg.day_only, images=needs_images(cfg))))
     return torch.cat(out).numpy()
 
 

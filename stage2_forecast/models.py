@@ -8,7 +8,8 @@
   mask tokens (facebookresearch/ijepa predictor).
 
 Both predict in standardised target space. With `residual=True` each output adds the current embedding of the
-same preset, so a freshly built model (zero-initialised head) *is* persistence and training learns the change.
+same preset scaled by a learned per-(horizon, dimension) damping that starts at 1, so a freshly built model
+(zero-initialised head) *is* persistence and training learns the decay toward the mean plus the change.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class DetrForecaster(nn.Module):
         self.queries = nn.Parameter(torch.randn(len(horizons_min), n_presets, width) * 0.02)
         self.decoder = nn.ModuleList(QueryDecoderLayer(width=width, heads=heads, dropout=dropout) for _ in range(depth))
         self.head = _zero_head(width, dim)
+        self.damping = nn.Parameter(torch.ones(len(horizons_min), dim))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ctx = batch["ctx_z"]
@@ -106,7 +108,17 @@ class DetrForecaster(nn.Module):
         for layer in self.decoder:
             tgt = layer(tgt, query_pos, memory, pad)
         out = rearrange(self.head(tgt), "b (h p) d -> b h p d", p=P)
-        return out + ctx[:, None, 0] if self.residual else out
+        return out + damped_persistence(ctx[:, 0], self.damping) if self.residual else out
+
+
+def damped_persistence(current: torch.Tensor, damping: torch.Tensor) -> torch.Tensor:
+    """current (B, P, D) scaled per horizon and dimension by damping (H, D) → (B, H, P, D).
+
+    Starts at 1 (pure persistence). Learning it lets each dimension decay toward the train mean (0 in
+    standardised space) with the horizon — the full-rank part of the forecast that the narrow head cannot
+    represent, and what ridge and climatology get for free.
+    """
+    return current[:, None] * damping[None, :, None, :]
 
 
 def encode_images(encoders: nn.ModuleDict, rgb: torch.Tensor, thermal: torch.Tensor, *, mean: torch.Tensor,
@@ -140,6 +152,7 @@ class JepaForecaster(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(width))
         self.predictor = _encoder(width, depth, heads, dropout)
         self.head = _zero_head(width, dim)
+        self.damping = nn.Parameter(torch.ones(len(horizons_min), dim))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -147,6 +160,12 @@ class JepaForecaster(nn.Module):
         return self
 
     def context(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "rgb" not in batch:
+            if self.finetune:
+                raise ValueError("finetune=True needs the images at t in the batch (gather(..., images=True))")
+            # Frozen encoders on the frames at t give exactly the exported stage-1 embeddings, which the batch
+            # already holds standardised in ctx_z[:, 0]: reading them is the same computation, cached.
+            return batch["ctx_z"][:, 0] * batch["ctx_mask"][:, 0, :, None]
         with torch.set_grad_enabled(self.finetune and torch.is_grad_enabled()):
             z = encode_images(self.encoders, batch["rgb"], batch["thermal"], mean=self.mean, std=self.std,
                               img_size=self.img_size)
@@ -163,4 +182,4 @@ class JepaForecaster(nn.Module):
         pad = torch.cat([~batch["ctx_mask"][:, 0], torch.zeros(B, H * P, dtype=torch.bool, device=z.device)], 1)
         x = self.predictor(torch.cat([ctx_tokens, masks], dim=1), src_key_padding_mask=pad)
         out = rearrange(self.head(x[:, P:]), "b (h p) d -> b h p d", h=H)
-        return out + z[:, None] if self.residual else out
+        return out + damped_persistence(z, self.damping) if self.residual else out

@@ -135,6 +135,11 @@ def load_run(run_dir: str | Path, *, best: bool = True) -> tuple[Config, nn.Modu
     return cfg, model.eval(), ckpt["mean"].numpy()
 
 
+def needs_images(cfg: Config) -> bool:
+    """Images are decoded only when encoders run: fine-tuning, or EMA targets. Frozen = cached embeddings."""
+    return cfg.variant == "jepa" and (cfg.finetune or cfg.target == "ema")
+
+
 def to_device(batch, device):
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -146,7 +151,7 @@ def evaluate_loss(model, table, win, cfg, device) -> dict[str, float]:
     err = per = n = 0.0
     for start in range(0, len(win), cfg.batch_size):
         b = to_device(samples.gather(table, win, np.arange(start, min(start + cfg.batch_size, len(win))),
-                                     day_only=cfg.day_only, images=cfg.variant == "jepa"), device)
+                                     day_only=cfg.day_only, images=needs_images(cfg)), device)
         m = b["tgt_mask"].float()
         err += (((model(b) - b["tgt_z"]) ** 2).mean(-1) * m).sum().item()
         per += (((b["ctx_z"][:, None, 0] - b["tgt_z"]) ** 2).mean(-1) * m).sum().item()
@@ -202,7 +207,7 @@ def main(cfg: Config) -> dict:
             for g in opt.param_groups:
                 g["lr"] = lr
             batch = to_device(samples.gather(table, wins["train"], order[start:start + cfg.batch_size],
-                                             day_only=cfg.day_only, images=cfg.variant == "jepa",
+                                             day_only=cfg.day_only, images=needs_images(cfg),
                                              target_images=ema is not None), device)
             pred = ddp(batch)
             target = batch["tgt_z"]

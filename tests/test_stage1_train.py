@@ -124,4 +124,21 @@ def test_unreadable_checkpoint_raises(fake_data, tmp_path):
 def test_quick_and_full_presets_parse():
     quick = parse_config(train.Config, ["--preset", "quick"], presets=train.PRESETS, prog="t")
     full = parse_config(train.Config, ["--preset=full", "epochs=3"], presets=train.PRESETS, prog="t")
-    assert quick.rgb_arch == "mobilenetv3_small_100" and full.projector == "8192-8192-8192" and full.epochs == 3
+    assert quick.rgb_arch == "resnet10t" and full.projector == "8192-8192-8192" and full.epochs == 3
+
+
+@pytest.mark.slow
+def test_cli_exits_nonzero_until_the_schedule_is_done(tiny_prepared, tmp_path):
+    # A batch dependency (afterok) must not start stage 2 on a half-trained model.
+    import subprocess
+    import sys
+
+    args = [f"{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in TINY.items()]
+    cmd = [sys.executable, "-m", "stage1_jea.train", *args, f"prepared={tiny_prepared}", f"run_dir={tmp_path}",
+           "epochs=2"]
+    first = subprocess.run([*cmd, "stop_after_epoch=1"], capture_output=True, text=True)
+    assert first.returncode == train.EXIT_INCOMPLETE, first.stderr
+    assert "rerun the same command to resume" in first.stderr
+    second = subprocess.run(cmd, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] > 0
