@@ -116,3 +116,24 @@ def test_end_to_end_on_a_real_tiny_stage1_run(tiny_stage1_run, tmp_path):
     report = evaluate.evaluate(tiny_stage1_run, [tmp_path / "detr", tmp_path / "jepa"], tmp_path / "out")
     assert report["n_test"] > 0 and report["cloud_fraction_probe"]
     assert all(m["skill_vs_persistence"] == 0.0 for m in report["variants"]["persistence"].values())
+
+
+def test_ema_target_trains_with_variance_covariance_and_tracks_the_encoder(fake_stage1_run, tmp_path):  # noqa: F811
+    from sagecast_common.encoders import load_encoders
+
+    out = train.main(tiny(fake_stage1_run, tmp_path, variant="jepa", target="ema", finetune=True, epochs=1,
+                          ema_momentum=0.5))
+    assert out["epoch"] == 1
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    logged = [r for r in (json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines())
+              if "var" in r]
+    assert logged and all(np.isfinite([r["var"], r["cov"], r["loss"]]).all() for r in logged)
+    start, _ = load_encoders(fake_stage1_run / "encoders.pt")
+    key = next(k for k, v in ckpt["ema"].items() if v.is_floating_point() and v.ndim > 1)
+    name, param = key.split(".", 1)
+    initial = start[name].state_dict()[param]
+    tuned = ckpt["model"][f"encoders.{key}"]
+    ema = ckpt["ema"][key]
+    # The fine-tuned encoder moved; the EMA copy moved toward it but lags behind.
+    assert not torch.equal(tuned, initial)
+    assert 0 < (ema - initial).norm() < (tuned - initial).norm()
