@@ -14,14 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from sagecast_common.dist import gather_with_grad
-
-
-def _off_diagonal_sq_sum(c: torch.Tensor) -> torch.Tensor:
-    return c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
-
-
-def _hinge_std(x: torch.Tensor) -> torch.Tensor:
-    return F.relu(1 - torch.sqrt(x.var(dim=0) + 1e-4)).mean()
+from sagecast_common.regularizers import covariance_off_diagonal, variance_hinge
 
 
 def vicreg_loss(z_a: torch.Tensor, z_b: torch.Tensor, *, sim: float = 25.0, std: float = 25.0,
@@ -32,14 +25,9 @@ def vicreg_loss(z_a: torch.Tensor, z_b: torch.Tensor, *, sim: float = 25.0, std:
                          f"and {tuple(z_b.shape)}")
     inv = F.mse_loss(z_a, z_b)
     a, b = gather_with_grad(z_a), gather_with_grad(z_b)
-    N, D = a.shape
-    if N < 2:
+    if a.shape[0] < 2:
         raise ValueError("vicreg_loss needs a global batch of at least 2 rows for the variance term")
-    a = a - a.mean(dim=0)
-    b = b - b.mean(dim=0)
-    var = (_hinge_std(a) + _hinge_std(b)) / 2
-    cov_a = (a.T @ a) / (N - 1)
-    cov_b = (b.T @ b) / (N - 1)
-    cov_term = _off_diagonal_sq_sum(cov_a) / D + _off_diagonal_sq_sum(cov_b) / D
+    var = (variance_hinge(a) + variance_hinge(b)) / 2
+    cov_term = covariance_off_diagonal(a) + covariance_off_diagonal(b)
     terms = {"inv": sim * inv, "var": std * var, "cov": cov * cov_term}
     return terms["inv"] + terms["var"] + terms["cov"], terms

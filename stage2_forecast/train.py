@@ -28,6 +28,7 @@ from data.formats import SKY_PRESETS
 from sagecast_common.config import build_config, config_to_dict, parse_config
 from sagecast_common.dist import launch_env, setup, teardown
 from sagecast_common.encoders import load_encoders
+from sagecast_common.regularizers import covariance_off_diagonal, variance_hinge
 from sagecast_common.runio import JsonlLogger, atomic_path, atomic_write_json, environment_info, seed_everything
 from stage2_forecast import samples
 from stage2_forecast.models import DetrForecaster, JepaForecaster, encode_images
@@ -86,11 +87,7 @@ def forecast_loss(pred, target, mask, *, kind: str = "mse") -> tuple[torch.Tenso
 
 def variance_covariance(z: torch.Tensor, *, eps: float = 1e-4) -> tuple[torch.Tensor, dict[str, float]]:
     """VICReg's variance (std ≥ 1 per dimension) + covariance (off-diagonal → 0) terms on z (N, D)."""
-    N, D = z.shape
-    z = z - z.mean(0)
-    var = F.relu(1.0 - torch.sqrt(z.var(0) + eps)).mean()
-    cov = (z.T @ z) / max(N - 1, 1)
-    off = (cov.pow(2).sum() - cov.diagonal().pow(2).sum()) / D
+    var, off = variance_hinge(z, eps=eps), covariance_off_diagonal(z)
     return var + off, {"var": var.item(), "cov": off.item()}
 
 
