@@ -31,6 +31,33 @@ P_JITTER, P_BLUR, BLUR_SIGMA = 0.8, 0.2, (0.1, 1.5)
 THERMAL_OFFSET_C, THERMAL_NOISE_C = 1.0, 0.2  # std of the global offset and of the per-pixel noise
 
 
+class NormStats:
+    """Train-split statistics from PREPARED/norm_stats.json; `normalise` works on (..., C, H, W) tensors."""
+
+    def __init__(self, stats: dict):
+        self.rgb_mean = torch.tensor(stats["rgb_mean"], dtype=torch.float32).view(3, 1, 1)
+        self.rgb_std = torch.tensor(stats["rgb_std"], dtype=torch.float32).view(3, 1, 1)
+        self.thermal_mean, self.thermal_std = float(stats["thermal_mean"]), float(stats["thermal_std"])
+
+    @classmethod
+    def load(cls, prepared_dir) -> NormStats:
+        return cls(json.loads((Path(prepared_dir) / "norm_stats.json").read_text()))
+
+    def normalise(self, rgb: torch.Tensor, thermal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """rgb in 0..1, thermal in °C → standardised."""
+        return (rgb - self.rgb_mean) / self.rgb_std, (thermal - self.thermal_mean) / self.thermal_std
+
+
+def normalised_frames(prepared_dir, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full frames for array rows (N,), batched: what PairedSkyDataset(augment=False) returns, stacked."""
+    prepared = Path(prepared_dir)
+    rgb = np.load(prepared / "rgb.npy", mmap_mode="r")[rows]
+    thermal = np.load(prepared / "thermal.npy", mmap_mode="r")[rows]
+    rgb = torch.from_numpy(np.asarray(rgb)).permute(0, 3, 1, 2).float().div_(255.0)
+    thermal = torch.from_numpy(np.asarray(thermal, dtype=np.float32))[:, None]
+    return NormStats.load(prepared).normalise(rgb, thermal)
+
+
 class PairedSkyDataset(torch.utils.data.Dataset):
     def __init__(self, prepared_dir, split: str | None, *, augment: bool = True, day_only: bool = True,
                  crop_size: int | None = None, seed: int = 0):
@@ -46,10 +73,7 @@ class PairedSkyDataset(torch.utils.data.Dataset):
             index = index[index["is_day"]]
         self.index = index.reset_index(drop=True)
         self.rows = self.index["row"].to_numpy()
-        stats = json.loads((self.dir / "norm_stats.json").read_text())
-        self.rgb_mean = torch.tensor(stats["rgb_mean"], dtype=torch.float32).view(3, 1, 1)
-        self.rgb_std = torch.tensor(stats["rgb_std"], dtype=torch.float32).view(3, 1, 1)
-        self.thermal_mean, self.thermal_std = float(stats["thermal_mean"]), float(stats["thermal_std"])
+        self.stats = NormStats.load(self.dir)
         self.augment, self.seed = augment, seed
         self.size = int(np.load(self.dir / "rgb.npy", mmap_mode="r").shape[1])
         self.crop_size = crop_size or self.size
@@ -73,9 +97,7 @@ class PairedSkyDataset(torch.utils.data.Dataset):
         elif self.crop_size != self.size:
             rgb = TF.resize(rgb, [self.crop_size] * 2, antialias=True)
             thermal = TF.resize(thermal, [self.crop_size] * 2, antialias=True)
-        rgb = (rgb - self.rgb_mean) / self.rgb_std
-        thermal = (thermal - self.thermal_mean) / self.thermal_std
-        return rgb, thermal
+        return self.stats.normalise(rgb, thermal)
 
     def _uniform(self, lo: float = 0.0, hi: float = 1.0) -> float:
         return lo + (hi - lo) * float(torch.rand((), generator=self._gen))

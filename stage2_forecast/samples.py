@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from data.dataset import normalised_frames
 from data.formats import SKY_PRESETS
 
 FEATURES = {"rgb": ("emb_rgb",), "thermal": ("emb_thermal",), "both": ("emb_rgb", "emb_thermal")}
@@ -190,16 +191,8 @@ def build_windows(table: ScanTable, *, horizons_min=(5.0, 15.0, 30.0, 60.0), con
 
 def load_images(prepared_dir: str | Path, rows: np.ndarray) -> dict[str, torch.Tensor]:
     """Full frames for prepared `rows` (any shape, -1 = zeros), normalised exactly as PairedSkyDataset does."""
-    prepared = Path(prepared_dir)
-    stats = json.loads((prepared / "norm_stats.json").read_text())
-    rgb_all = np.load(prepared / "rgb.npy", mmap_mode="r")
-    th_all = np.load(prepared / "thermal.npy", mmap_mode="r")
     flat = rows.reshape(-1)
-    take = np.maximum(flat, 0)
-    rgb = torch.from_numpy(np.asarray(rgb_all[take], np.float32) / 255.0).permute(0, 3, 1, 2)
-    rgb = (rgb - torch.tensor(stats["rgb_mean"]).view(1, 3, 1, 1)) / torch.tensor(stats["rgb_std"]).view(1, 3, 1, 1)
-    th = torch.from_numpy(np.asarray(th_all[take], np.float32))[:, None]
-    th = (th - stats["thermal_mean"]) / stats["thermal_std"]
+    rgb, th = normalised_frames(prepared_dir, np.maximum(flat, 0))
     missing = torch.from_numpy(flat < 0).view(-1, 1, 1, 1)
     rgb, th = rgb.masked_fill(missing, 0.0), th.masked_fill(missing, 0.0)
     return {"rgb": rgb.reshape(*rows.shape, *rgb.shape[1:]), "thermal": th.reshape(*rows.shape, *th.shape[1:])}
