@@ -152,8 +152,9 @@ def read_thermal_csv(path: str | os.PathLike) -> np.ndarray:
 
     Width and height come from the header; negative values are kept. Wrong row or column counts and
     non-numbers raise ThermalFormatError naming the file and the 1-based line. Values equal
-    `np.loadtxt(path, delimiter=";", skiprows=8).astype(np.float32)`; plain files take a vectorised path
-    (data.thermal_parse, ~10x faster), anything unusual the line-by-line one that reports the error.
+    `np.loadtxt(path, delimiter=";", skiprows=8).astype(np.float32)`; plain files take a compiled path
+    (data.thermal_parse, >10x faster, see BENCHMARKS.md), anything unusual the line-by-line one that
+    reports the error.
     """
     path = Path(path)
     raw = path.read_bytes()
@@ -161,7 +162,7 @@ def read_thermal_csv(path: str | os.PathLike) -> np.ndarray:
     values = parse_grid(raw, start, width, height)
     if values is None:
         values = _parse_rows_checked(path, raw[start:], width, height, first)
-    return values.astype(np.float32)
+    return values.astype(np.float32, copy=False)
 
 
 def _thermal_header(path: Path, raw: bytes) -> tuple[int, int, int, int]:

@@ -67,3 +67,51 @@ def test_header_without_size_is_refused(tmp_path):
     path.write_text("sensor;right\nunit;degrees Celsius\n\n1;2\n")
     with pytest.raises(ThermalFormatError, match="lacks integer width/height"):
         read_thermal_csv(path)
+
+
+# --- the compiled fast path (data.thermal_parse.parse_grid) on its own -----------------------------------
+
+EDGE_TOKENS = ["0", "-0", "5.", "-5.", ".5", "-.5", "0.04", "-273.15", "382.21", "00012.5", "-00.040", "31",
+               "1234567", "-1234567", "12345678", "1234567.8", "-123456.78",  # 8 bytes: no separator in reach
+               "123456789012345", "-1234567890.12345", ".000000000000001", "99999999.99"]
+
+
+def _grid_bytes(rows: list[list[str]], tail: str = "\n") -> bytes:
+    return HEADER.format(w=len(rows[0]), h=len(rows)).encode() + ("\n".join(map(";".join, rows)) + tail).encode()
+
+
+@pytest.mark.parametrize("tail", ["", "\n", "\n\n", " \r\n"])
+def test_fast_path_matches_float_bit_for_bit_on_edge_tokens(tail):
+    from data.thermal_parse import parse_grid
+
+    rng = np.random.default_rng(3)
+    tokens = EDGE_TOKENS + [f"{v:.2f}" for v in rng.uniform(-80, 60, 43)]
+    rows = [tokens[i:i + 8] for i in range(0, 64, 8)]
+    raw = _grid_bytes(rows, tail)
+    got = parse_grid(raw, len(HEADER.format(w=8, h=8)), 8, 8)
+    want = np.array([[float(v) for v in row] for row in rows]).astype(np.float32)
+    assert got is not None, "plain tokens must not need the slow path"
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))  # also tells -0.0 from 0.0
+
+
+@pytest.mark.parametrize("token", ["", "-", ".", "-.", "1.2.3", "1-2", "--5", "+5", "1e5", "nan", " 5", "1,5",
+                                   "5/", "1234567890123456"])
+@pytest.mark.parametrize("where", [0, 13, 15])  # first value, middle, last value of the body
+def test_fast_path_refuses_anything_not_plain(token, where):
+    from data.thermal_parse import parse_grid
+
+    tokens = [f"{v}.25" for v in range(16)]
+    tokens[where] = token
+    rows = [tokens[:4], tokens[4:8], tokens[8:12], tokens[12:]]
+    raw = _grid_bytes(rows)
+    assert parse_grid(raw, len(HEADER.format(w=4, h=4)), 4, 4) is None
+
+
+@pytest.mark.parametrize("body, width, height", [
+    ("1;2\n3", 2, 2), ("1;2;3\n4;5", 3, 2), ("1;2\n3;4\n5;6", 2, 2), ("1;2\n3;4", 2, 3),
+    ("1;2;\n3;4", 2, 2), ("1\n\n2", 1, 2), ("1;2\r\n3;4", 2, 2), ("1\n2;3\n4", 2, 2),
+])
+def test_fast_path_refuses_wrong_counts_and_separators(body, width, height):
+    from data.thermal_parse import parse_grid
+
+    assert parse_grid(b"12345678" + body.encode(), 8, width, height) is None
