@@ -20,7 +20,8 @@
 #   --container SIF    run every process inside `apptainer exec --nv [-B PATH]... SIF`
 #   --bind PATH        bind mount for the container (repeatable: data root, run folder)
 #   --port P           rendezvous / master port (default $MASTER_PORT or 29500)
-# Environment: PYTHON (interpreter, default python), MPIEXEC (MPI launcher executable), SAGECAST_JOB_ID.
+# Environment: PYTHON (interpreter, default python), MPIEXEC (MPI launcher executable), SAGECAST_JOB_ID,
+# TQDM_MININTERVAL (progress-bar refresh in seconds when stderr is not a terminal; default 60).
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -52,6 +53,12 @@ if ! [[ "$nproc" =~ ^[1-9][0-9]*$ ]]; then
 fi
 module="$1"
 shift
+
+# Batch logs are files: tqdm's bars would rewrite themselves ten times a second into them. tqdm (>= 4.66)
+# reads TQDM_* variables, so off a terminal the bars refresh once a minute unless the caller chose otherwise.
+if [[ ! -t 2 ]]; then
+    export TQDM_MININTERVAL="${TQDM_MININTERVAL:-60}"
+fi
 
 # The per-process prefix: the interpreter, inside the container when one is given.
 python_cmd=()

@@ -305,3 +305,12 @@ def test_two_process_stage1_through_the_launcher(tmp_path, tiny_prepared):
     assert (run / "ckpt.pt").is_file() and (run / "encoders.pt").is_file()
     info = json.loads((run / "env.json").read_text())
     assert (info["world_size"], info["launcher"]) == (2, "torchrun")
+
+
+def test_progress_bars_refresh_once_a_minute_in_batch_logs(tmp_path):
+    (tmp_path / "show_tqdm.py").write_text("import os\nprint(os.environ.get('TQDM_MININTERVAL'))\n")
+    env = fake_bin(tmp_path) | {"PYTHONPATH": str(tmp_path), "PYTHON": sys.executable}
+    env.pop("TQDM_MININTERVAL", None)
+    assert run_stage(env, "--single", "--", "show_tqdm").stdout.strip() == "60"  # stderr is a pipe here
+    env["TQDM_MININTERVAL"] = "5"
+    assert run_stage(env, "--single", "--", "show_tqdm").stdout.strip() == "5"
