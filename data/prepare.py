@@ -12,7 +12,9 @@ or after a kill, processes only what is missing and ends with the same outputs) 
   report.json     counts: pairs, bad pairs, skipped by reason, day/night, days and pairs per split
   skipped.csv     file, reason, detail     bad_pairs.csv  rgb_file, thermal_file, reason
   pairs/<VSN>/{ts_ns}_position{N}.txt      the original two-line pair files (RGB name, thermal name)
-  runs.jsonl      one line per run: pairs decoded now vs taken from the cache
+  runs.jsonl      one line per run: pairs decoded now vs taken from the cache, the cache's entries and bytes
+The cache is about as large as the arrays. Entries of files that are gone or of other settings (--size,
+--crop) stay for later reruns unless --prune-cache; deleting OUT/cache only costs decoding everything again.
 Day/night: sun elevation at the node's registry location at each timestamp ≥ --min-elevation.
 Splits: whole local days (node time zone). Each local date gets a fixed pseudo-random u = hash(seed, date)
 in [0, 1): train below f_train, val below f_train + f_val, else test. Adding days never moves an existing
@@ -157,7 +159,7 @@ def _write_pair_files(out: Path, index: pd.DataFrame) -> None:
 
 def prepare(raw, out, *, size: int = 128, crop: str = "fov", min_elevation: float = 0.0, seed: int = 0,
             fractions=(0.7, 0.15, 0.15), all_positions: bool = False, keep_unpositioned: bool = False,
-            workers: int | None = None, registry=None, progress: bool = True) -> dict:
+            workers: int | None = None, registry=None, progress: bool = True, prune_cache: bool = False) -> dict:
     """Run the whole preparation; returns the report (also written to OUT/report.json)."""
     raw, out, started = Path(raw), Path(out), time.time()
     if not raw.is_dir():
@@ -210,9 +212,25 @@ def prepare(raw, out, *, size: int = 128, crop: str = "fov", min_elevation: floa
     with atomic_path(out / "index.parquet") as tmp:
         index[columns].to_parquet(tmp, index=False)
     atomic_write_json(out / "report.json", report)
-    JsonlLogger(out / "runs.jsonl").log({**run, "pairs": len(index), "seconds": round(time.time() - started, 2),
+    cache = _cache_usage(out / "cache", keep={Path(r["_cache"]).name for r in rows} if prune_cache else None)
+    JsonlLogger(out / "runs.jsonl").log({**run, **cache, "pairs": len(index),
+                                         "seconds": round(time.time() - started, 2),
                                          "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     return report
+
+
+def _cache_usage(cache_dir: Path, keep: set[str] | None) -> dict:
+    """Entries and bytes in the cache; with `keep` (entry file names), first delete every other entry and
+    the temporary files a killed run left behind."""
+    entries = size = pruned = freed = 0
+    for path in sorted(cache_dir.glob("*/*")):
+        nbytes = path.stat().st_size
+        if keep is not None and path.name not in keep:
+            path.unlink()
+            pruned, freed = pruned + 1, freed + nbytes
+        elif path.suffix == ".npz":
+            entries, size = entries + 1, size + nbytes
+    return {"cache_entries": entries, "cache_bytes": size, "pruned_entries": pruned, "pruned_bytes": freed}
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -243,6 +261,9 @@ def main(argv=None) -> None:
                     help="keep files whose names carry no position (before ~2023-03-14); indexed as position -1")
     ap.add_argument("--workers", type=int, default=None, help="decoding processes (default min(4, CPUs))")
     ap.add_argument("--registry", default=None, help="node registry JSON (default $SAGECAST_NODES or data/nodes.json)")
+    ap.add_argument("--prune-cache", action="store_true",
+                    help="after writing, delete cache entries this run did not use (files gone, other --size or "
+                         "--crop) and leftovers of killed runs")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     if args.size < 8:
@@ -254,7 +275,7 @@ def main(argv=None) -> None:
     report = prepare(args.raw, args.out, size=args.size, crop=args.crop, min_elevation=args.min_elevation,
                      seed=args.seed, fractions=args.fractions, all_positions=args.all_positions,
                      keep_unpositioned=args.keep_unpositioned, workers=args.workers, registry=args.registry,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, prune_cache=args.prune_cache)
     days = ", ".join(f"{s} {len(v['days'])} days/{v['pairs']} pairs" for s, v in report["splits"].items())
     print(f"{report['pairs']} pairs ({report['day_pairs']} day, {report['night_pairs']} night; {days}), "
           f"{report['bad_pairs']} bad pairs, skipped {report['skipped_by_reason']} -> {args.out}")

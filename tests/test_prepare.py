@@ -205,6 +205,28 @@ def test_incremental_rerun_decodes_only_new_captures_and_matches_a_fresh_run(tmp
     assert_same_outputs(tmp_path / "inc", tmp_path / "fresh")
 
 
+def test_cache_is_counted_and_pruned_only_on_request(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    for k in range(3):
+        capture(raw, NOON + pd.Timedelta(days=k), 1)
+    run(raw, out)
+    run(raw, out, size=8)  # other settings: three more entries
+    leftover = next((out / "cache").glob("*/*.npz")).parent / ".x.npz.123.tmp"  # what a killed run leaves
+    leftover.write_bytes(b"partial")
+    entries = sorted(p.name for p in (out / "cache").glob("*/*.npz"))
+    first, second = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert (first["cache_entries"], second["cache_entries"], second["pruned_entries"]) == (3, 6, 0)
+    assert second["cache_bytes"] == sum(p.stat().st_size for p in (out / "cache").glob("*/*.npz"))
+    before = read_outputs(out)
+    run(raw, out, size=8, prune_cache=True)
+    last = json.loads((out / "runs.jsonl").read_text().splitlines()[-1])
+    assert (last["decoded"], last["cached"], last["cache_entries"], last["pruned_entries"]) == (0, 3, 3, 4)
+    assert not leftover.exists() and len(entries) == 6 and len(list((out / "cache").glob("*/*.npz"))) == 3
+    after = read_outputs(out)
+    pd.testing.assert_frame_equal(before.pop("index"), after.pop("index"))
+    assert before == after, "pruning changes nothing but the cache"
+
+
 def test_interrupted_run_then_rerun_matches_an_uninterrupted_one(faulty_raw, tmp_path, monkeypatch):
     calls = []
 
