@@ -126,6 +126,20 @@ def cache_path(cache_dir: Path, key: str) -> Path:
     return cache_dir / key[:2] / f"{key}.npz"
 
 
+def cache_usage(cache_dir: Path, keep: set[str] | None = None) -> dict:
+    """Entries and bytes in the cache; with `keep` (entry file names), first delete every other entry and
+    the temporary files a killed run left behind."""
+    entries = size = pruned = freed = 0
+    for path in cache_dir.glob("*/*"):  # cache_path's layout: two-character folders of entries
+        nbytes = path.stat().st_size
+        if keep is not None and path.name not in keep:
+            path.unlink()
+            pruned, freed = pruned + 1, freed + nbytes
+        elif path.suffix == ".npz":
+            entries, size = entries + 1, size + nbytes
+    return {"cache_entries": entries, "cache_bytes": size, "pruned_entries": pruned, "pruned_bytes": freed}
+
+
 def save_cached(path: Path, result: dict) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:  # atomic: a killed run leaves no partial entry
         np.savez(f, **result)

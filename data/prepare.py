@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from data.images import STATS, cache_key, cache_path, load_cached, parse_crop, process_pair, save_cached
+from data.images import STATS, cache_key, cache_path, cache_usage, load_cached, parse_crop, process_pair, save_cached
 from data.pairing import Skip, filter_positions, pair_files, scan_raw
 from data.registry import RegistryError, node_period, sun_elevation
 from sagecast_common.runio import JsonlLogger, atomic_path, atomic_write_json, atomic_write_text
@@ -212,25 +212,11 @@ def prepare(raw, out, *, size: int = 128, crop: str = "fov", min_elevation: floa
     with atomic_path(out / "index.parquet") as tmp:
         index[columns].to_parquet(tmp, index=False)
     atomic_write_json(out / "report.json", report)
-    cache = _cache_usage(out / "cache", keep={Path(r["_cache"]).name for r in rows} if prune_cache else None)
+    cache = cache_usage(out / "cache", keep={Path(r["_cache"]).name for r in rows} if prune_cache else None)
     JsonlLogger(out / "runs.jsonl").log({**run, **cache, "pairs": len(index),
                                          "seconds": round(time.time() - started, 2),
                                          "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     return report
-
-
-def _cache_usage(cache_dir: Path, keep: set[str] | None) -> dict:
-    """Entries and bytes in the cache; with `keep` (entry file names), first delete every other entry and
-    the temporary files a killed run left behind."""
-    entries = size = pruned = freed = 0
-    for path in sorted(cache_dir.glob("*/*")):
-        nbytes = path.stat().st_size
-        if keep is not None and path.name not in keep:
-            path.unlink()
-            pruned, freed = pruned + 1, freed + nbytes
-        elif path.suffix == ".npz":
-            entries, size = entries + 1, size + nbytes
-    return {"cache_entries": entries, "cache_bytes": size, "pruned_entries": pruned, "pruned_bytes": freed}
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
