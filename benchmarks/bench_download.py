@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from data import download
-from data.synthetic import generate
+from data.sage import download
+from data.synthetic.generate import generate
 from tests.sage_double import SageDouble
 
 LATENCY_S = 0.05

@@ -23,7 +23,7 @@ import pandas as pd
 from PIL import Image
 
 from data.formats import format_thermal_csv, read_thermal_csv, rgb_name, thermal_fov_box, thermal_name
-from data.images import process_pair
+from data.prepare.images import process_pair
 
 SIZE = 128
 

@@ -20,7 +20,7 @@ from unittest import mock
 
 import numpy as np
 
-import data.synthetic as synthetic
+import data.synthetic.generate as synthetic
 from data.formats import format_thermal_csv
 
 CONFIG = dict(nodes=["W056"], start="2023-05-18", days=1, hours=6, interval_min=5, seed=0, size="small",

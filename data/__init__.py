@@ -1,7 +1,13 @@
-"""sagecast data: SAGE Mobotix download, node registry, synthetic sky, preparation."""
+"""sagecast data, grouped by job:
+
+    data/sage/       talks to SAGE: query, download (fetch), node registry (nodes.json)
+    data/synthetic/  the synthetic sky in the download's exact formats (python -m data.synthetic)
+    data/prepare/    raw uploads → index + arrays (python -m data.prepare): pairing, image decoding, CSV parser
+    formats.py, sky.py, dataset.py   shared by all of them: file names and formats, sky geometry, the Dataset
+"""
 
 from data.formats import read_thermal_csv
-from data.registry import RegistryError, is_day, local_date, node_location, node_period, sun_elevation
+from data.sage.registry import RegistryError, is_day, local_date, node_location, node_period, sun_elevation
 
 __all__ = ["PairedSkyDataset", "RegistryError", "is_day", "local_date", "node_location", "node_period",
            "read_thermal_csv", "sun_elevation"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.thermal_parse import parse_grid
+from data.prepare.thermal_parse import parse_grid
 
 SKY_PRESETS = (1, 5, 9, 13, 17, 21, 25, 29)
 THERMAL_W, THERMAL_H = 336, 252
@@ -153,7 +153,7 @@ def read_thermal_csv(path: str | os.PathLike) -> np.ndarray:
     Width and height come from the header; negative values are kept. Wrong row or column counts and
     non-numbers raise ThermalFormatError naming the file and the 1-based line. Values equal
     `np.loadtxt(path, delimiter=";", skiprows=8).astype(np.float32)`; plain files take a compiled path
-    (data.thermal_parse, >10x faster, see BENCHMARKS.md), anything unusual the line-by-line one that
+    (data.prepare.thermal_parse, >10x faster, see BENCHMARKS.md), anything unusual the line-by-line one that
     reports the error.
     """
     path = Path(path)

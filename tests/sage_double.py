@@ -2,7 +2,7 @@
 
     python -m data.synthetic --out /tmp/raw --nodes W056 --start 2023-05-18 --days 1
     python -m tests.sage_double --root /tmp/raw --port 8765 --user me --token secret
-    SAGE_USER=me SAGE_TOKEN=secret python -m data.download --vsn W056 --start 2023-05-18 --end 2023-05-19 \
+    SAGE_USER=me SAGE_TOKEN=secret python -m data.sage.download --vsn W056 --start 2023-05-18 --end 2023-05-19 \
         --out /tmp/got --endpoint http://127.0.0.1:8765/api/v1/query --storage-url http://127.0.0.1:8765
 
 Routes: `POST /api/v1/query` with the real API's rules (body <= 4096 bytes, unknown fields -> 400, `start`
@@ -31,8 +31,8 @@ from urllib.parse import unquote, urlsplit
 
 import pandas as pd
 
-from data.registry import to_utc
-from data.sage_query import load_query_csv
+from data.sage.registry import to_utc
+from data.sage.query import load_query_csv
 
 QUERY_FIELDS = {"start", "end", "head", "tail", "filter", "bucket", "experimental_func", "experimental_window"}
 FAULTS = ("500", "slow", "drop", "bad_length", "401", "403", "404")

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data import download
+from data.sage import download
 from data.formats import SKY_PRESETS, rgb_name, thermal_name, thermal_plot_name
-from data.sage_query import load_query_file, plan_downloads
+from data.sage.query import load_query_file, plan_downloads
 from tests.sage_double import SageDouble
 
 REPO = Path(__file__).resolve().parents[1]
@@ -275,7 +275,7 @@ def test_killed_midway_then_rerun(env):
     src, out = env / "src", env / "out"
     wanted = make_raw(src, captures=4, size=60_000)
     with SageDouble(src, user=USER, token=TOKEN, trickle_s=0.02, lifetime_s=120) as d:
-        proc = subprocess.Popen([sys.executable, "-m", "data.download", *args(d, out, "--workers", "2")],
+        proc = subprocess.Popen([sys.executable, "-m", "data.sage.download", *args(d, out, "--workers", "2")],
                                 cwd=REPO, env=dict(os.environ), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
@@ -295,7 +295,7 @@ def test_killed_midway_then_rerun(env):
 @pytest.mark.slow
 def test_synthetic_day_through_the_double_then_prepare(env):
     """The whole offline flow: data.synthetic → double → data.download → (data.prepare when present)."""
-    from data.synthetic import generate
+    from data.synthetic.generate import generate
 
     src, out = env / "src", env / "out"
     generate(src, nodes=["W056"], start="2023-05-18", days=1, interval_min=120, seed=0, size="small",

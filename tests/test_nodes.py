@@ -1,4 +1,4 @@
-"""Tests for `python -m data.nodes` (GPS history → registry periods) against the SAGE double."""
+"""Tests for `python -m data.sage.nodes` (GPS history → registry periods) against the SAGE double."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data import nodes
-from data.registry import DEFAULT_REGISTRY, load_registry, node_period
+from data.sage import nodes
+from data.sage.registry import DEFAULT_REGISTRY, load_registry, node_period
 from tests.sage_double import SageDouble
 
 LEMONT, SAN_DIEGO = (41.7014, -87.9952), (32.7157, -117.1611)

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import data.prepare as prep
+import data.prepare.run as prep
 from data.formats import format_thermal_csv, rgb_name, thermal_fov_box, thermal_name, thermal_plot_name
-from data.prepare import assign_splits, prepare
+from data.prepare.run import assign_splits, prepare
 
 W, H, TW, TH = 96, 32, 16, 12
 NOON = pd.Timestamp("2023-05-18T17:00Z")  # Lemont, IL: midday; 06:00Z is night

@@ -24,8 +24,8 @@ from data.formats import (
     thermal_name,
 )
 from data.sky import SKY_ELEVATION_DEG, cloud_fraction, cloud_mask, preset_azimuth_deg
-from data.synthetic import FAULTS, META_COLUMNS, day_spans, fast_thermal_csv, generate, main
-from data.synthetic_render import CLOUD_BASE_M
+from data.synthetic.generate import FAULTS, META_COLUMNS, day_spans, fast_thermal_csv, generate, main
+from data.synthetic.render import CLOUD_BASE_M
 
 
 def _tree(root):

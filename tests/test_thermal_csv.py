@@ -69,7 +69,7 @@ def test_header_without_size_is_refused(tmp_path):
         read_thermal_csv(path)
 
 
-# --- the compiled fast path (data.thermal_parse.parse_grid) on its own -----------------------------------
+# --- the compiled fast path (data.prepare.thermal_parse.parse_grid) on its own -----------------------------------
 
 EDGE_TOKENS = ["0", "-0", "5.", "-5.", ".5", "-.5", "0.04", "-273.15", "382.21", "00012.5", "-00.040", "31",
                "1234567", "-1234567", "12345678", "1234567.8", "-123456.78",  # 8 bytes: no separator in reach
@@ -82,7 +82,7 @@ def _grid_bytes(rows: list[list[str]], tail: str = "\n") -> bytes:
 
 @pytest.mark.parametrize("tail", ["", "\n", "\n\n", " \r\n"])
 def test_fast_path_matches_float_bit_for_bit_on_edge_tokens(tail):
-    from data.thermal_parse import parse_grid
+    from data.prepare.thermal_parse import parse_grid
 
     rng = np.random.default_rng(3)
     tokens = EDGE_TOKENS + [f"{v:.2f}" for v in rng.uniform(-80, 60, 43)]
@@ -98,7 +98,7 @@ def test_fast_path_matches_float_bit_for_bit_on_edge_tokens(tail):
                                    "5/", "1234567890123456"])
 @pytest.mark.parametrize("where", [0, 13, 15])  # first value, middle, last value of the body
 def test_fast_path_refuses_anything_not_plain(token, where):
-    from data.thermal_parse import parse_grid
+    from data.prepare.thermal_parse import parse_grid
 
     tokens = [f"{v}.25" for v in range(16)]
     tokens[where] = token
@@ -112,6 +112,6 @@ def test_fast_path_refuses_anything_not_plain(token, where):
     ("1;2;\n3;4", 2, 2), ("1\n\n2", 1, 2), ("1;2\r\n3;4", 2, 2), ("1\n2;3\n4", 2, 2),
 ])
 def test_fast_path_refuses_wrong_counts_and_separators(body, width, height):
-    from data.thermal_parse import parse_grid
+    from data.prepare.thermal_parse import parse_grid
 
     assert parse_grid(b"12345678" + body.encode(), 8, width, height) is None

@@ -1,8 +1,8 @@
 """Node registry: where a SAGE node stood at a given time, and whether the sun was up there.
 
 Nodes move (W056 went from Argonne to San Diego in May 2023), so location is a function of (vsn, time).
-The registry is a small JSON file of dated periods per VSN: `data/nodes.json` by default, or the file named
-by the environment variable SAGECAST_NODES. Edit it by hand or with `python -m data.nodes update`.
+The registry is a small JSON file of dated periods per VSN: `data/sage/nodes.json` by default, or the file named
+by the environment variable SAGECAST_NODES. Edit it by hand or with `python -m data.sage.nodes update`.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def node_period(vsn: str, when, *, registry: str | os.PathLike | None = None) ->
         if period.contains(ts):
             return period
     raise RegistryError(f"node {vsn} has no registry period containing {ts.isoformat()}; "
-                        f"edit {registry or registry_path()} or run `python -m data.nodes update --vsn {vsn}`")
+                        f"edit {registry or registry_path()} or run `python -m data.sage.nodes update --vsn {vsn}`")
 
 
 def node_location(vsn: str, when, *, registry: str | os.PathLike | None = None) -> tuple[float, float]:

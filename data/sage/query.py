@@ -1,6 +1,6 @@
 """Query the SAGE data API in day-sized chunks, load saved query results, and plan which files to fetch.
 
-Used by `python -m data.download` (see there) and `python -m data.nodes`. The query API is public: no
+Used by `python -m data.sage.download` (see there) and `python -m data.sage.nodes`. The query API is public: no
 credentials are ever sent to it. Each chunk's result is kept under `RAW/<VSN>/sage_meta/` as provenance and
 so that a re-run does not query it again.
 """
@@ -22,7 +22,7 @@ import sage_data_client
 from tqdm import tqdm
 
 from data.formats import RGB, SKY_PRESETS, THERMAL, parse_mobotix_name, split_ts_name
-from data.registry import to_utc
+from data.sage.registry import to_utc
 from sagecast_common.runio import atomic_path
 
 QUERY_ENDPOINT = "https://data.sagecontinuum.org/api/v1/query"

@@ -1,8 +1,8 @@
-"""Node location history in the registry: `python -m data.nodes update|show`.
+"""Node location history in the registry: `python -m data.sage.nodes update|show`.
 
-    python -m data.nodes update --vsn W056 [--start 2023-01-01] [--end 2024-01-01] [--endpoint URL]
+    python -m data.sage.nodes update --vsn W056 [--start 2023-01-01] [--end 2024-01-01] [--endpoint URL]
                                 [--manifest-url URL] [--tz America/Chicago] [--replace]
-    python -m data.nodes show W056
+    python -m data.sage.nodes show W056
 
 `update` takes daily means of the node's `sys.gps.lat|lon|alt` series from the data API (only days with a
 GPS fix exist), starts a new dated period wherever the node jumps by more than --jump-km, and merges the
@@ -24,8 +24,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from data.registry import Period, load_registry, registry_path, save_registry, to_utc
-from data.sage_query import QUERY_ENDPOINT, query
+from data.sage.registry import Period, load_registry, registry_path, save_registry, to_utc
+from data.sage.query import QUERY_ENDPOINT, query
 
 MANIFEST_URL = "https://auth.sagecontinuum.org/manifests"
 TOOL_SOURCES = ("sys.gps", "manifest")  # periods whose source starts so were written by `update`
@@ -170,7 +170,7 @@ def update(args) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m data.nodes", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m data.sage.nodes", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     up = sub.add_parser("update", help="merge GPS history (or the manifest's coordinates) into the registry")
@@ -186,7 +186,7 @@ def main(argv=None) -> None:
     sh.add_argument("vsn")
     for p in (up, sh):
         p.add_argument("--registry", type=Path,
-                       help="registry JSON (default: $SAGECAST_NODES or data/nodes.json)")
+                       help="registry JSON (default: $SAGECAST_NODES or data/sage/nodes.json)")
     args = ap.parse_args(argv)
     if args.command == "show":
         print(show(args.vsn, args.registry))

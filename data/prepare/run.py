@@ -3,8 +3,8 @@
     python -m data.prepare --raw runs/raw --out runs/prepared --size 64
 
 Reads layout (a) `RAW/<VSN>/{rgb,thermal}/{ts_ns}-{filename}` and/or the original workflow's layout (b)
-`RAW/rgb/`, `RAW/rgb/processed/`, `RAW/thermal/` (data.pairing), pairs RGB and thermal per capture and
-position, decodes each pair once (data.images; cached under OUT/cache/, so a rerun after new files arrive,
+`RAW/rgb/`, `RAW/rgb/processed/`, `RAW/thermal/` (data.prepare.pairing), pairs RGB and thermal per capture and
+position, decodes each pair once (data.prepare.images; cached under OUT/cache/, so a rerun after new files arrive,
 or after a kill, processes only what is missing and ends with the same outputs) and writes atomically:
   index.parquet   one row per pair, sorted by (vsn, timestamp, position); `row` indexes the arrays
   rgb.npy         uint8 (N, S, S, 3)      thermal.npy  float16 (N, S, S) °C, pixel-aligned with rgb.npy
@@ -37,9 +37,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from data.images import STATS, cache_key, cache_path, cache_usage, load_cached, parse_crop, process_pair, save_cached
-from data.pairing import Skip, filter_positions, pair_files, scan_raw
-from data.registry import RegistryError, node_period, sun_elevation
+from data.prepare.images import STATS, cache_key, cache_path, cache_usage, load_cached, parse_crop, process_pair, save_cached
+from data.prepare.pairing import Skip, filter_positions, pair_files, scan_raw
+from data.sage.registry import RegistryError, node_period, sun_elevation
 from sagecast_common.runio import JsonlLogger, atomic_path, atomic_write_json, atomic_write_text
 
 SPLITS = ("train", "val", "test")
@@ -246,7 +246,7 @@ def main(argv=None) -> None:
     ap.add_argument("--keep-unpositioned", action="store_true",
                     help="keep files whose names carry no position (before ~2023-03-14); indexed as position -1")
     ap.add_argument("--workers", type=int, default=None, help="decoding processes (default min(4, CPUs))")
-    ap.add_argument("--registry", default=None, help="node registry JSON (default $SAGECAST_NODES or data/nodes.json)")
+    ap.add_argument("--registry", default=None, help="node registry JSON (default $SAGECAST_NODES or data/sage/nodes.json)")
     ap.add_argument("--prune-cache", action="store_true",
                     help="after writing, delete cache entries this run did not use (files gone, other --size or "
                          "--crop) and leftovers of killed runs")

@@ -1,7 +1,7 @@
 """Download SAGE Mobotix scans: query the data API, plan, then fetch in parallel with resume.
 
-    python -m data.download --vsn W056 --start 2023-03-10 --end 2023-03-24 --out RAW
-    python -m data.download --from-query saved.csv --out RAW --dry-run
+    python -m data.sage.download --vsn W056 --start 2023-03-10 --end 2023-03-24 --out RAW
+    python -m data.sage.download --from-query saved.csv --out RAW --dry-run
 
 Writes `RAW/<VSN>/rgb/` and `RAW/<VSN>/thermal/` as `{ts_ns}-{filename}`, the query results under
 `RAW/<VSN>/sage_meta/`, `RAW/plan.csv` and `RAW/failed_urls.csv` (url, status, reason). Safe to re-run: saved
@@ -23,9 +23,9 @@ from urllib.parse import urlsplit
 import pandas as pd
 from tqdm import tqdm
 
-from data.fetch import AuthError, Fetcher, Result, find_credentials, origin_of
-from data.registry import to_utc
-from data.sage_query import QUERY_ENDPOINT, STORAGE_URL, QueryError, load_query_file, plan_downloads, query_uploads
+from data.sage.fetch import AuthError, Fetcher, Result, find_credentials, origin_of
+from data.sage.registry import to_utc
+from data.sage.query import QUERY_ENDPOINT, STORAGE_URL, QueryError, load_query_file, plan_downloads, query_uploads
 from sagecast_common.runio import atomic_path
 
 AUTH_HELP = ("set SAGE_USER (your SAGE portal user name) and SAGE_TOKEN (your portal access token) in the "
@@ -33,7 +33,7 @@ AUTH_HELP = ("set SAGE_USER (your SAGE portal user name) and SAGE_TOKEN (your po
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m data.download", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m data.sage.download", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vsn", action="append", help="node, e.g. W056 (repeatable; filters --from-query)")
     ap.add_argument("--start", help="UTC start, e.g. 2023-03-10 or 2023-03-10T12:00")

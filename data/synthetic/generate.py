@@ -37,8 +37,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from data.formats import KELVIN_STEP, SKY_PRESETS, rgb_name, thermal_name, thermal_plot_name
-from data.registry import node_period, sun_elevation
-from data.synthetic_render import (
+from data.sage.registry import node_period, sun_elevation
+from data.synthetic.render import (
     EPOCH_S,
     CloudField,
     false_colour,

@@ -1,0 +1,5 @@
+"""`python -m data.prepare`: see data.prepare.run."""
+
+from data.prepare.run import main
+
+main()

@@ -1,0 +1,5 @@
+"""`python -m data.synthetic`: see data.synthetic.generate."""
+
+from data.synthetic.generate import main
+
+main()
