@@ -31,8 +31,8 @@ from urllib.parse import unquote, urlsplit
 
 import pandas as pd
 
-from data.sage.registry import to_utc
 from data.sage.query import load_query_csv
+from data.sage.registry import to_utc
 
 QUERY_FIELDS = {"start", "end", "head", "tail", "filter", "bucket", "experimental_func", "experimental_window"}
 FAULTS = ("500", "slow", "drop", "bad_length", "401", "403", "404")

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.sage import download
 from data.formats import SKY_PRESETS, rgb_name, thermal_name, thermal_plot_name
+from data.sage import download
 from data.sage.query import load_query_file, plan_downloads
 from tests.sage_double import SageDouble
 

@@ -37,7 +37,16 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from data.prepare.images import STATS, cache_key, cache_path, cache_usage, load_cached, parse_crop, process_pair, save_cached
+from data.prepare.images import (
+    STATS,
+    cache_key,
+    cache_path,
+    cache_usage,
+    load_cached,
+    parse_crop,
+    process_pair,
+    save_cached,
+)
 from data.prepare.pairing import Skip, filter_positions, pair_files, scan_raw
 from data.sage.registry import RegistryError, node_period, sun_elevation
 from sagecast_common.runio import JsonlLogger, atomic_path, atomic_write_json, atomic_write_text
@@ -246,7 +255,8 @@ def main(argv=None) -> None:
     ap.add_argument("--keep-unpositioned", action="store_true",
                     help="keep files whose names carry no position (before ~2023-03-14); indexed as position -1")
     ap.add_argument("--workers", type=int, default=None, help="decoding processes (default min(4, CPUs))")
-    ap.add_argument("--registry", default=None, help="node registry JSON (default $SAGECAST_NODES or data/sage/nodes.json)")
+    ap.add_argument("--registry", default=None,
+                    help="node registry JSON (default $SAGECAST_NODES or data/sage/nodes.json)")
     ap.add_argument("--prune-cache", action="store_true",
                     help="after writing, delete cache entries this run did not use (files gone, other --size or "
                          "--crop) and leftovers of killed runs")

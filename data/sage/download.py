@@ -24,8 +24,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from data.sage.fetch import AuthError, Fetcher, Result, find_credentials, origin_of
-from data.sage.registry import to_utc
 from data.sage.query import QUERY_ENDPOINT, STORAGE_URL, QueryError, load_query_file, plan_downloads, query_uploads
+from data.sage.registry import to_utc
 from sagecast_common.runio import atomic_path
 
 AUTH_HELP = ("set SAGE_USER (your SAGE portal user name) and SAGE_TOKEN (your portal access token) in the "

@@ -24,8 +24,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from data.sage.registry import Period, load_registry, registry_path, save_registry, to_utc
 from data.sage.query import QUERY_ENDPOINT, query
+from data.sage.registry import Period, load_registry, registry_path, save_registry, to_utc
 
 MANIFEST_URL = "https://auth.sagecontinuum.org/manifests"
 TOOL_SOURCES = ("sys.gps", "manifest")  # periods whose source starts so were written by `update`
