@@ -1,29 +1,48 @@
-"""Typed run configs: a dataclass with working defaults, named presets, `key=value` overrides.
+"""Typed run configs: a dataclass with working defaults, named presets, `key=value` or `--key value` overrides.
 
-    cfg = parse_config(Config, sys.argv[1:], presets=PRESETS, prog="python -m stage1_jea.train")
+    cfg = parse_config(Config, sys.argv[1:], presets=PRESETS, prog="sagecast-stage1-train")
 
-Arguments are `--preset NAME` (or `preset=NAME`) and `key=value` pairs. Unknown keys and values that do
-not parse as the field's type fail at once with the list of valid keys. `--help` prints every field with
-its default and the presets. Field help comes from `field(metadata={"help": ...})`.
+Arguments are `--preset NAME` (or `preset=NAME`) and overrides written `key=value`, `--key=value` or
+`--key value` (a bool field alone, `--force-schedule`, means true). Fields declared with `option(...)` carry
+a one-line help and bounds (`ge`, `gt`); `Literal[...]` fields accept only their choices. Unknown keys fail
+with a "did you mean", bad values name what is expected; all as ConfigError (the CLI prints one line, exit 2).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import sys
 import types
 import typing
-from typing import Any
+from typing import Any, Literal
+
+_BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
 class ConfigError(ValueError):
     pass
 
 
+def option(default: Any, help: str = "", *, ge: float | None = None, gt: float | None = None) -> Any:
+    """A config field with a one-line help and optional bounds (value >= ge, value > gt)."""
+    return dataclasses.field(default=default, metadata={"help": help, "ge": ge, "gt": gt})
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
 def _coerce(name: str, text: str, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is Literal:
+        if text not in args:
+            raise ConfigError(f"{name}={text!r}: expected {_type_name(tp)}")
+        return text
     if origin in (typing.Union, types.UnionType):
         if text.lower() in ("none", "null", "") and type(None) in args:
             return None
@@ -31,27 +50,27 @@ def _coerce(name: str, text: str, tp: Any) -> Any:
         return _coerce(name, text, inner)
     if origin in (tuple, list):
         inner = args[0] if args else str
-        items = [t for t in text.replace(" ", "").split(",") if t]
-        values = [_coerce(name, t, inner) for t in items]
+        values = [_coerce(name, t, inner) for t in text.replace(" ", "").split(",") if t]
         return tuple(values) if origin is tuple else values
     if tp is bool:
-        low = text.lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name}={text!r}: expected true/false")
+        if text.lower() not in _BOOL:
+            raise ConfigError(f"{name}={text!r}: expected true/false")
+        return _BOOL[text.lower()]
     try:
         return tp(text)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name}={text!r}: expected {getattr(tp, '__name__', tp)}") from None
+        raise ConfigError(f"{name}={text!r}: expected {_type_name(tp)}") from None
 
 
 def _check_value(name: str, value: Any, tp: Any) -> Any:
     """Validate a value given as Python (from a preset or a saved config), converting lists to tuples."""
-    if isinstance(value, str) and tp is not str and typing.get_origin(tp) is None:
-        return _coerce(name, value, tp)
     origin = typing.get_origin(tp)
+    if isinstance(value, str) and tp is not str and origin is None:
+        return _coerce(name, value, tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{name}={value!r}: expected {_type_name(tp)}")
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None:
             return None
@@ -70,19 +89,38 @@ def _check_value(name: str, value: Any, tp: Any) -> Any:
     return value
 
 
+def _check_bounds(f: dataclasses.Field, value: Any) -> None:
+    ge, gt = f.metadata.get("ge"), f.metadata.get("gt")
+    if value is None or isinstance(value, (str, bool, tuple, list)):
+        return
+    if ge is not None and not value >= ge:
+        raise ConfigError(f"{f.name}={value!r}: must be >= {ge}")
+    if gt is not None and not value > gt:
+        raise ConfigError(f"{f.name}={value!r}: must be > {gt}")
+
+
 def _field_types(cls) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def _unknown(keys: list[str], valid: dict[str, Any]) -> ConfigError:
+    key = keys[0]
+    near = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]!r}?" if near else f"see --help for the {len(valid)} valid keys"
+    return ConfigError(f"unknown config key {key!r}: {hint}")
+
+
 def build_config(cls, overrides: dict[str, Any]):
-    """Instantiate `cls` from a dict of overrides, refusing unknown keys and wrong types."""
+    """Instantiate `cls` from a dict of overrides, refusing unknown keys, wrong types and out-of-bounds values."""
     types_ = _field_types(cls)
     unknown = sorted(set(overrides) - set(types_))
     if unknown:
-        raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(types_)}")
-    checked = {k: _check_value(k, v, types_[k]) for k, v in overrides.items()}
-    return cls(**checked)
+        raise _unknown(unknown, types_)
+    cfg = cls(**{k: _check_value(k, v, types_[k]) for k, v in overrides.items()})
+    for f in dataclasses.fields(cls):
+        _check_bounds(f, getattr(cfg, f.name))
+    return cfg
 
 
 def config_to_dict(cfg) -> dict[str, Any]:
@@ -91,55 +129,62 @@ def config_to_dict(cfg) -> dict[str, Any]:
 
 def help_text(cls, presets: dict[str, dict], prog: str) -> str:
     doc = (cls.__doc__ or "").strip()
-    lines = [f"usage: {prog} [--preset NAME] [key=value ...]", ""]
+    lines = [f"usage: {prog} [--preset NAME] [key=value | --key value ...]", ""]
     if doc:
         lines += [doc, ""]
     lines.append("presets: " + ", ".join(f"{k} ({', '.join(f'{a}={b}' for a, b in v.items()) or 'defaults'})"
                                          for k, v in presets.items()))
-    lines += ["", "keys (default):"]
+    lines += ["", "options (key=value or --key value; later ones win over the preset):"]
     types_ = _field_types(cls)
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        tname = getattr(types_[f.name], "__name__", str(types_[f.name]))
-        help_ = f.metadata.get("help", "")
-        lines.append(f"  {f.name}={default!r}  [{tname}]  {help_}")
+        bounds = "".join(f", {op} {f.metadata[k]}" for k, op in (("ge", ">="), ("gt", ">"))
+                         if f.metadata.get(k) is not None)
+        lines.append(f"  --{f.name.replace('_', '-')}  [{_type_name(types_[f.name])}{bounds}]  "
+                     f"{f.metadata.get('help', '')} (default: {default!r})")
     return "\n".join(lines)
 
 
 def parse_config(cls, argv: list[str], *, presets: dict[str, dict], prog: str, default_preset: str | None = None):
-    """Parse `[--preset NAME] [key=value ...]` (plus flags listed as bool fields, e.g. `--force-schedule`)."""
+    """Parse `[--preset NAME]` and overrides (`key=value`, `--key=value`, `--key value`, `--bool-flag`)."""
     if any(a in ("-h", "--help") for a in argv):
         print(help_text(cls, presets, prog))
         sys.exit(0)
+    types_ = _field_types(cls)
     preset = default_preset
     pairs: dict[str, str] = {}
-    it = iter(argv)
-    for arg in it:
-        if arg == "--preset":
-            preset = next(it, None)
-            if preset is None:
-                raise ConfigError("--preset needs a name")
-        elif arg.startswith("--preset="):
-            preset = arg.split("=", 1)[1]
-        elif arg.startswith("--") and "=" not in arg:
-            pairs[arg[2:].replace("-", "_")] = "true"
-        elif "=" in arg:
-            key, value = arg.lstrip("-").split("=", 1)
-            key = key.replace("-", "_")
-            if key == "preset":
-                preset = value
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if "=" in arg:
+            key, value = arg.split("=", 1)
+            if key.startswith("-") and not key.startswith("--"):
+                raise ConfigError(f"cannot read argument {arg!r}: use key=value or --key value (see --help)")
+            key = key.removeprefix("--").replace("-", "_")
+        elif arg.startswith("--"):
+            key = arg[2:].replace("-", "_")
+            if key != "preset" and key not in types_:
+                raise _unknown([key], types_)
+            takes_word = key == "preset" or types_[key] is not bool
+            if takes_word or (args and args[0].lower() in _BOOL):
+                if not args:
+                    raise ConfigError(f"{arg} needs a value (see --help)")
+                value = args.pop(0)
             else:
-                pairs[key] = value
+                value = "true"
         else:
-            raise ConfigError(f"cannot read argument {arg!r}: use key=value (see --help)")
+            raise ConfigError(f"cannot read argument {arg!r}: use key=value or --key value (see --help)")
+        if key == "preset":
+            preset = value
+        else:
+            pairs[key] = value
     overrides: dict[str, Any] = {}
     if preset is not None:
         if preset not in presets:
-            raise ConfigError(f"unknown preset {preset!r}; available: {sorted(presets)}")
+            raise ConfigError(f"unknown preset {preset!r}; available: {', '.join(sorted(presets))}")
         overrides.update(presets[preset])
-    types_ = _field_types(cls)
     unknown = sorted(set(pairs) - set(types_))
     if unknown:
-        raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(types_)}")
+        raise _unknown(unknown, types_)
     overrides.update({k: _coerce(k, v, types_[k]) for k, v in pairs.items()})
     return build_config(cls, overrides)

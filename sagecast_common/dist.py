@@ -2,7 +2,9 @@
 
 Every batch system starts ranks differently. `launch_env()` reads whichever launcher variables are present
 (torchrun, Open MPI, PALS/PMI on Polaris, Slurm's srun) and returns one `LaunchEnv`; training code only ever
-sees that. `gather_with_grad` is the one cross-rank gather in the project (used by the VICReg loss).
+sees that. `gather_with_grad` is the one cross-rank gather in the project (used by the VICReg loss); `rank_shard` is
+the one way both stages split an epoch between ranks (every rank gets the same number of samples, so the
+same number of batches: unequal counts would leave one rank waiting in a collective forever).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as torch_dist
+from torch.utils.data import DistributedSampler
 
 
 @dataclass(frozen=True)
@@ -151,3 +154,15 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     if not torch_dist.is_initialized() or torch_dist.get_world_size() == 1:
         return x
     return torch.cat(_GatherWithGrad.apply(x), dim=0)
+
+
+def rank_shard(n: int, *, rank: int, world_size: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
+    """This rank's sample indices for `epoch`: a (seed, epoch) permutation of range(n), cut to equal shares.
+
+    The n % world_size samples left over are dropped for this epoch (a different few each epoch), so every rank
+    runs the same number of batches.
+    """
+    sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
+                                 drop_last=True)
+    sampler.set_epoch(epoch)
+    return list(sampler)

@@ -110,21 +110,44 @@ def environment_info() -> dict[str, Any]:
 
 
 class JsonlLogger:
-    """Append one JSON object per line; flushes every write so a killed run keeps its log."""
+    """Append one JSON object per line; flushes every write so a killed run keeps its log.
 
-    def __init__(self, path: str | os.PathLike, *, enabled: bool = True):
+    With `tensorboard=True` the numeric values of each record are mirrored to TensorBoard event files in the
+    log's folder (`tb/`), keyed like the JSON and stepped by its "step"; the JSON lines stay the record.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, enabled: bool = True, tensorboard: bool = False):
         self.path = Path(path)
         self.enabled = enabled
+        self._tb = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                from sagecast_common.cli import UserError
+
+                raise UserError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+            self._tb = SummaryWriter(str(self.path.parent / "tb"))
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(record, default=float) + "\n")
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(key, value, global_step=record.get("step"))
+            self._tb.flush()
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def keep_until(self, step: int) -> None:
+        """Drop lines logged after `step` (a resumed run redoes them), so the log describes one run."""
+        if self.enabled:
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.read() if r["step"] <= step))

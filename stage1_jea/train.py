@@ -4,8 +4,11 @@
     torchrun --nproc-per-node 4 -m stage1_jea.train --preset full prepared=P run_dir=R       # DDP (also mpiexec/srun)
 
 One process by default; under a launcher (torchrun, Open MPI, PALS/PMI, srun) it runs DDP. `batch_size` is
-the global batch. Rerunning the same command resumes from RUN/ckpt.pt; SIGTERM/SIGUSR1 save a checkpoint at
-the next step and exit cleanly. Writes RUN/{ckpt.pt, encoders.pt, config.json, env.json, log.jsonl} and plots.
+the global batch. Rerunning the same command resumes from RUN/ckpt.pt: bitwise the same as an uninterrupted
+run when it stopped at an epoch boundary; after a mid-epoch stop it continues with the epoch's remaining
+samples in the same order, with fresh augmentation draws. SIGTERM/SIGUSR1 (to the main process or the whole
+process group) save a checkpoint at the current step and exit 75. Writes RUN/{ckpt.pt, encoders.pt,
+config.json, env.json, log.jsonl} and plots (tensorboard=true: also RUN/tb/).
 """
 
 from __future__ import annotations
@@ -13,29 +16,33 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.distributed as torch_dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
+from torch.utils.data import DataLoader
 
-from sagecast_common.config import config_to_dict, parse_config
-from sagecast_common.dist import launch_env, setup, teardown
+from sagecast_common.checkpoint import check_schedule, load_checkpoint, load_state, save_checkpoint
+from sagecast_common.cli import EXIT_INCOMPLETE, UserError, require, run_cli
+from sagecast_common.config import config_to_dict, option, parse_config
+from sagecast_common.dist import launch_env, rank_shard, setup, teardown
 from sagecast_common.encoders import save_encoders
-from sagecast_common.runio import JsonlLogger, atomic_write_json, atomic_write_text, environment_info, seed_everything
-from stage1_jea.ckpt import load_checkpoint, save_checkpoint, set_rng_state
+from sagecast_common.progress import progress
+from sagecast_common.runio import JsonlLogger, atomic_write_json, environment_info, seed_everything
+from sagecast_common.schedule import lr_at, set_lr
+from sagecast_common.stopping import StopSignals, ignore_stop_signals, loader_died
 from stage1_jea.loss import vicreg_loss
 from stage1_jea.model import TwoBranch, encoder_specs
-from stage1_jea.optim import build_optimizer, lr_at, set_lr
+from stage1_jea.optim import build_optimizer
 from stage1_jea.plots import plot_training
 
+PROG = "sagecast-stage1-train"
 SCHEDULE_KEYS = ("epochs", "batch_size", "base_lr", "warmup_epochs", "final_lr_ratio")
 
 
@@ -43,35 +50,36 @@ SCHEDULE_KEYS = ("epochs", "batch_size", "base_lr", "warmup_epochs", "final_lr_r
 class Config:
     """Two-branch RGB/thermal VICReg (stage 1)."""
 
-    prepared: str = field(default="runs/prepared", metadata={"help": "prepared dir (data.prepare)"})
-    run_dir: str = field(default="runs/stage1", metadata={"help": "output dir; resumes if ckpt.pt exists"})
-    rgb_arch: str = field(default="resnet50", metadata={"help": "timm architecture of the RGB branch"})
-    thermal_arch: str = field(default="resnet50", metadata={"help": "timm architecture of the thermal branch"})
-    rgb_patch: int = field(default=16, metadata={"help": "ViT patch size, RGB"})
-    thermal_patch: int = field(default=8, metadata={"help": "ViT patch size, thermal (low resolution)"})
-    projector: str = field(default="8192-8192-8192", metadata={"help": "projector widths"})
-    crop_size: int | None = field(default=None, metadata={"help": "training crop (None: prepared size)"})
-    day_only: bool = field(default=True, metadata={"help": "train on daytime pairs only"})
-    epochs: int = 100
-    batch_size: int = field(default=256, metadata={"help": "global batch (all ranks)"})
-    optimizer: str = field(default="lars", metadata={"help": "lars | adamw"})
-    base_lr: float = field(default=0.2, metadata={"help": "peak lr = base_lr * batch_size / 256"})
-    weight_decay: float = 1e-6
-    warmup_epochs: float = 10.0
-    final_lr_ratio: float = field(default=0.001, metadata={"help": "cosine ends at this fraction of peak"})
-    sim_coeff: float = 25.0
-    std_coeff: float = 25.0
-    cov_coeff: float = 1.0
-    num_workers: int = 4
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast (GPU only)"})
-    channels_last: bool = field(default=True, metadata={"help": "channels_last memory format (GPU only)"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
-    seed: int = 0
-    log_every: int = 10
-    stop_after_epoch: int = field(default=0, metadata={"help": "exit (checkpointed) after this epoch; 0: run all"})
-    force_schedule: bool = field(default=False, metadata={"help": "allow resuming with a changed schedule"})
+    prepared: str = option("runs/prepared", "prepared dir (sagecast-prepare)")
+    run_dir: str = option("runs/stage1", "output dir; resumes if ckpt.pt exists")
+    rgb_arch: str = option("resnet50", "timm architecture of the RGB branch")
+    thermal_arch: str = option("resnet50", "timm architecture of the thermal branch")
+    rgb_patch: int = option(16, "ViT patch size, RGB", ge=1)
+    thermal_patch: int = option(8, "ViT patch size, thermal (low resolution)", ge=1)
+    projector: str = option("8192-8192-8192", "projector widths")
+    crop_size: int | None = option(None, "training crop (None: prepared size)", ge=1)
+    day_only: bool = option(True, "train on daytime pairs only")
+    epochs: int = option(100, "training epochs", ge=1)
+    batch_size: int = option(256, "global batch (all ranks)", ge=1)
+    optimizer: Literal["lars", "adamw"] = option("lars", "optimiser")
+    base_lr: float = option(0.2, "peak lr = base_lr * batch_size / 256", gt=0)
+    weight_decay: float = option(1e-6, "weight decay (not on biases and norms)", ge=0)
+    warmup_epochs: float = option(10.0, "linear warmup length", ge=0)
+    final_lr_ratio: float = option(0.001, "cosine ends at this fraction of peak", ge=0)
+    sim_coeff: float = option(25.0, "VICReg invariance weight", ge=0)
+    std_coeff: float = option(25.0, "VICReg variance weight", ge=0)
+    cov_coeff: float = option(1.0, "VICReg covariance weight", ge=0)
+    num_workers: int = option(4, "DataLoader worker processes per rank", ge=0)
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "auto: CUDA when available")
+    threads: int = option(0, "torch CPU threads (0: torch's default)", ge=0)
+    bf16: bool = option(True, "bf16 autocast (GPU only)")
+    channels_last: bool = option(True, "channels_last memory format (GPU only)")
+    compile: bool = option(False, "torch.compile the model")
+    seed: int = option(0, "seed of weights, data order and augmentations")
+    log_every: int = option(10, "steps between log.jsonl lines", ge=1)
+    tensorboard: bool = option(False, "also write RUN/tb/ TensorBoard events (rank 0)")
+    stop_after_epoch: int = option(0, "exit (checkpointed, status 75) after this epoch; 0: run all", ge=0)
+    force_schedule: bool = option(False, "allow resuming with a changed schedule")
 
 
 PRESETS = {
@@ -84,13 +92,6 @@ PRESETS = {
              "batch_size": 256, "optimizer": "lars", "base_lr": 0.2, "bf16": True},
 }
 
-_stop_signal: list[int] = []
-
-
-def _on_signal(signum, frame):
-    _stop_signal.append(signum)  # acted on at the next step boundary, where a checkpoint is consistent
-
-
 def _dataset(cfg: Config):
     from data import PairedSkyDataset
 
@@ -98,50 +99,38 @@ def _dataset(cfg: Config):
                             crop_size=cfg.crop_size, seed=cfg.seed)
 
 
-def _seed_workers(worker_id: int) -> None:
+def _init_worker(worker_id: int) -> None:
     seed_everything(torch.initial_seed() % 2**32)
-
-
-def _check_schedule(cfg: Config, ckpt: dict) -> None:
-    saved = ckpt["config"]
-    changed = {k: (saved.get(k), getattr(cfg, k)) for k in SCHEDULE_KEYS if saved.get(k) != getattr(cfg, k)}
-    if changed and not cfg.force_schedule:
-        desc = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items())
-        raise SystemExit(f"refusing to resume {cfg.run_dir}: the schedule changed ({desc}). The lr is a "
-                         f"function of step and the total of {ckpt['total_steps']} steps fixed at the start, so "
-                         "the lr would jump. Pass force_schedule=true (--force-schedule) to accept that, or use "
-                         "a new run_dir.")
+    ignore_stop_signals()  # the main process saves first, then ends the workers
 
 
 def main(cfg: Config) -> dict:
     env = launch_env()
     device = setup(env, device=cfg.device)
-    _stop_signal.clear()
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGUSR1)}
     try:
-        return _train(cfg, env, device)
+        with StopSignals() as stop:
+            return _train(cfg, env, device, stop)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         teardown()
 
 
-def _train(cfg: Config, env, device: torch.device) -> dict:
+def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
     run, cuda = Path(cfg.run_dir), device.type == "cuda"
     if cfg.batch_size % env.world_size:
-        raise SystemExit(f"batch_size={cfg.batch_size} is not divisible by the world size {env.world_size}")
+        raise UserError(f"batch_size={cfg.batch_size} is not divisible by the world size {env.world_size}")
     per_rank = cfg.batch_size // env.world_size
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    require(Path(cfg.prepared) / "index.parquet", made_by="sagecast-prepare", what="prepared index")
     dataset = _dataset(cfg)
     img_size = int(dataset[0][0].shape[-1])
-    sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
-                                 seed=cfg.seed, drop_last=True)
-    steps_per_epoch = len(sampler) // per_rank
+    shard = lambda epoch: rank_shard(len(dataset), rank=env.rank, world_size=env.world_size, seed=cfg.seed,
+                                     epoch=epoch)
+    steps_per_epoch = len(shard(0)) // per_rank
     if steps_per_epoch == 0:
-        raise SystemExit(f"{len(dataset)} training pairs in {cfg.prepared} are fewer than one batch ({per_rank}/rank)")
+        raise UserError(f"{len(dataset)} training pairs in {cfg.prepared} are fewer than one batch ({per_rank}/rank)")
 
     seed_everything(cfg.seed)
     specs = encoder_specs(cfg.rgb_arch, cfg.thermal_arch, img_size=img_size, rgb_patch=cfg.rgb_patch,
@@ -153,21 +142,18 @@ def _train(cfg: Config, env, device: torch.device) -> dict:
     model.to(device, memory_format=memory_format)
     optimizer = build_optimizer(model, name=cfg.optimizer, weight_decay=cfg.weight_decay)
     total_steps, step, epoch, batches_done = cfg.epochs * steps_per_epoch, 0, 0, 0
-    logger = JsonlLogger(run / "log.jsonl", enabled=env.is_main)
+    # everything the lr depends on, fixed at the first run; a resume that would change it is refused
+    schedule = {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "train_pairs": len(dataset),
+                **{k: getattr(cfg, k) for k in SCHEDULE_KEYS}}
+    logger = JsonlLogger(run / "log.jsonl", enabled=env.is_main, tensorboard=cfg.tensorboard)
     if (run / "ckpt.pt").exists():
         ckpt = load_checkpoint(run / "ckpt.pt")
-        _check_schedule(cfg, ckpt)
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
-            raise RuntimeError(f"{run / 'ckpt.pt'} does not fit the configured model (use a new run_dir): {e}") from e
+        check_schedule(ckpt.get("schedule", {}), schedule, force=cfg.force_schedule, path=run / "ckpt.pt")
+        load_state(model, ckpt["model"], path=run / "ckpt.pt")
         optimizer.load_state_dict(ckpt["optimizer"])
         step, epoch, batches_done = ckpt["step"], ckpt["epoch"], ckpt["batches_done"]
-        if batches_done and env.world_size == 1:
-            set_rng_state(ckpt["rng"])  # mid-epoch (signal) checkpoint: continue the same random stream
+        logger.keep_until(step)
         if env.is_main:
-            # drop lines logged after the checkpoint, so the log and plots describe one consistent run
-            atomic_write_text(logger.path, "".join(json.dumps(r) + "\n" for r in logger.read() if r["step"] <= step))
             print(f"resuming {run} at step {step}/{total_steps} (epoch {epoch}, batch {batches_done})")
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
     peak_lr = cfg.base_lr * cfg.batch_size / 256
@@ -180,8 +166,7 @@ def _train(cfg: Config, env, device: torch.device) -> dict:
         if env.is_main:
             save_checkpoint(run / "ckpt.pt", model=model.state_dict(), optimizer=optimizer.state_dict(),
                             step=step, epoch=epoch, batches_done=batches_done, total_steps=total_steps,
-                            steps_per_epoch=steps_per_epoch, config=config_to_dict(cfg),
-                            data_order={"seed": cfg.seed, "epoch": epoch, "batches_done": batches_done})
+                            schedule=schedule, config=config_to_dict(cfg))
 
     if env.is_main:
         run.mkdir(parents=True, exist_ok=True)
@@ -190,19 +175,19 @@ def _train(cfg: Config, env, device: torch.device) -> dict:
                                               "launcher": env.launcher, "device": str(device)})
     stop_epoch = min(cfg.epochs, cfg.stop_after_epoch or cfg.epochs)
     while epoch < stop_epoch:
-        sampler.set_epoch(epoch)
-        if batches_done == 0:
-            seed_everything(cfg.seed + 1_000_003 * (epoch + 1) + env.rank)  # augmentations: f(seed, epoch, rank)
+        seed_everything(cfg.seed + 1_000_003 * (epoch + 1) + env.rank)  # augmentations: f(seed, epoch, rank)
         # a fresh copy per epoch, as a worker process would get one: a dataset's own augmentation generator
-        # then restarts from (seed, epoch) even with num_workers=0, so resuming at an epoch is bitwise
-        loader = DataLoader(copy.copy(dataset), batch_size=per_rank, sampler=list(sampler)[batches_done * per_rank:],
-                            drop_last=True, num_workers=cfg.num_workers, worker_init_fn=_seed_workers,
+        # then restarts from (seed, epoch) even with num_workers=0, so resuming at an epoch is bitwise. A
+        # mid-epoch resume skips the batches already done (same order), with fresh augmentation draws.
+        loader = DataLoader(copy.copy(dataset), batch_size=per_rank, sampler=shard(epoch)[batches_done * per_rank:],
+                            drop_last=True, num_workers=cfg.num_workers, worker_init_fn=_init_worker,
                             generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 104729 + env.rank),
                             pin_memory=cuda)
         net.train()
         t0, pairs = time.perf_counter(), 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not env.is_main, leave=False,
-                   initial=batches_done, total=steps_per_epoch)
+        bar = progress(_until_stopped(loader, stop), desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=env.is_main,
+                       initial=batches_done, total=steps_per_epoch)
+        stopped = False
         for rgb, thermal in bar:
             lr = lr_at(step, total_steps=total_steps, warmup_steps=warmup_steps, peak=peak_lr,
                        final_ratio=cfg.final_lr_ratio)
@@ -214,7 +199,7 @@ def _train(cfg: Config, env, device: torch.device) -> dict:
             loss, terms = vicreg_loss(z_rgb.float(), z_thermal.float(), sim=cfg.sim_coeff, std=cfg.std_coeff,
                                       cov=cfg.cov_coeff)
             # one all-reduce carries the loss (finite check, logging) and any rank's stop signal
-            shared = torch.stack([loss.detach(), torch.tensor(float(bool(_stop_signal)), device=device)])
+            shared = torch.stack([loss.detach(), torch.tensor(float(stop.requested), device=device)])
             if env.distributed:
                 torch_dist.all_reduce(shared)
             mean_loss = shared[0].item() / env.world_size
@@ -233,12 +218,15 @@ def _train(cfg: Config, env, device: torch.device) -> dict:
                             **{k: v.item() for k, v in terms.items()}, "lr": lr, "emb_std": sum(stds) / 2,
                             "emb_std_rgb": stds[0], "emb_std_thermal": stds[1], "pairs_per_s": rate})
                 bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2g}", pps=f"{rate:.0f}")
-            if shared[1].item() > 0:
-                checkpoint()
-                if env.is_main:
-                    print(f"signal received: saved {run / 'ckpt.pt'} at step {step}; rerun to resume")
-                return {"step": step, "total_steps": total_steps, "interrupted": True}
+            stopped = shared[1].item() > 0  # some rank was asked to stop: all save this step together
+            if stopped:
+                break
         bar.close()
+        if stopped or stop.requested:
+            checkpoint()
+            if env.is_main:
+                print(f"signal received: saved {run / 'ckpt.pt'} at step {step}; rerun to resume", flush=True)
+            return {"step": step, "total_steps": total_steps, "interrupted": True}
         epoch, batches_done = epoch + 1, 0
         checkpoint()
         if env.is_main:
@@ -255,12 +243,26 @@ def _train(cfg: Config, env, device: torch.device) -> dict:
     return {"step": step, "total_steps": total_steps, "interrupted": False}
 
 
-EXIT_INCOMPLETE = 75  # EX_TEMPFAIL: checkpointed but not finished; a batch dependency (afterok) must not fire
+def _until_stopped(loader, stop: StopSignals):
+    """The loader's batches; a worker killed after a stop request (the whole job was signalled) ends the epoch."""
+    try:
+        yield from loader
+    except RuntimeError as e:
+        if not loader_died(e, stop):
+            raise
+
+
+def cli(argv: list[str] | None = None) -> None:
+    def run() -> int:
+        result = main(parse_config(Config, sys.argv[1:] if argv is None else argv, presets=PRESETS, prog=PROG))
+        if result["step"] < result["total_steps"]:
+            print(f"stopped at step {result['step']}/{result['total_steps']} with a checkpoint; rerun the same "
+                  "command to resume", file=sys.stderr)
+            return EXIT_INCOMPLETE
+        return 0
+
+    run_cli(run, prog=PROG)
 
 
 if __name__ == "__main__":
-    result = main(parse_config(Config, sys.argv[1:], presets=PRESETS, prog="python -m stage1_jea.train"))
-    if result["step"] < result["total_steps"]:
-        print(f"stopped at step {result['step']}/{result['total_steps']} with a checkpoint; rerun the same command "
-              f"to resume", file=sys.stderr)
-        sys.exit(EXIT_INCOMPLETE)
+    cli()

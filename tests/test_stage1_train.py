@@ -9,10 +9,11 @@ import signal
 import pytest
 import torch
 
+from sagecast_common.cli import UserError
 from sagecast_common.config import build_config, parse_config
 from sagecast_common.encoders import load_encoders
 from stage1_jea import train
-from tests.fixtures_stage1 import TINY
+from tests.fixtures_stage1 import TINY, write_fake_prepared
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +46,8 @@ def test_resume_is_bitwise_identical_and_writes_run_files(fake_data, tmp_path):
     assert first["step"] == 3
     ckpt = torch.load(resumed / "ckpt.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["total_steps"], ckpt["config"]["epochs"]) == (1, 6, 2)
-    assert {"torch", "numpy", "python"} <= set(ckpt["rng"]) and ckpt["data_order"]["seed"] == 0
+    assert ckpt["schedule"] == {"total_steps": 6, "steps_per_epoch": 3, "train_pairs": 27, "epochs": 2,
+                                "batch_size": 8, "base_lr": 0.2, "warmup_epochs": 0.5, "final_lr_ratio": 0.001}
     after_one = _weights(resumed)
     train.main(_cfg(fake_data, resumed))
     _assert_bitwise(_weights(straight), _weights(resumed))
@@ -62,9 +64,9 @@ def test_resume_is_bitwise_identical_and_writes_run_files(fake_data, tmp_path):
     torch.testing.assert_close(encoders["rgb"].state_dict()["conv1.0.weight"], _weights(straight)["rgb.conv1.0.weight"])
 
 
-def test_signal_mid_epoch_saves_and_resumes_to_the_same_weights(fake_data, tmp_path, monkeypatch):
-    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    train.main(_cfg(fake_data, straight))
+def test_signal_mid_epoch_saves_the_current_step_and_resume_finishes_the_schedule(fake_data, tmp_path, monkeypatch):
+    # Resume is bitwise at epoch boundaries only (test above); mid-epoch it continues the epoch's order.
+    run = tmp_path / "interrupted"
     calls = []
 
     def loss_then_signal(*args, **kwargs):
@@ -75,19 +77,20 @@ def test_signal_mid_epoch_saves_and_resumes_to_the_same_weights(fake_data, tmp_p
 
     real_loss = train.vicreg_loss
     monkeypatch.setattr(train, "vicreg_loss", loss_then_signal)
-    out = train.main(_cfg(fake_data, interrupted))
+    out = train.main(_cfg(fake_data, run))
     assert out["interrupted"] and out["step"] == 2
-    assert torch.load(interrupted / "ckpt.pt", weights_only=True)["batches_done"] == 2
+    saved = torch.load(run / "ckpt.pt", weights_only=True)
+    assert (saved["step"], saved["epoch"], saved["batches_done"]) == (2, 0, 2)
     monkeypatch.setattr(train, "vicreg_loss", real_loss)
-    train.main(_cfg(fake_data, interrupted))
-    _assert_bitwise(_weights(straight), _weights(interrupted))
-    assert [json.loads(x)["step"] for x in (interrupted / "log.jsonl").read_text().splitlines()] == list(range(1, 7))
+    assert train.main(_cfg(fake_data, run)) == {"step": 6, "total_steps": 6, "interrupted": False}
+    assert [json.loads(x)["step"] for x in (run / "log.jsonl").read_text().splitlines()] == list(range(1, 7))
+    assert not torch.equal(saved["model"]["proj_rgb.0.weight"], _weights(run)["proj_rgb.0.weight"])
 
 
 def test_changed_schedule_is_refused_unless_forced(fake_data, tmp_path):
     run = tmp_path / "run"
     train.main(_cfg(fake_data, run, stop_after_epoch=1))
-    with pytest.raises(SystemExit, match=r"schedule changed \(epochs: 2 -> 3\).*force_schedule"):
+    with pytest.raises(UserError, match=r"schedule changed \(total_steps: 6 -> 9, epochs: 2 -> 3\).*force_schedule"):
         train.main(_cfg(fake_data, run, epochs=3))
     cfg = parse_config(train.Config, [f"prepared={fake_data}", f"run_dir={run}", "--force-schedule", "epochs=3",
                                       *[f"{k}={v}" for k, v in TINY.items() if k != "epochs"]],
@@ -95,6 +98,16 @@ def test_changed_schedule_is_refused_unless_forced(fake_data, tmp_path):
     assert cfg.force_schedule and cfg.epochs == 3
     out = train.main(cfg)
     assert out == {"step": 9, "total_steps": 9, "interrupted": False}
+
+
+def test_resume_over_a_grown_prepared_folder_is_refused(fake_data, tmp_path):
+    prepared, run = tmp_path / "prepared", tmp_path / "run"
+    write_fake_prepared(prepared, n=48)
+    train.main(_cfg(prepared, run, stop_after_epoch=1))
+    write_fake_prepared(prepared, n=96)  # more days were prepared into the same folder
+    with pytest.raises(UserError, match=r"total_steps: 6 -> 12, steps_per_epoch: 3 -> 6, train_pairs: 27 -> 54"):
+        train.main(_cfg(prepared, run))
+    assert train.main(_cfg(prepared, run, force_schedule=True))["total_steps"] == 12
 
 
 def test_non_finite_loss_stops_with_last_good_checkpoint_intact(fake_data, tmp_path, monkeypatch):
@@ -117,7 +130,7 @@ def test_unreadable_checkpoint_raises(fake_data, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "ckpt.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="cannot load checkpoint"):
+    with pytest.raises(UserError, match="cannot load checkpoint .*move it away"):
         train.main(_cfg(fake_data, run))
 
 

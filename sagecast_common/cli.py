@@ -1,0 +1,67 @@
+"""The command-line contract every sagecast tool follows.
+
+`--help` lists every option with a one-line help and its default; a user error (bad value, missing input)
+exits 2 with one line `PROG: error: ...` and no traceback; a missing input names the command that makes it.
+Console scripts are `sagecast-<tool>` ([project.scripts] in pyproject.toml); `python -m MODULE` works too.
+
+    parser = make_parser("sagecast-stage1-evaluate", __doc__)
+    ...
+    run_cli(lambda: main(args), prog="sagecast-stage1-evaluate")
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+EXIT_USAGE = 2  # a mistake the user can fix: argparse's convention
+EXIT_INCOMPLETE = 75  # EX_TEMPFAIL: checkpointed but not finished; a batch dependency (afterok) must not fire
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the CLI prints its message as one line and exits 2."""
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error style: one line, exit 2 (argparse would also print the usage)."""
+
+    def error(self, message: str):
+        fail(self.prog, f"{message} (see --help)")
+
+
+def make_parser(prog: str, description: str | None) -> Parser:
+    return Parser(prog=prog, description=description, formatter_class=_Formatter)
+
+
+def fail(prog: str, message: str):
+    first = " ".join(str(message).split("\n")[0].split()) or "error"
+    print(f"{prog}: error: {first}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+def require(path: str | Path, *, made_by: str, what: str | None = None) -> Path:
+    """`path` if it exists, else a UserError naming the command that makes it."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{what or path} not found ({path}): make it with `{made_by}`")
+    return path
+
+
+def run_cli(fn: Callable[[], int | None], *, prog: str) -> None:
+    """Call `fn` and exit with its status; UserError and config errors become one line and exit 2."""
+    from sagecast_common.config import ConfigError
+
+    try:
+        status = fn()
+    except (UserError, ConfigError) as e:
+        fail(prog, str(e))
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(status or 0)
