@@ -155,3 +155,26 @@ def test_cli_exits_nonzero_until_the_schedule_is_done(tiny_prepared, tmp_path):
     second = subprocess.run(cmd, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] > 0
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_whole_process_group_with_workers_checkpoints_the_current_step(fake_prepared, tmp_path):
+    # Slurm/PBS signal every process of the job: DataLoader workers included. They must not take the run down.
+    import subprocess
+    import sys
+    import time
+
+    args = [f"{k}={v}" for k, v in {**TINY, "epochs": 500, "num_workers": 1}.items()]
+    proc = subprocess.Popen([sys.executable, "-m", "stage1_jea.train", *args, f"prepared={fake_prepared}",
+                             f"run_dir={tmp_path}"], start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "log.jsonl"
+    while proc.poll() is None and not (log.exists() and len(log.read_text().splitlines()) >= 4):
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1]
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate()
+    assert proc.returncode == train.EXIT_INCOMPLETE, err
+    assert "signal received" in out and "Traceback" not in err
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] >= 4 and ckpt["step"] == json.loads(log.read_text().splitlines()[-1])["step"]
