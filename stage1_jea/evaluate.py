@@ -23,20 +23,13 @@ import torch
 from torch.utils.data import Subset
 
 from sagecast_common.encoders import build_encoder
+from sagecast_common.linalg import rankme, ridge_on_val
 from sagecast_common.runio import atomic_write_json
 from stage1_jea.export import extract_features
 from stage1_jea.model import projector
 from stage1_jea.plots import plot_embeddings_2d
 
 KEYS = ["vsn", "timestamp", "position"]
-ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)
-
-
-def rankme(x: np.ndarray) -> float:
-    """RankMe (Garrido et al. 2023): exp(entropy of the normalised singular values); 1 = fully collapsed."""
-    s = np.linalg.svd(x - x.mean(axis=0), compute_uv=False)
-    p = s / s.sum() + 1e-7
-    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 def collapse_stats(x: np.ndarray) -> dict:
@@ -58,21 +51,13 @@ def r2(y: np.ndarray, pred: np.ndarray) -> float:
     return float(1 - ((y - pred) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-12))
 
 
-def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
-    """Closed-form ridge on already standardised features: returns (coef, intercept)."""
-    D = x.shape[1]
-    coef = np.linalg.solve(x.T @ x + alpha * np.eye(D), x.T @ (y - y.mean()))
-    return coef, float(y.mean())
-
-
 def probes(x: dict[str, np.ndarray], y: dict[str, np.ndarray], k: int = 10) -> dict:
     """Ridge (alpha picked on val) and cosine kNN probes, fitted on train, R² on test."""
     mean, std = x["train"].mean(axis=0), x["train"].std(axis=0)
     std = np.where(std > 1e-8, std, 1.0)
     xs = {s: (v - mean) / std for s, v in x.items()}
-    val_r2 = {a: r2(y["val"], xs["val"] @ c + b) for a in ALPHAS for c, b in [fit_ridge(xs["train"], y["train"], a)]}
-    alpha = max(val_r2, key=val_r2.get)
-    coef, intercept = fit_ridge(xs["train"], y["train"], alpha)
+    alpha, (xm, ym, coef) = ridge_on_val(xs["train"], y["train"], xs["val"], y["val"])
+    intercept = float(ym - xm @ coef)
     unit = {s: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12) for s, v in xs.items()}
     nearest = np.argsort(-(unit["test"] @ unit["train"].T), axis=1)[:, :k]
     return {"ridge_test_r2": r2(y["test"], xs["test"] @ coef + intercept), "ridge_alpha": alpha,

@@ -1,4 +1,4 @@
-"""Stage-1 plots (matplotlib Agg, written atomically next to the numbers they show)."""
+"""Stage-1 plots, written (atomically, in the project style: sagecast_common.plots) next to the numbers they show."""
 
 from __future__ import annotations
 
@@ -6,28 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from sagecast_common.runio import atomic_path
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip("."))
+from sagecast_common.plots import pyplot, save_figure
 
 
 def plot_training(records: list[dict], run: Path) -> None:
     """`training_loss_two_panels.png` (total | inv, var, cov) and `learning_rate.png` from log.jsonl records."""
     if not records:
         return
-    plt = _pyplot()
+    plt = pyplot()
     step = [r["step"] for r in records]
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4))
     ax0.plot(step, [r["loss"] for r in records])
@@ -36,13 +22,11 @@ def plot_training(records: list[dict], run: Path) -> None:
         ax1.plot(step, [r[key] for r in records], label=key)
     ax1.set(title="weighted terms", xlabel="step", yscale="log")
     ax1.legend()
-    _save(fig, run / "training_loss_two_panels.png")
-    plt.close(fig)
+    save_figure(fig, run / "training_loss_two_panels.png")
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.plot(step, [r["lr"] for r in records])
     ax.set(title="learning rate", xlabel="step", ylabel="lr")
-    _save(fig, run / "learning_rate.png")
-    plt.close(fig)
+    save_figure(fig, run / "learning_rate.png")
 
 
 def pca_2d(x: np.ndarray) -> np.ndarray:
@@ -55,7 +39,7 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
 def plot_embeddings_2d(emb: dict[str, np.ndarray], cloud_fraction: np.ndarray, hour: np.ndarray,
                        path: Path) -> None:
     """One row per branch: PCA map coloured by cloud fraction, and by local hour."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(emb), 2, figsize=(10, 4.2 * len(emb)), squeeze=False)
     for row, (name, x) in zip(axes, emb.items(), strict=True):
         xy = pca_2d(x)
@@ -64,5 +48,4 @@ def plot_embeddings_2d(emb: dict[str, np.ndarray], cloud_fraction: np.ndarray, h
             sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=4, cmap=cmap)
             fig.colorbar(sc, ax=ax, label=label)
             ax.set(title=f"{name} embeddings, PCA", xlabel="PC1", ylabel="PC2")
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sagecast_common.linalg import rankme, ridge_fit, ridge_predict
 from sagecast_common.runio import atomic_write_json, atomic_write_text
 from stage2_forecast import samples
 from stage2_forecast.plots import plot_skill
@@ -28,13 +29,6 @@ from stage2_forecast.train import Config, load_run, needs_images
 # A day is "cloudy" when its mean daytime cloud_fraction (prepared index) is at least 3/8 (≥ 3 oktas).
 CLOUDY_DAY_FRACTION = 0.375
 RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
-
-
-def rankme(z: np.ndarray, eps: float = 1e-7) -> float:
-    """Effective rank exp(H(σ/Σσ)) of a matrix of predictions (Garrido et al., 2023)."""
-    s = np.linalg.svd(z.astype(np.float64), compute_uv=False)
-    p = s / (s.sum() + eps) + eps
-    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 def retrieval_ranks(pred, table: samples.ScanTable, win: samples.Windows, mask, *, day_only=True) -> np.ndarray:
@@ -89,7 +83,7 @@ def climatology(table: samples.ScanTable, win: samples.Windows, *, day_only=True
 
 
 def ridge(table, wins: dict, *, day_only=True) -> tuple[np.ndarray, dict]:
-    """Closed-form (dual) ridge from the last scan (all presets) to the change at each (horizon, preset).
+    """Ridge (sagecast_common.linalg) from the last scan (all presets) to the change at each (horizon, preset).
 
     The penalty alpha (relative to the mean squared feature norm) is chosen per horizon on the val split.
     """
@@ -109,18 +103,13 @@ def ridge(table, wins: dict, *, day_only=True) -> tuple[np.ndarray, dict]:
             if r.sum() < 2:
                 continue
             x, y = xtr[r], ytr[r, h, p] - ztr[r, p]
-            xm, ym = x.mean(0), y.mean(0)
-            gram = (x - xm) @ (x - xm).T
-            scale = np.trace(gram) / len(x)
-            fits[p] = [(xm, ym, (x - xm).T @ np.linalg.solve(gram + a * scale * np.eye(len(x)), y - ym))
-                       for a in RIDGE_ALPHAS]
-        errors = [sum((((zva[:, p] + fits[p][i][1] + (xva - fits[p][i][0]) @ fits[p][i][2]) - yva[:, h, p]) ** 2)
+            fits[p] = [ridge_fit(x, y, a) for a in RIDGE_ALPHAS]
+        errors = [sum(((zva[:, p] + ridge_predict(fits[p][i], xva) - yva[:, h, p]) ** 2)
                       .mean(-1)[mva[:, h, p]].sum() for p in fits) for i in range(len(RIDGE_ALPHAS))]
         best = int(np.argmin(errors)) if len(wins["val"]) else 2
         chosen[h] = RIDGE_ALPHAS[best]
         for p, options in fits.items():
-            xm, ym, w = options[best]
-            preds["test"][:, h, p] = zte[:, p] + ym + (xte - xm) @ w
+            preds["test"][:, h, p] = zte[:, p] + ridge_predict(options[best], xte)
     return preds["test"].astype(np.float32), chosen
 
 

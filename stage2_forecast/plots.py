@@ -1,22 +1,18 @@
-"""Stage-2 plots, written next to the numbers they show: training loss / lr (per run) and skill vs horizon."""
+"""Stage-2 plots next to the numbers they show: training loss / lr (per run) and skill vs horizon.
+
+Written through sagecast_common.plots (atomic, the project style).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from sagecast_common.plots import pyplot, save_figure
 
 
 def plot_training(records: list[dict], run_dir: str | Path) -> None:
     """RUN/loss.png (train loss per log step; val MSE of model and persistence per epoch) and RUN/lr.png."""
-    plt = _pyplot()
+    plt = pyplot()
     run_dir = Path(run_dir)
     train = [r for r in records if "lr" in r]
     val = [r for r in records if "val_mse" in r]
@@ -27,20 +23,16 @@ def plot_training(records: list[dict], run_dir: str | Path) -> None:
         ax.plot([r["step"] for r in val], [r["val_mse_persistence"] for r in val], "k--", label="val MSE persistence")
     ax.set(xlabel="step", ylabel="loss (standardised targets)", yscale="log")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "loss.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, run_dir / "loss.png")
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.plot([r["step"] for r in train], [r["lr"] for r in train])
     ax.set(xlabel="step", ylabel="learning rate")
-    fig.tight_layout()
-    fig.savefig(run_dir / "lr.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, run_dir / "lr.png")
 
 
 def plot_skill(report: dict, path: str | Path) -> None:
     """Skill vs persistence (1 - MSE/MSE_persistence) against horizon, one line per method."""
-    plt = _pyplot()
+    plt = pyplot()
     horizons = report["horizons_min"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, per_h in report["variants"].items():
@@ -48,6 +40,4 @@ def plot_skill(report: dict, path: str | Path) -> None:
     ax.axhline(0.0, color="k", lw=0.8)
     ax.set(xlabel="horizon (min)", ylabel="skill vs persistence (MSE)", title=f"test split, n={report['n_test']}")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

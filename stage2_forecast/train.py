@@ -1,75 +1,90 @@
 """Stage-2 training: forecast future stage-1 embeddings; one loop for both predictors.
 
-    python -m stage2_forecast.train --variant detr --preset quick stage1_run=runs/stage1 run_dir=runs/stage2/detr
-    python -m stage2_forecast.train --variant jepa --preset quick stage1_run=runs/stage1 run_dir=runs/stage2/jepa
+    sagecast-stage2-train --variant detr --preset quick stage1_run=runs/stage1 run_dir=runs/stage2/detr
+    sagecast-stage2-train --variant jepa --preset quick stage1_run=runs/stage1 run_dir=runs/stage2/jepa
     torchrun --nproc-per-node 4 -m stage2_forecast.train ...      # DDP when a launcher sets the environment
 
 Reads only files: RUN/embeddings.{parquet,json}, RUN/encoders.pt (jepa) and the prepared dir. Writes
 RUN_DIR/config.json, env.json, log.jsonl (one JSON line per log step), ckpt.pt (auto-resumed; holds the
-latest and the best-on-val weights), loss.png, lr.png. The loss is MSE (or smooth-L1) on standardised
-targets over valid (horizon, preset) slots; a non-finite loss stops the run.
+latest and the best-on-val weights), loss.png, lr.png (tensorboard=true: also RUN_DIR/tb/). The loss is MSE
+(or smooth-L1) on standardised targets over valid (horizon, preset) slots; a non-finite loss stops the run.
+The same discipline as stage 1, from sagecast_common: one lr schedule, equal batch counts on every rank,
+SIGTERM/SIGUSR1 → checkpoint at the current step and exit 75, a resume over changed data or schedule refused
+unless force_schedule=true, resume bitwise at epoch boundaries (mid-epoch: the epoch's remaining samples).
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 
 from data.formats import SKY_PRESETS
-from sagecast_common.config import build_config, config_to_dict, parse_config
-from sagecast_common.dist import launch_env, setup, teardown
+from sagecast_common.checkpoint import check_schedule, load_checkpoint, load_state, save_checkpoint
+from sagecast_common.cli import EXIT_INCOMPLETE, UserError, require, run_cli
+from sagecast_common.config import build_config, config_to_dict, option, parse_config
+from sagecast_common.dist import launch_env, rank_shard, setup, teardown
 from sagecast_common.encoders import load_encoders
+from sagecast_common.progress import progress
 from sagecast_common.regularizers import covariance_off_diagonal, variance_hinge
-from sagecast_common.runio import JsonlLogger, atomic_path, atomic_write_json, environment_info, seed_everything
+from sagecast_common.runio import JsonlLogger, atomic_write_json, environment_info, seed_everything
+from sagecast_common.schedule import lr_at, set_lr
+from sagecast_common.stopping import StopSignals
 from stage2_forecast import samples
 from stage2_forecast.models import DetrForecaster, JepaForecaster, encode_images
 from stage2_forecast.plots import plot_training
+
+PROG = "sagecast-stage2-train"
+SCHEDULE_KEYS = ("epochs", "batch_size", "lr", "warmup_steps", "final_lr_ratio")
 
 
 @dataclass
 class Config:
     """Stage-2 forecaster training (variant detr = embeddings transformer, jepa = image encoder + predictor)."""
 
-    variant: str = field(default="detr", metadata={"help": "detr | jepa"})
-    stage1_run: str = field(default="runs/stage1", metadata={"help": "stage-1 run dir (embeddings, encoders)"})
-    run_dir: str = "runs/stage2/detr"
-    prepared: str | None = field(default=None, metadata={"help": "prepared dir (default: from embeddings.json)"})
-    features: str = field(default="both", metadata={"help": "target vector: rgb | thermal | both (concat)"})
-    horizons_min: tuple[float, ...] = (5.0, 15.0, 30.0, 60.0)
-    context_scans: int = field(default=3, metadata={"help": "T: scans of context (detr)"})
-    scan_gap_s: float = field(default=60.0, metadata={"help": "a gap above this between captures starts a scan"})
-    step_min: float | None = field(default=None, metadata={"help": "scan cadence (default: median gap)"})
-    tolerance_min: float | None = field(default=None, metadata={"help": "nearest-scan tolerance (default step/2)"})
-    day_only: bool = field(default=True, metadata={"help": "only daytime targets count"})
-    loss: str = field(default="mse", metadata={"help": "mse | smooth_l1"})
-    target: str = field(default="frozen", metadata={"help": "jepa: frozen stage-1 embeddings | ema encoder"})
-    ema_momentum: float = field(default=0.996, metadata={"help": "start momentum, rises linearly to 1.0"})
-    vc_weight: float = field(default=1.0, metadata={"help": "variance-covariance weight (target=ema)"})
-    finetune: bool = field(default=False, metadata={"help": "jepa: fine-tune the stage-1 encoders"})
-    residual: bool = field(default=True, metadata={"help": "predict the change from the current embedding"})
-    width: int = 128
-    depth: int = 2
-    heads: int = 4
-    dropout: float = 0.1
-    jepa_width: int = field(default=64, metadata={"help": "the narrow JEPA predictor's width"})
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 3e-4
-    weight_decay: float = 0.05
-    warmup_steps: int = 20
-    seed: int = 0
-    device: str = "auto"
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
-    log_every: int = 10
+    variant: Literal["detr", "jepa"] = option("detr", "predictor: detr (embeddings) | jepa (stage-1 encoders)")
+    stage1_run: str = option("runs/stage1", "stage-1 run dir (embeddings, encoders)")
+    run_dir: str = option("runs/stage2/detr", "output dir; resumes if ckpt.pt exists")
+    prepared: str | None = option(None, "prepared dir (default: from embeddings.json)")
+    features: Literal["rgb", "thermal", "both"] = option("both", "target vector (both: concatenated)")
+    horizons_min: tuple[float, ...] = option((5.0, 15.0, 30.0, 60.0), "forecast horizons in minutes")
+    context_scans: int = option(3, "T: scans of context (detr)", ge=1)
+    scan_gap_s: float = option(60.0, "a gap above this between captures starts a scan", gt=0)
+    step_min: float | None = option(None, "scan cadence (default: median gap)", gt=0)
+    tolerance_min: float | None = option(None, "nearest-scan tolerance (default step/2)", ge=0)
+    day_only: bool = option(True, "only daytime targets count")
+    loss: Literal["mse", "smooth_l1"] = option("mse", "training loss on standardised targets")
+    target: Literal["frozen", "ema"] = option("frozen", "jepa: frozen stage-1 embeddings | ema encoder")
+    ema_momentum: float = option(0.996, "start momentum, rises linearly to 1.0", ge=0)
+    vc_weight: float = option(1.0, "variance-covariance weight (target=ema)", ge=0)
+    finetune: bool = option(False, "jepa: fine-tune the stage-1 encoders")
+    residual: bool = option(True, "predict the change from the current embedding")
+    width: int = option(128, "transformer width (detr)", ge=1)
+    depth: int = option(2, "transformer layers", ge=1)
+    heads: int = option(4, "attention heads", ge=1)
+    dropout: float = option(0.1, "dropout probability", ge=0)
+    jepa_width: int = option(64, "the narrow JEPA predictor's width", ge=1)
+    epochs: int = option(30, "training epochs", ge=1)
+    batch_size: int = option(32, "global batch (all ranks)", ge=1)
+    lr: float = option(3e-4, "peak learning rate (AdamW)", gt=0)
+    weight_decay: float = option(0.05, "AdamW weight decay", ge=0)
+    warmup_steps: int = option(20, "linear warmup steps", ge=0)
+    final_lr_ratio: float = option(0.001, "cosine ends at this fraction of the peak", ge=0)
+    seed: int = option(0, "seed of weights, data order and dropout")
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "auto: CUDA when available")
+    threads: int = option(0, "torch CPU threads (0 = torch default)", ge=0)
+    log_every: int = option(10, "steps between log.jsonl lines", ge=1)
+    tensorboard: bool = option(False, "also write RUN_DIR/tb/ TensorBoard events (rank 0)")
+    force_schedule: bool = option(False, "allow resuming with a changed schedule or data")
 
 
 PRESETS: dict[str, dict] = {
@@ -89,12 +104,6 @@ def variance_covariance(z: torch.Tensor, *, eps: float = 1e-4) -> tuple[torch.Te
     """VICReg's variance (std ≥ 1 per dimension) + covariance (off-diagonal → 0) terms on z (N, D)."""
     var, off = variance_hinge(z, eps=eps), covariance_off_diagonal(z)
     return var + off, {"var": var.item(), "cov": off.item()}
-
-
-def lr_at(step: int, total: int, *, lr: float, warmup: int) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
 def load_data(cfg: Config):
@@ -120,15 +129,16 @@ def build_model(cfg: Config, mean, std) -> nn.Module:
                               n_presets=len(SKY_PRESETS), horizons_min=cfg.horizons_min, img_size=meta.get("img_size"),
                               width=cfg.jepa_width, depth=cfg.depth, heads=cfg.heads, dropout=cfg.dropout,
                               residual=cfg.residual, finetune=cfg.finetune)
-    raise ValueError(f"variant={cfg.variant!r}: expected detr or jepa")
+    raise UserError(f"variant={cfg.variant!r}: expected detr or jepa")
 
 
 def load_run(run_dir: str | Path, *, best: bool = True) -> tuple[Config, nn.Module, np.ndarray]:
     """(config, model in eval mode, target mean) from RUN_DIR/ckpt.pt alone; best-on-val weights by default."""
-    ckpt = torch.load(Path(run_dir) / "ckpt.pt", map_location="cpu", weights_only=True)
+    path = require(Path(run_dir) / "ckpt.pt", made_by=f"{PROG} run_dir={run_dir}", what="stage-2 checkpoint")
+    ckpt = load_checkpoint(path)
     cfg = build_config(Config, ckpt["config"])
     model = build_model(cfg, ckpt["mean"], ckpt["std"])
-    model.load_state_dict(ckpt["best_model" if best else "model"])
+    load_state(model, ckpt["best_model" if best else "model"], path=path)
     return cfg, model.eval(), ckpt["mean"].numpy()
 
 
@@ -161,49 +171,77 @@ def evaluate_loss(model, table, win, cfg, device) -> dict[str, float]:
 def main(cfg: Config) -> dict:
     env = launch_env()
     device = setup(env, device=cfg.device)
+    try:
+        with StopSignals() as stop:
+            return _train(cfg, env, device, stop)
+    finally:
+        teardown()
+
+
+def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
+    if cfg.target == "ema" and cfg.variant != "jepa":
+        raise UserError("target=ema needs variant=jepa (the detr variant has no encoder to average)")
+    if cfg.batch_size % env.world_size:
+        raise UserError(f"batch_size={cfg.batch_size} is not divisible by the world size {env.world_size}")
+    require(Path(cfg.stage1_run) / "embeddings.parquet", what="stage-1 embeddings",
+            made_by=f"sagecast-stage1-export --run {cfg.stage1_run}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed + env.rank)
-    run = Path(cfg.run_dir)
-    if cfg.variant not in ("detr", "jepa"):
-        raise ValueError(f"variant={cfg.variant!r}: expected detr or jepa")
-    if cfg.target not in ("frozen", "ema") or (cfg.target == "ema" and cfg.variant != "jepa"):
-        raise ValueError(f"target={cfg.target!r}: 'frozen', or 'ema' with variant=jepa")
+    run, per_rank = Path(cfg.run_dir), cfg.batch_size // env.world_size
     table, mean, std, wins = load_data(cfg)
-    if len(wins["train"]) == 0:
-        raise ValueError(f"no training samples from {cfg.stage1_run}: check splits, horizons and day_only")
+    n_train = len(wins["train"])
+    shard = lambda epoch: rank_shard(n_train, rank=env.rank, world_size=env.world_size, seed=cfg.seed, epoch=epoch)
+    steps_per_epoch = -(-len(shard(0)) // per_rank)  # equal shares, so the same count on every rank
+    if steps_per_epoch == 0:
+        raise UserError(f"no training samples from {cfg.stage1_run} on {env.world_size} rank(s): check splits, "
+                        "horizons and day_only")
     model = build_model(cfg, mean, std).to(device)
     ddp = nn.parallel.DistributedDataParallel(model) if env.distributed else model
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     ema = copy.deepcopy(model.encoders).requires_grad_(False).eval() if cfg.target == "ema" else None
-    per_rank = math.ceil(len(wins["train"]) / env.world_size)
-    steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
-    step, epoch, best_val, best_model = 0, 0, float("inf"), copy.deepcopy(model.state_dict())
+    schedule = {"total_steps": total, "steps_per_epoch": steps_per_epoch, "train_samples": n_train,
+                **{k: getattr(cfg, k) for k in SCHEDULE_KEYS}}
+    step, epoch, batches_done, best_val, best_model = 0, 0, 0, float("inf"), copy.deepcopy(model.state_dict())
+    log = JsonlLogger(run / "log.jsonl", enabled=env.is_main, tensorboard=cfg.tensorboard)
     if (run / "ckpt.pt").exists():  # auto-resume; a broken checkpoint raises rather than restarting silently
-        ckpt = torch.load(run / "ckpt.pt", map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["model"])
+        ckpt = load_checkpoint(run / "ckpt.pt", map_location=device)
+        check_schedule(ckpt.get("schedule", {}), schedule, force=cfg.force_schedule, path=run / "ckpt.pt")
+        load_state(model, ckpt["model"], path=run / "ckpt.pt")
         opt.load_state_dict(ckpt["opt"])
-        step, epoch, best_val, best_model = ckpt["step"], ckpt["epoch"], ckpt["best_val"], ckpt["best_model"]
+        step, epoch, batches_done = ckpt["step"], ckpt["epoch"], ckpt["batches_done"]
+        best_val, best_model = ckpt["best_val"], ckpt["best_model"]
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
-        print(f"resumed {run / 'ckpt.pt'} at epoch {epoch}, step {step}")
-    log = JsonlLogger(run / "log.jsonl", enabled=env.is_main)
+        log.keep_until(step)
+        if env.is_main:
+            print(f"resuming {run} at step {step}/{total} (epoch {epoch}, batch {batches_done})")
+
+    def checkpoint():
+        if env.is_main:
+            save_checkpoint(run / "ckpt.pt", model=model.state_dict(), opt=opt.state_dict(), step=step, epoch=epoch,
+                            batches_done=batches_done, schedule=schedule, config=config_to_dict(cfg),
+                            mean=torch.as_tensor(mean), std=torch.as_tensor(std), best_val=best_val,
+                            best_model=best_model, ema=ema.state_dict() if ema is not None else {})
+
     if env.is_main:
         atomic_write_json(run / "config.json", config_to_dict(cfg))
-        atomic_write_json(run / "env.json", environment_info())
-        print(f"{cfg.variant}: {len(wins['train'])} train / {len(wins['val'])} val samples, "
+        atomic_write_json(run / "env.json", {**environment_info(), "world_size": env.world_size,
+                                              "launcher": env.launcher, "device": str(device)})
+        print(f"{cfg.variant}: {n_train} train / {len(wins['val'])} val samples, "
               f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters")
     model.train()
-    t0 = time.perf_counter()
     while epoch < cfg.epochs:
-        order = np.random.default_rng(cfg.seed + epoch).permutation(len(wins["train"]))[env.rank::env.world_size]
-        for start in range(0, len(order), cfg.batch_size):
-            lr = lr_at(step, total, lr=cfg.lr, warmup=cfg.warmup_steps)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            batch = to_device(samples.gather(table, wins["train"], order[start:start + cfg.batch_size],
+        seed_everything(cfg.seed + 1_000_003 * (epoch + 1) + env.rank)  # dropout: f(seed, epoch, rank)
+        order, t0, stopped = shard(epoch), time.perf_counter(), False
+        for b in progress(range(batches_done, steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                          enabled=env.is_main, initial=batches_done, total=steps_per_epoch):
+            lr = lr_at(step, total_steps=total, warmup_steps=cfg.warmup_steps, peak=cfg.lr,
+                       final_ratio=cfg.final_lr_ratio)
+            set_lr(opt, lr)
+            batch = to_device(samples.gather(table, wins["train"], np.asarray(order[b * per_rank:(b + 1) * per_rank]),
                                              day_only=cfg.day_only, images=needs_images(cfg),
                                              target_images=ema is not None), device)
             pred = ddp(batch)
@@ -216,8 +254,14 @@ def main(cfg: Config) -> dict:
             if ema is not None:
                 vc, vc_terms = variance_covariance(pred[batch["tgt_mask"]])
                 loss, terms = loss + cfg.vc_weight * vc, {**terms, **vc_terms}
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}: stopping ({terms})")
+            # one all-reduce carries the loss (finite check, logging) and any rank's stop request
+            shared = torch.stack([loss.detach(), torch.tensor(float(stop.requested), device=device)])
+            if env.distributed:
+                torch_dist.all_reduce(shared)
+            mean_loss = shared[0].item() / env.world_size
+            if not np.isfinite(mean_loss):
+                raise FloatingPointError(f"non-finite loss {mean_loss} at step {step}: stopping ({terms}); "
+                                         f"{run / 'ckpt.pt'} holds the last good checkpoint")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -226,35 +270,43 @@ def main(cfg: Config) -> dict:
                 with torch.no_grad():
                     for pe, pc in zip(ema.parameters(), model.encoders.parameters(), strict=True):
                         pe.mul_(m).add_(pc.detach(), alpha=1 - m)
+            step, batches_done = step + 1, batches_done + 1
             if step % cfg.log_every == 0:
-                log.log({"step": step, "epoch": epoch, "lr": lr, "loss": loss.item(), **terms,
-                         "samples_per_s": (step + 1) * cfg.batch_size / (time.perf_counter() - t0)})
-            step += 1
-        epoch += 1
+                log.log({"step": step, "epoch": epoch + 1, "lr": lr, "loss": mean_loss, **terms, "samples_per_s":
+                         batches_done * cfg.batch_size / (time.perf_counter() - t0)})
+            stopped = shared[1].item() > 0  # some rank was asked to stop: all save this step together
+            if stopped:
+                break
+        if stopped:
+            checkpoint()
+            if env.is_main:
+                print(f"signal received: saved {run / 'ckpt.pt'} at step {step}; rerun to resume", flush=True)
+            return {"step": step, "epoch": epoch, "total_steps": total, "best_val_mse": best_val, "interrupted": True}
+        epoch, batches_done = epoch + 1, 0
         val = evaluate_loss(model, table, wins["val"], cfg, device) if len(wins["val"]) else {}
         if val.get("val_mse", 0.0) <= best_val:
             best_val, best_model = val.get("val_mse", 0.0), copy.deepcopy(model.state_dict())
+        checkpoint()
         if env.is_main:
-            log.log({"step": step, "epoch": epoch, "loss": loss.item(), **val})
-            print(f"epoch {epoch}/{cfg.epochs} step {step} loss {loss.item():.4f} "
+            log.log({"step": step, "epoch": epoch, "loss": mean_loss, **val})
+            print(f"epoch {epoch}/{cfg.epochs} step {step}/{total} loss {mean_loss:.4f} "
                   + " ".join(f"{k} {v:.4f}" for k, v in val.items()), flush=True)
-            with atomic_path(run / "ckpt.pt") as tmp:
-                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "epoch": epoch,
-                            "config": config_to_dict(cfg), "mean": torch.as_tensor(mean),
-                            "std": torch.as_tensor(std), "best_val": best_val, "best_model": best_model,
-                            "ema": ema.state_dict() if ema is not None else {}}, tmp)
     if env.is_main:
         plot_training(log.read(), run)
-    teardown()
-    return {"step": step, "epoch": epoch, "best_val_mse": best_val}
+    return {"step": step, "epoch": epoch, "total_steps": total, "best_val_mse": best_val, "interrupted": False}
 
 
-def cli(argv: list[str]) -> Config:
-    """`--variant detr` is accepted as well as `variant=detr`."""
-    argv = [f"variant={argv[i + 1]}" if a == "--variant" and i + 1 < len(argv) else a
-            for i, a in enumerate(argv) if not (i > 0 and argv[i - 1] == "--variant")]
-    return parse_config(Config, argv, presets=PRESETS, prog="python -m stage2_forecast.train")
+def cli(argv: list[str] | None = None) -> None:
+    def run() -> int:
+        result = main(parse_config(Config, sys.argv[1:] if argv is None else argv, presets=PRESETS, prog=PROG))
+        if result["interrupted"]:
+            print(f"stopped at step {result['step']}/{result['total_steps']} with a checkpoint; rerun the same "
+                  "command to resume", file=sys.stderr)
+            return EXIT_INCOMPLETE
+        return 0
+
+    run_cli(run, prog=PROG)
 
 
 if __name__ == "__main__":
-    main(cli(sys.argv[1:]))
+    cli()

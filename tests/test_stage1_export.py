@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sagecast_common.config import build_config
+from sagecast_common.linalg import ridge_fit
 from sagecast_common.runio import file_sha256
 from stage1_jea import evaluate, export, train
 from tests.fixtures_stage1 import TINY
@@ -92,5 +93,5 @@ def test_metric_helpers_on_known_inputs():
     assert evaluate.rankme(np.outer(np.arange(50.0), np.ones(4))) == pytest.approx(1.0, abs=1e-4)
     assert evaluate.rankme(np.eye(4).repeat(10, axis=0)) == pytest.approx(3.0, rel=1e-3)  # centred: rank 3
     assert evaluate.collapse_stats(np.c_[x, np.zeros(50)])["dead_dims_frac"] == pytest.approx(0.2)
-    coef, intercept = evaluate.fit_ridge(x, x @ np.array([1.0, -2.0, 0.0, 0.5]) + 3, alpha=1e-9)
+    xm, ym, coef = ridge_fit(x, x @ np.array([1.0, -2.0, 0.0, 0.5]) + 3, alpha=1e-9)
     np.testing.assert_allclose(coef, [1.0, -2.0, 0.0, 0.5], atol=0.1)
