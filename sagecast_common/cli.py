@@ -54,7 +54,7 @@ def require(path: str | Path, *, made_by: str, what: str | None = None) -> Path:
 
 
 def run_cli(fn: Callable[[], int | None], *, prog: str) -> None:
-    """Call `fn` and exit with its status; UserError and config errors become one line and exit 2."""
+    """Call `fn`; exit with its status when non-zero. UserError and config errors become one line, exit 2."""
     from sagecast_common.config import ConfigError
 
     try:
@@ -64,4 +64,5 @@ def run_cli(fn: Callable[[], int | None], *, prog: str) -> None:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
-    sys.exit(status or 0)
+    if status:
+        sys.exit(status)

@@ -68,12 +68,20 @@ def test_hand_written_periods_are_kept(moved, tmp_path, capsys):
         (pd.Timestamp("2023-05-21", tz="UTC"), pd.Timestamp("2023-05-25", tz="UTC")),
         (pd.Timestamp("2023-05-25", tz="UTC"), None)]
     assert periods[2].to_json() == hand
-    assert (periods[0].tz, periods[1].tz) == ("Etc/GMT+6", "Etc/GMT+8")  # 80 km from the hand site: warned
+    # 80 km from the hand site: the zones come from the offline boundary lookup (daylight saving included)
+    assert (periods[0].tz, periods[1].tz) == ("America/Chicago", "America/Los_Angeles")
     out = capsys.readouterr().out
-    assert "warning: no time zone known" in out and "kept the hand-written one" in out
+    assert "kept the hand-written one" in out
     assert "site visit" in out  # `show` printed after the update
     replaced = update(moved, reg, "--replace", "--tz", "America/Chicago")["W056"]
     assert len(replaced) == 2 and "site visit" not in {p.source for p in replaced}
+
+
+def test_zone_lookup_is_offline_and_keeps_daylight_saving():
+    assert nodes.guess_tz(*LEMONT, [], None, 5.0) == "America/Chicago"
+    summer = pd.Timestamp("2023-07-01T12:00Z").tz_convert(nodes.guess_tz(*SAN_DIEGO, [], None, 5.0))
+    assert summer.utcoffset() == pd.Timedelta(hours=-7)  # PDT; a fixed Etc/GMT+8 would say -8
+    assert nodes.guess_tz(*LEMONT, [], "Europe/Zurich", 5.0) == "Europe/Zurich"  # --tz wins over the lookup
 
 
 def test_manifest_fallback_and_show(moved, tmp_path, capsys):
@@ -84,8 +92,10 @@ def test_manifest_fallback_and_show(moved, tmp_path, capsys):
     assert p.source.startswith("manifest")
     nodes.main(["show", "W099", "--registry", str(reg)])
     assert "Europe/Zurich" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="no GPS history"):
+    with pytest.raises(SystemExit) as e:
         update(moved, reg, vsn="W404")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].startswith("sagecast-nodes: error: W404: no GPS history")
 
 
 def test_minus_cuts_periods():

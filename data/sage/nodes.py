@@ -8,14 +8,14 @@
 GPS fix exist), starts a new dated period wherever the node jumps by more than --jump-km, and merges the
 periods into the registry (SAGECAST_NODES, or --registry). With no GPS history it falls back to the manifest
 API's current coordinates (a period from today on). Periods written by hand are kept, and GPS periods only
-fill the time they leave free, unless --replace. Time zones: there is no lat/lon → zone library here; a new
-period takes the zone of a registry period within --jump-km, else --tz, else a fixed-offset `Etc/GMT±N`
-from the longitude (solar time, no daylight saving: a warning says so; edit the registry or pass --tz).
+fill the time they leave free, unless --replace. Time zones: a new period takes the zone of a registry
+period within --jump-km, else --tz, else the IANA zone at its coordinates from timezonefinder's offline
+boundary data (so daylight saving is right; over the open sea it gives the nautical `Etc/GMT±N`).
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import math
 import urllib.request
@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from data.sage.query import QUERY_ENDPOINT, query
 from data.sage.registry import Period, load_registry, registry_path, save_registry, to_utc
+from sagecast_common.cli import Parser, UserError, make_parser, run_cli
 
 MANIFEST_URL = "https://auth.sagecontinuum.org/manifests"
 TOOL_SOURCES = ("sys.gps", "manifest")  # periods whose source starts so were written by `update`
@@ -76,11 +77,14 @@ def guess_tz(lat: float, lon: float, existing: list[Period], tz: str | None, jum
             return p.tz
     if tz:
         return tz
-    hours = round(lon / 15)
-    guess = "Etc/UTC" if hours == 0 else f"Etc/GMT{-hours:+d}"  # POSIX sign: Etc/GMT+6 is UTC-6
-    print(f"warning: no time zone known near ({lat:.3f}, {lon:.3f}); using {guess} (solar, no daylight "
-          f"saving): pass --tz or edit the registry")
-    return guess
+    return _zone_finder().timezone_at(lat=lat, lng=lon) or "Etc/UTC"
+
+
+@functools.cache
+def _zone_finder():
+    from timezonefinder import TimezoneFinder
+
+    return TimezoneFinder()
 
 
 def gps_periods(days: pd.DataFrame, *, jump_km: float, existing: list[Period], tz: str | None) -> list[Period]:
@@ -152,7 +156,7 @@ def update(args) -> None:
     if not new:
         loc = manifest_location(vsn, args.manifest_url)
         if loc is None:
-            raise SystemExit(f"{vsn}: no GPS history between {args.start} and {args.end or 'now'} and no "
+            raise UserError(f"{vsn}: no GPS history between {args.start} and {args.end or 'now'} and no "
                              f"manifest coordinates: registry unchanged")
         today = pd.Timestamp.now(tz="UTC").floor("D")
         new = [Period(None if not old else today, None, loc[0], loc[1], 0.0,
@@ -170,29 +174,30 @@ def update(args) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m data.sage.nodes", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = make_parser("sagecast-nodes", __doc__)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
     up = sub.add_parser("update", help="merge GPS history (or the manifest's coordinates) into the registry")
-    up.add_argument("--vsn", required=True)
-    up.add_argument("--start", default="2021-01-01", help="UTC start of the GPS history (default %(default)s)")
+    up.add_argument("--vsn", required=True, help="node, e.g. W056")
+    up.add_argument("--start", default="2021-01-01", help="UTC start of the GPS history")
     up.add_argument("--end", help="UTC end (default: now)")
-    up.add_argument("--endpoint", default=QUERY_ENDPOINT)
-    up.add_argument("--manifest-url", default=MANIFEST_URL, help="manifest API base (default %(default)s)")
+    up.add_argument("--endpoint", default=QUERY_ENDPOINT, help="data API query endpoint")
+    up.add_argument("--manifest-url", default=MANIFEST_URL, help="manifest API base")
     up.add_argument("--tz", help="IANA time zone for periods not near a known one")
     up.add_argument("--jump-km", type=float, default=5.0, help="a move larger than this starts a new period")
     up.add_argument("--replace", action="store_true", help="replace this node's periods, hand-written too")
     sh = sub.add_parser("show", help="print a node's periods")
-    sh.add_argument("vsn")
+    sh.add_argument("vsn", help="node, e.g. W056")
     for p in (up, sh):
         p.add_argument("--registry", type=Path,
                        help="registry JSON (default: $SAGECAST_NODES or data/sage/nodes.json)")
     args = ap.parse_args(argv)
-    if args.command == "show":
-        print(show(args.vsn, args.registry))
-    else:
-        update(args)
-        print(show(args.vsn, args.registry or registry_path()))
+
+    def run() -> None:
+        if args.command == "update":
+            update(args)
+        print(show(args.vsn, args.registry or (None if args.command == "show" else registry_path())))
+
+    run_cli(run, prog=ap.prog)
 
 
 if __name__ == "__main__":
