@@ -1,6 +1,6 @@
 """Evaluate stage-1 embeddings: collapse checks, cross-modal retrieval, cloud-fraction probes, vs random init.
 
-    python -m stage1_jea.evaluate --run runs/stage1 [--rows day|all]
+    sagecast-stage1-evaluate --run runs/stage1 [--rows day|all]
 
 Reads RUN/embeddings.parquet (from `stage1_jea.export`) and the prepared index it names. Writes
 RUN/metrics.json, RUN/probe_cloud_fraction.json (the ridge probe stage 2 applies to forecast embeddings) and
@@ -12,7 +12,6 @@ Probes are fitted on train, ridge alpha chosen on val, scored on test.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Subset
 
+from sagecast_common.cli import make_parser, require, run_cli
 from sagecast_common.encoders import build_encoder
 from sagecast_common.linalg import rankme, ridge_on_val
 from sagecast_common.runio import atomic_write_json
@@ -182,14 +182,20 @@ def evaluate(run: str | Path, *, rows: str = "day", batch_size: int = 256, seed:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = make_parser("sagecast-stage1-evaluate", __doc__)
     ap.add_argument("--run", required=True, help="stage-1 run dir (with embeddings.parquet)")
     ap.add_argument("--rows", choices=("day", "all"), default="day",
-                    help="rows to evaluate: daytime only (as trained, default) or all")
+                    help="rows to evaluate: daytime only (as trained) or all")
     ap.add_argument("--batch-size", type=int, default=256, help="for the random-init features")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random-init encoders")
     args = ap.parse_args(argv)
-    evaluate(args.run, rows=args.rows, batch_size=args.batch_size, seed=args.seed)
+
+    def run() -> None:
+        require(Path(args.run) / "embeddings.parquet", what="stage-1 embeddings",
+                made_by=f"sagecast-stage1-export --run {args.run}")
+        evaluate(args.run, rows=args.rows, batch_size=args.batch_size, seed=args.seed)
+
+    run_cli(run, prog=ap.prog)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Export stage-1 backbone features for every prepared pair (all splits, day and night).
 
-    python -m stage1_jea.export --run runs/stage1 [--batch-size 256] [--prepared DIR]
+    sagecast-stage1-export --run runs/stage1 [--batch-size 256] [--prepared DIR]
 
 Reads RUN/encoders.pt (backbones only; the projectors are not part of the embedding) and writes
 RUN/embeddings.parquet (vsn, timestamp, position, split, is_day, emb_rgb, emb_thermal as float32 lists) and
@@ -9,7 +9,6 @@ RUN/embeddings.json (dims, archs, SHA-256 of encoders.pt, run config, prepared d
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from sagecast_common.cli import UserError, make_parser, run_cli
 from sagecast_common.encoders import load_encoders
 from sagecast_common.runio import atomic_path, atomic_write_json, file_sha256
 
@@ -57,11 +57,12 @@ def export(run: str | Path, *, batch_size: int = 256, prepared: str | Path | Non
            device: str = "auto", num_workers: int = 0) -> Path:
     run = Path(run)
     if not (run / "encoders.pt").exists():
-        raise SystemExit(f"{run / 'encoders.pt'} not found: train first (python -m stage1_jea.train run_dir={run})")
+        raise UserError(f"{run / 'encoders.pt'} not found: make it with `sagecast-stage1-train run_dir={run}`")
     encoders, meta = load_encoders(run / "encoders.pt")
     prepared = Path(prepared or meta["prepared"]).resolve()
     if not (prepared / "index.parquet").exists():
-        raise SystemExit(f"prepared dir {prepared} has no index.parquet (pass --prepared)")
+        raise UserError(f"prepared dir {prepared} has no index.parquet: make it with `sagecast-prepare` or pass "
+                        "--prepared")
     if meta.get("step", 0) < meta.get("total_steps", 0):
         print(f"warning: {run / 'encoders.pt'} is from step {meta['step']} of {meta['total_steps']} (unfinished run)")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -96,15 +97,15 @@ def export(run: str | Path, *, batch_size: int = 256, prepared: str | Path | Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = make_parser("sagecast-stage1-export", __doc__)
     ap.add_argument("--run", required=True, help="stage-1 run dir (with encoders.pt)")
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     ap.add_argument("--prepared", help="prepared dir (default: the one the run was trained on)")
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--num-workers", type=int, default=0)
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
+    ap.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     args = ap.parse_args(argv)
-    export(args.run, batch_size=args.batch_size, prepared=args.prepared, device=args.device,
-           num_workers=args.num_workers)
+    run_cli(lambda: export(args.run, batch_size=args.batch_size, prepared=args.prepared, device=args.device,
+                           num_workers=args.num_workers) and None, prog=ap.prog)
 
 
 if __name__ == "__main__":

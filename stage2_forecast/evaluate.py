@@ -1,6 +1,6 @@
 """Stage-2 evaluation on the test split: trained forecasters vs persistence, climatology and ridge.
 
-    python -m stage2_forecast.evaluate --stage1-run runs/stage1 --runs runs/stage2/detr runs/stage2/jepa \
+    sagecast-stage2-evaluate --stage1-run runs/stage1 --runs runs/stage2/detr runs/stage2/jepa \
         --out runs/stage2
 
 Everything is scored in the same space (stage-1 embeddings standardised with train statistics) on the same
@@ -13,13 +13,13 @@ days. Writes OUT/report.json, OUT/report.md and OUT/skill_vs_horizon.png.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from sagecast_common.cli import make_parser, run_cli
 from sagecast_common.linalg import rankme, ridge_fit, ridge_predict
 from sagecast_common.runio import atomic_write_json, atomic_write_text
 from stage2_forecast import samples
@@ -213,14 +213,13 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    ap = make_parser("sagecast-stage2-evaluate", __doc__)
     ap.add_argument("--stage1-run", required=True, help="stage-1 run dir (embeddings, probe)")
     ap.add_argument("--runs", nargs="*", default=[], help="stage-2 run dirs (each with ckpt.pt)")
     ap.add_argument("--out", required=True, help="where report.json, report.md and the plot go")
-    args = ap.parse_args()
-    report = evaluate(args.stage1_run, args.runs, args.out)
-    print(markdown(report))
+    args = ap.parse_args(argv)
+    run_cli(lambda: print(markdown(evaluate(args.stage1_run, args.runs, args.out))), prog=ap.prog)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from data.prepare.images import (
 )
 from data.prepare.pairing import Skip, filter_positions, pair_files, scan_raw
 from data.sage.registry import RegistryError, node_period, sun_elevation
+from sagecast_common.cli import make_parser
 from sagecast_common.runio import JsonlLogger, atomic_path, atomic_write_json, atomic_write_text
 
 SPLITS = ("train", "val", "test")
@@ -236,13 +237,12 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = make_parser("sagecast-prepare", __doc__)
     ap.add_argument("--raw", required=True, help="raw folder (layout a and/or b, see above)")
     ap.add_argument("--out", required=True, help="prepared folder to write (created; reruns are incremental)")
     ap.add_argument("--size", type=int, default=128, help="output side S in pixels (e.g. 64 quick, 224 full)")
     ap.add_argument("--crop", default="fov",
-                    help="RGB crop inside the optical (left) half: 'fov' (default) = the thermal field of view, "
+                    help="RGB crop inside the optical (left) half: 'fov' = the thermal field of view, "
                          "a centred (H/1.1) x (H/1.1*4/3) box as in the original workflow, pixel-aligned with "
                          "the thermal frame; or 'left,top,right,bottom' as fractions of the half (all <= 1) or "
                          "as its pixels, e.g. 685,215,2627,1808 for a 3072x2048 half. A custom crop is no "

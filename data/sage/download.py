@@ -26,6 +26,7 @@ from tqdm import tqdm
 from data.sage.fetch import AuthError, Fetcher, Result, find_credentials, origin_of
 from data.sage.query import QUERY_ENDPOINT, STORAGE_URL, QueryError, load_query_file, plan_downloads, query_uploads
 from data.sage.registry import to_utc
+from sagecast_common.cli import make_parser
 from sagecast_common.runio import atomic_path
 
 AUTH_HELP = ("set SAGE_USER (your SAGE portal user name) and SAGE_TOKEN (your portal access token) in the "
@@ -33,8 +34,7 @@ AUTH_HELP = ("set SAGE_USER (your SAGE portal user name) and SAGE_TOKEN (your po
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m data.sage.download", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = make_parser("sagecast-download", __doc__)
     ap.add_argument("--vsn", action="append", help="node, e.g. W056 (repeatable; filters --from-query)")
     ap.add_argument("--start", help="UTC start, e.g. 2023-03-10 or 2023-03-10T12:00")
     ap.add_argument("--end", help="UTC end (exclusive)")

@@ -175,8 +175,9 @@ def update(args) -> None:
 
 def main(argv=None) -> None:
     ap = make_parser("sagecast-nodes", __doc__)
-    sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
-    up = sub.add_parser("update", help="merge GPS history (or the manifest's coordinates) into the registry")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser, help="update | show")
+    up = sub.add_parser("update", help="merge GPS history (or the manifest's coordinates) into the registry",
+                        formatter_class=ap.formatter_class)
     up.add_argument("--vsn", required=True, help="node, e.g. W056")
     up.add_argument("--start", default="2021-01-01", help="UTC start of the GPS history")
     up.add_argument("--end", help="UTC end (default: now)")
@@ -185,7 +186,7 @@ def main(argv=None) -> None:
     up.add_argument("--tz", help="IANA time zone for periods not near a known one")
     up.add_argument("--jump-km", type=float, default=5.0, help="a move larger than this starts a new period")
     up.add_argument("--replace", action="store_true", help="replace this node's periods, hand-written too")
-    sh = sub.add_parser("show", help="print a node's periods")
+    sh = sub.add_parser("show", help="print a node's periods", formatter_class=ap.formatter_class)
     sh.add_argument("vsn", help="node, e.g. W056")
     for p in (up, sh):
         p.add_argument("--registry", type=Path,

@@ -17,7 +17,6 @@ on rerun (only if it carries this generator's `.synthetic.json`); `complete: tru
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import math
@@ -48,6 +47,7 @@ from data.synthetic.render import (
     render_thermal,
     to_pixels,
 )
+from sagecast_common.cli import make_parser
 from sagecast_common.runio import atomic_path, atomic_write_json
 
 SIZES = {"small": (768, 256, 112, 84), "full": (6144, 2048, 336, 252)}  # combined W, H; thermal w, h
@@ -267,13 +267,13 @@ class _InProcess:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = make_parser("sagecast-synthetic", __doc__)
     ap.add_argument("--out", required=True, help="output folder (one sub-folder per node)")
     ap.add_argument("--nodes", nargs="+", default=["W056"], help="node VSNs, e.g. W056 (must be in the registry)")
     ap.add_argument("--start", default="2023-05-18", help="first local date at the node, YYYY-MM-DD")
     ap.add_argument("--days", type=int, default=4, help="number of whole local days")
     ap.add_argument("--interval-min", type=float, default=5.0, help="minutes between scan loops")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the weather, faults and noise")
     ap.add_argument("--size", choices=sorted(SIZES), default="small",
                     help="small: JPG 768x256, thermal 112x84; full: 6144x2048, 336x252 (the camera's)")
     ap.add_argument("--cloud-cover", type=float, default=0.5, help="mean cloud cover 0..1 (it wanders around it)")
@@ -290,6 +290,11 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(str(e))
     print(json.dumps({k: summary[k] for k in ("out", "captures", "files", "faults")}))
     return summary
+
+
+def cli() -> None:
+    """Console script `sagecast-synthetic` (its exit status must not be the summary dict)."""
+    main()
 
 
 if __name__ == "__main__":
