@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from sagecast_common.schedule import set_lr
 from stage1_jea.export import extract_features
 from stage1_jea.loss import vicreg_loss
 from stage1_jea.model import TwoBranch, encoder_specs
-from stage1_jea.optim import build_optimizer, set_lr
+from stage1_jea.optim import build_optimizer
 
 
 def _make_prepared(tmp: Path) -> Path:

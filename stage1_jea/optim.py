@@ -2,12 +2,10 @@
 
 LARS (timm) as in VICReg: biases and norm weights (every parameter with ndim <= 1) get neither weight decay
 nor LARS adaptation (timm's Lars adapts a group only when its weight_decay != 0). AdamW is the alternative.
-The schedule is a pure function of the step, so a resumed run continues on exactly the same curve.
+The lr is set every step from sagecast_common.schedule.lr_at.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from timm.optim import Lars
@@ -24,18 +22,3 @@ def build_optimizer(model: nn.Module, *, name: str, weight_decay: float, momentu
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=0.0)
     raise ValueError(f"optimizer={name!r}: expected 'lars' or 'adamw'")
-
-
-def lr_at(step: int, *, total_steps: int, warmup_steps: int, peak: float, final_ratio: float = 0.001) -> float:
-    """Linear warmup from 0 to `peak`, then cosine decay to `final_ratio * peak` at `total_steps`."""
-    if step < warmup_steps:
-        return peak * step / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    q = 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup_steps) / span)))
-    end = peak * final_ratio
-    return end + (peak - end) * q
-
-
-def set_lr(optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 from stage1_jea import vicreg_loss
 from stage1_jea.model import TwoBranch, encoder_specs, projector
-from stage1_jea.optim import build_optimizer, lr_at
+from stage1_jea.optim import build_optimizer
 
 
 def _vicreg_by_hand(a: np.ndarray, b: np.ndarray, sim=25.0, std=25.0, cov=1.0):
@@ -74,15 +74,6 @@ def test_vit_branches_get_their_own_patch_size():
     assert specs["rgb"]["kwargs"] == {"img_size": 32, "patch_size": 16}
     assert specs["thermal"]["kwargs"] == {"img_size": 32, "patch_size": 8}
     assert specs["thermal"]["in_chans"] == 1
-
-
-def test_lr_schedule_is_warmup_then_cosine_to_floor():
-    kw = {"total_steps": 100, "warmup_steps": 10, "peak": 2.0, "final_ratio": 0.001}
-    assert lr_at(0, **kw) == 0.0
-    assert lr_at(5, **kw) == pytest.approx(1.0)
-    assert lr_at(10, **kw) == pytest.approx(2.0)
-    assert lr_at(55, **kw) == pytest.approx(0.002 + (2.0 - 0.002) * 0.5)
-    assert lr_at(100, **kw) == pytest.approx(0.002)
 
 
 def test_biases_and_norms_get_no_decay_or_lars_adaptation():
