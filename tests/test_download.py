@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import signal
@@ -294,7 +293,7 @@ def test_killed_midway_then_rerun(env):
 
 @pytest.mark.slow
 def test_synthetic_day_through_the_double_then_prepare(env):
-    """The whole offline flow: data.synthetic → double → data.download → (data.prepare when present)."""
+    """The whole offline flow: data.synthetic → double → data.download → data.prepare."""
     from data.synthetic.generate import generate
 
     src, out = env / "src", env / "out"
@@ -305,8 +304,6 @@ def test_synthetic_day_through_the_double_then_prepare(env):
         assert download.main(args(d, out, start="2023-05-18", end="2023-05-20")) == 0
     assert len(wanted) == 2 * 8 * 12
     assert_same_files(wanted, src, out)
-    if importlib.util.find_spec("data.prepare") is None:
-        pytest.skip("data.prepare not written yet: checked the download only")
     prepared = env / "prepared"
     subprocess.run([sys.executable, "-m", "data.prepare", "--raw", str(out), "--out", str(prepared), "--size", "32"],
                    cwd=REPO, check=True, capture_output=True, timeout=300)

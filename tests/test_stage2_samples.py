@@ -73,10 +73,9 @@ def test_bad_inputs_fail_clearly(table, tmp_path):
 
 
 def test_images_normalised_like_the_dataset(table):
-    data = pytest.importorskip("data")
-    if not hasattr(data, "PairedSkyDataset"):
-        pytest.skip("data.PairedSkyDataset not available yet")
-    ds = data.PairedSkyDataset(table.prepared_dir, split=None, augment=False, day_only=False)
+    from data import PairedSkyDataset
+
+    ds = PairedSkyDataset(table.prepared_dir, split=None, augment=False, day_only=False)
     imgs = samples.load_images(table.prepared_dir, np.array([0, 7]))
     for k, i in enumerate((0, 7)):
         rgb, thermal = ds[i]
