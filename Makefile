@@ -5,6 +5,7 @@ RUNS ?= runs
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # The quick default: one node, 4 whole local days (>= 1 day each for train/val/test), 5-minute cadence,
@@ -24,24 +25,24 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(RUNS)/raw/.complete: | $(STAMP)
-	$(PY) -m data.synthetic --out $(RUNS)/raw $(SYNTH_ARGS)
+	$(BIN)/sagecast-synthetic --out $(RUNS)/raw $(SYNTH_ARGS)
 	touch $@
 
 $(RUNS)/prepared/index.parquet: $(RUNS)/raw/.complete
-	$(PY) -m data.prepare --raw $(RUNS)/raw --out $(RUNS)/prepared $(PREP_ARGS)
+	$(BIN)/sagecast-prepare --raw $(RUNS)/raw --out $(RUNS)/prepared $(PREP_ARGS)
 
 data: $(RUNS)/prepared/index.parquet
 
 stage1: data
-	$(PY) -m stage1_jea.train --preset quick prepared=$(RUNS)/prepared run_dir=$(RUNS)/stage1 $(STAGE1_ARGS)
-	$(PY) -m stage1_jea.export --run $(RUNS)/stage1
-	$(PY) -m stage1_jea.evaluate --run $(RUNS)/stage1
+	$(BIN)/sagecast-stage1-train --preset quick prepared=$(RUNS)/prepared run_dir=$(RUNS)/stage1 $(STAGE1_ARGS)
+	$(BIN)/sagecast-stage1-export --run $(RUNS)/stage1
+	$(BIN)/sagecast-stage1-evaluate --run $(RUNS)/stage1
 
 stage2: | $(STAMP)
-	@test -f $(RUNS)/stage1/embeddings.parquet || { echo "no $(RUNS)/stage1/embeddings.parquet: run 'make stage1' first"; exit 1; }
-	$(PY) -m stage2_forecast.train --variant detr --preset quick stage1_run=$(RUNS)/stage1 run_dir=$(RUNS)/stage2/detr $(STAGE2_ARGS)
-	$(PY) -m stage2_forecast.train --variant jepa --preset quick stage1_run=$(RUNS)/stage1 run_dir=$(RUNS)/stage2/jepa $(STAGE2_ARGS)
-	$(PY) -m stage2_forecast.evaluate --stage1-run $(RUNS)/stage1 --runs $(RUNS)/stage2/detr $(RUNS)/stage2/jepa --out $(RUNS)/stage2
+	@test -f $(RUNS)/stage1/embeddings.parquet || { echo "no $(RUNS)/stage1/embeddings.parquet: run 'make stage1' first"; exit 2; }
+	$(BIN)/sagecast-stage2-train --variant detr --preset quick stage1_run=$(RUNS)/stage1 run_dir=$(RUNS)/stage2/detr $(STAGE2_ARGS)
+	$(BIN)/sagecast-stage2-train --variant jepa --preset quick stage1_run=$(RUNS)/stage1 run_dir=$(RUNS)/stage2/jepa $(STAGE2_ARGS)
+	$(BIN)/sagecast-stage2-evaluate --stage1-run $(RUNS)/stage1 --runs $(RUNS)/stage2/detr $(RUNS)/stage2/jepa --out $(RUNS)/stage2
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -9,7 +9,8 @@ import torch
 from sagecast_common.encoders import build_encoder, encoder_kwargs
 from stage1_jea.model import feature_dim
 
-SUPPORTED = ["resnet10t", "resnet50", "mobilenetv3_small_100", "vit_tiny_patch16_224"]
+SUPPORTED = ["resnet10t", pytest.param("resnet50", marks=pytest.mark.slow), "mobilenetv3_small_100",
+             "vit_tiny_patch16_224"]
 
 
 @pytest.mark.parametrize("in_chans", [3, 1])

@@ -150,7 +150,7 @@ def test_dry_run_submits_and_writes_nothing(tmp_path):
     env = fake_bin(tmp_path, "qsub") | {"FAKE_IDS": "1 2"}
     out = submit(tmp_path, env, "--scheduler", "pbs", "--name", "d", "--dry-run", "stage1", "stage2")
     assert calls(tmp_path) == [] and not (tmp_path / "runs" / "d").exists()
-    assert "#PBS -l select=2:system=polaris" in out.stdout and "stage2_forecast.evaluate" in out.stdout
+    assert "#PBS -l select=2:system=polaris" in out.stdout and "sagecast-stage2-evaluate" in out.stdout
     assert "qsub -W depend=afterok:STAGE1_JOB_ID" in out.stdout
 
 
@@ -160,9 +160,9 @@ def test_overrides_reach_the_train_commands_of_their_stage(tmp_path):
            "--", "seed=3", "stage1.epochs=2", "stage2.lr=0.5")
     s1 = (tmp_path / "runs" / "o" / "stage1.sbatch").read_text()
     s2 = (tmp_path / "runs" / "o" / "stage2.sbatch").read_text()
-    train1 = next(x for x in s1.splitlines() if "stage1_jea.train" in x)
+    train1 = next(x for x in s1.splitlines() if "sagecast-stage1-train" in x)
     assert train1.endswith("seed=3 epochs=2") and "lr=" not in s1
-    assert all(x.endswith("seed=3 lr=0.5") for x in s2.splitlines() if "stage2_forecast.train" in x)
+    assert all(x.endswith("seed=3 lr=0.5") for x in s2.splitlines() if "sagecast-stage2-train" in x)
     bad = submit(tmp_path, env, "--scheduler", "slurm", "--name", "o2", "stage1", "--", "run_dir=/x", check=False)
     assert bad.returncode != 0 and "run_dir" in bad.stderr
 
@@ -205,7 +205,7 @@ def test_pbs_starts_one_torchrun_per_node_with_c10d(tmp_path):
     nodefile = tmp_path / "nodes"
     nodefile.write_text("n1\nn1\nn2\n")  # PBS repeats a host once per chunk
     env = fake_bin(tmp_path, "mpiexec") | {"PBS_NODEFILE": str(nodefile), "PBS_JOBID": "99.pbs", "FAKE_RC": "7"}
-    out = run_stage(env, "--nproc", "4", "--", "stage1_jea.train", "epochs=1")
+    out = run_stage(env, "--nproc", "4", "--", "sagecast-stage1-train", "epochs=1")  # console name -> module
     assert out.returncode == 7, "the launcher's exit status is the job's"
     (call,) = calls(tmp_path)
     argv = call["argv"]
@@ -314,3 +314,9 @@ def test_progress_bars_refresh_once_a_minute_in_batch_logs(tmp_path):
     assert run_stage(env, "--single", "--", "show_tqdm").stdout.strip() == "60"  # stderr is a pipe here
     env["TQDM_MININTERVAL"] = "5"
     assert run_stage(env, "--single", "--", "show_tqdm").stdout.strip() == "5"
+
+
+def test_unknown_console_name_is_refused_before_launching(tmp_path):
+    env = fake_bin(tmp_path, "mpiexec")
+    out = run_stage(env, "--local", "--", "sagecast-stage3-train")
+    assert out.returncode == 2 and "unknown tool 'sagecast-stage3-train'" in out.stderr and not calls(tmp_path)
