@@ -164,7 +164,8 @@ def test_overrides_reach_the_train_commands_of_their_stage(tmp_path):
     assert train1.endswith("seed=3 epochs=2") and "lr=" not in s1
     assert all(x.endswith("seed=3 lr=0.5") for x in s2.splitlines() if "sagecast-stage2-train" in x)
     bad = submit(tmp_path, env, "--scheduler", "slurm", "--name", "o2", "stage1", "--", "run_dir=/x", check=False)
-    assert bad.returncode != 0 and "run_dir" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.startswith("jobs/submit: error: ") and "run_dir" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 def test_stage2_alone_needs_embeddings_and_has_no_dependency(tmp_path):
