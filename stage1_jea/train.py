@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from sagecast_common.checkpoint import check_schedule, load_checkpoint, load_state, save_checkpoint
 from sagecast_common.cli import EXIT_INCOMPLETE, UserError, require, run_cli
 from sagecast_common.config import config_to_dict, option, parse_config
-from sagecast_common.dist import launch_env, rank_shard, setup, teardown
+from sagecast_common.dist import rank_shard, run_distributed
 from sagecast_common.encoders import save_encoders
 from sagecast_common.progress import progress
 from sagecast_common.runio import JsonlLogger, atomic_write_json, environment_info, seed_everything
@@ -105,13 +105,7 @@ def _init_worker(worker_id: int) -> None:
 
 
 def main(cfg: Config) -> dict:
-    env = launch_env()
-    device = setup(env, device=cfg.device)
-    try:
-        with StopSignals() as stop:
-            return _train(cfg, env, device, stop)
-    finally:
-        teardown()
+    return run_distributed(lambda env, device, stop: _train(cfg, env, device, stop), device=cfg.device)
 
 
 def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:

@@ -32,7 +32,7 @@ from data.formats import SKY_PRESETS
 from sagecast_common.checkpoint import check_schedule, load_checkpoint, load_state, save_checkpoint
 from sagecast_common.cli import EXIT_INCOMPLETE, UserError, require, run_cli
 from sagecast_common.config import build_config, config_to_dict, option, parse_config
-from sagecast_common.dist import launch_env, rank_shard, setup, teardown
+from sagecast_common.dist import rank_shard, run_distributed
 from sagecast_common.encoders import load_encoders
 from sagecast_common.progress import progress
 from sagecast_common.regularizers import covariance_off_diagonal, variance_hinge
@@ -169,13 +169,7 @@ def evaluate_loss(model, table, win, cfg, device) -> dict[str, float]:
 
 
 def main(cfg: Config) -> dict:
-    env = launch_env()
-    device = setup(env, device=cfg.device)
-    try:
-        with StopSignals() as stop:
-            return _train(cfg, env, device, stop)
-    finally:
-        teardown()
+    return run_distributed(lambda env, device, stop: _train(cfg, env, device, stop), device=cfg.device)
 
 
 def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
