@@ -14,7 +14,6 @@ import torch.multiprocessing as mp
 
 from sagecast_common.cli import EXIT_INCOMPLETE, UserError
 from stage2_forecast import samples, train
-from tests.test_stage2_fakes import fake_stage1_run  # noqa: F401  (fixture)
 
 
 def tiny(stage1_run, run_dir, **kw):
@@ -51,7 +50,7 @@ def _rank(rank: int, world: int, port: int, stage1_run: str, run_dir: str) -> No
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_with_an_uneven_sample_count_finish(fake_stage1_run, tmp_path):  # noqa: F811
+def test_two_gloo_ranks_with_an_uneven_sample_count_finish(fake_stage1_run, tmp_path):
     # 9 samples, 2 ranks, 4 per rank: sharding order[rank::2] gave 5 vs 4 samples, 2 vs 1 batches, and a hang.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -71,7 +70,7 @@ def test_two_gloo_ranks_with_an_uneven_sample_count_finish(fake_stage1_run, tmp_
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["schedule"]["train_samples"] == 9
 
 
-def test_signal_saves_the_current_step_exits_75_and_resume_finishes(fake_stage1_run, tmp_path, monkeypatch,  # noqa: F811
+def test_signal_saves_the_current_step_exits_75_and_resume_finishes(fake_stage1_run, tmp_path, monkeypatch,
                                                                      capsys):
     real_gather, calls = samples.gather, []
 
@@ -96,7 +95,7 @@ def test_signal_saves_the_current_step_exits_75_and_resume_finishes(fake_stage1_
     assert steps == list(range(1, out["total_steps"] + 1))
 
 
-def test_resume_over_changed_data_or_schedule_is_refused_unless_forced(fake_stage1_run, tmp_path, monkeypatch):  # noqa: F811
+def test_resume_over_changed_data_or_schedule_is_refused_unless_forced(fake_stage1_run, tmp_path, monkeypatch):
     first_train_windows(20, monkeypatch)
     train.main(tiny(fake_stage1_run, tmp_path, epochs=1))
     with pytest.raises(UserError, match=r"schedule changed \(total_steps: 3 -> 6, epochs: 1 -> 2\).*force_sched"):

@@ -6,11 +6,10 @@ import torch
 
 from stage2_forecast import samples
 from stage2_forecast.train import Config, build_model, forecast_loss, variance_covariance
-from tests.test_stage2_fakes import fake_stage1_run  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
-def data(fake_stage1_run):  # noqa: F811
+def data(fake_stage1_run):
     table = samples.load_scan_table(fake_stage1_run)
     mean, std = samples.standardise(table)
     win = samples.build_windows(table, context_scans=3, split="train")

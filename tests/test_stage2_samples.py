@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 
 from stage2_forecast import samples
-from tests.test_stage2_fakes import fake_stage1_run  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
-def table(fake_stage1_run):  # noqa: F811
+def table(fake_stage1_run):
     t = samples.load_scan_table(fake_stage1_run)
     samples.standardise(t)
     return t

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from stage2_forecast import evaluate, samples, train
-from tests.test_stage2_fakes import fake_stage1_run  # noqa: F401  (fixture)
 
 
 def tiny(run, run_dir, **kw):
@@ -17,7 +16,7 @@ def tiny(run, run_dir, **kw):
     return train.Config(**{**base, **kw})
 
 
-def test_resume_continues_where_the_checkpoint_stopped(fake_stage1_run, tmp_path, monkeypatch):  # noqa: F811
+def test_resume_continues_where_the_checkpoint_stopped(fake_stage1_run, tmp_path, monkeypatch):
     train.main(tiny(fake_stage1_run, tmp_path / "straight"))
     calls, real_gather = [0], samples.gather
 
@@ -41,7 +40,7 @@ def test_resume_continues_where_the_checkpoint_stopped(fake_stage1_run, tmp_path
     assert (tmp_path / "killed" / "loss.png").exists() and (tmp_path / "killed" / "config.json").exists()
 
 
-def test_non_finite_loss_stops(fake_stage1_run, tmp_path):  # noqa: F811
+def test_non_finite_loss_stops(fake_stage1_run, tmp_path):
     with pytest.raises(FloatingPointError, match="non-finite"):
         train.main(tiny(fake_stage1_run, tmp_path, lr=1e30, warmup_steps=0, epochs=3))
 
@@ -91,7 +90,7 @@ def test_evaluation_on_a_hand_made_shift_case():
 
 
 @pytest.mark.slow
-def test_train_both_variants_and_report(fake_stage1_run, tmp_path):  # noqa: F811
+def test_train_both_variants_and_report(fake_stage1_run, tmp_path):
     for variant in ("detr", "jepa"):
         train.main(tiny(fake_stage1_run, tmp_path / variant, variant=variant, epochs=1,
                         horizons_min=(5.0, 15.0, 30.0, 60.0)))
@@ -118,7 +117,7 @@ def test_end_to_end_on_a_real_tiny_stage1_run(tiny_stage1_run, tmp_path):
     assert all(m["skill_vs_persistence"] == 0.0 for m in report["variants"]["persistence"].values())
 
 
-def test_ema_target_trains_with_variance_covariance_and_tracks_the_encoder(fake_stage1_run, tmp_path):  # noqa: F811
+def test_ema_target_trains_with_variance_covariance_and_tracks_the_encoder(fake_stage1_run, tmp_path):
     from sagecast_common.encoders import load_encoders
 
     out = train.main(tiny(fake_stage1_run, tmp_path, variant="jepa", target="ema", finetune=True, epochs=1,
