@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from stage2_forecast import evaluate, samples
-from stage2_forecast.train import Config, build_model, forecast_loss
+from stage2_forecast.loss import forecast_loss
+from stage2_forecast.train import Config, build_model
 
 
 def windows_loop(table: samples.ScanTable, horizons_min, context_scans: int, step: float) -> int:

@@ -25,7 +25,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.distributed as torch_dist
-import torch.nn.functional as F
 from torch import nn
 
 from data.formats import SKY_PRESETS
@@ -35,11 +34,11 @@ from sagecast_common.config import build_config, config_to_dict, option, parse_c
 from sagecast_common.dist import rank_shard, run_distributed
 from sagecast_common.encoders import load_encoders
 from sagecast_common.progress import progress
-from sagecast_common.regularizers import covariance_off_diagonal, variance_hinge
 from sagecast_common.runio import JsonlLogger, atomic_write_json, environment_info, seed_everything
 from sagecast_common.schedule import lr_at, set_lr
 from sagecast_common.stopping import StopSignals
 from stage2_forecast import samples
+from stage2_forecast.loss import forecast_loss, variance_covariance
 from stage2_forecast.models import DetrForecaster, JepaForecaster, encode_images
 from stage2_forecast.plots import plot_training
 
@@ -91,19 +90,6 @@ PRESETS: dict[str, dict] = {
     "quick": {"epochs": 40, "batch_size": 16, "lr": 1e-3, "width": 96, "jepa_width": 64, "depth": 2},
     "full": {"epochs": 100, "batch_size": 128, "width": 256, "jepa_width": 128, "depth": 4, "heads": 8},
 }
-
-
-def forecast_loss(pred, target, mask, *, kind: str = "mse") -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean over valid (B, H, P) slots of the per-dimension loss; pred/target (B, H, P, D), mask (B, H, P)."""
-    per = (F.mse_loss if kind == "mse" else F.smooth_l1_loss)(pred, target, reduction="none").mean(-1)
-    loss = (per * mask).sum() / mask.sum().clamp(min=1)
-    return loss, {kind: loss.item()}
-
-
-def variance_covariance(z: torch.Tensor, *, eps: float = 1e-4) -> tuple[torch.Tensor, dict[str, float]]:
-    """VICReg's variance (std ≥ 1 per dimension) + covariance (off-diagonal → 0) terms on z (N, D)."""
-    var, off = variance_hinge(z, eps=eps), covariance_off_diagonal(z)
-    return var + off, {"var": var.item(), "cov": off.item()}
 
 
 def load_data(cfg: Config):

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from stage2_forecast import samples
-from stage2_forecast.train import Config, build_model, forecast_loss, variance_covariance
+from stage2_forecast.loss import forecast_loss, variance_covariance
+from stage2_forecast.train import Config, build_model
 
 
 @pytest.fixture(scope="module")
