@@ -1,4 +1,4 @@
-"""Stage 1: two-branch RGB/thermal VICReg (`python -m stage1_jea.train`, `.export`, `.evaluate`).
+"""Stage 1: two-branch RGB/thermal VICReg (`sagecast-stage1-train`, `-export`, `-evaluate`).
 
 `vicreg_loss` is imported lazily so that `import stage1_jea` does no work (no torch import).
 """

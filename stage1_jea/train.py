@@ -1,6 +1,6 @@
 """Stage 1 training: RGB/thermal VICReg on the prepared pairs.
 
-    python -m stage1_jea.train --preset quick prepared=runs/prepared run_dir=runs/stage1      # CPU, minutes
+    sagecast-stage1-train --preset quick prepared=runs/prepared run_dir=runs/stage1    # CPU, minutes (= python -m)
     torchrun --nproc-per-node 4 -m stage1_jea.train --preset full prepared=P run_dir=R       # DDP (also mpiexec/srun)
 
 One process by default; under a launcher (torchrun, Open MPI, PALS/PMI, srun) it runs DDP. `batch_size` is
