@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sagecast_common.config import build_config
+from sagecast_common.cli import UserError
 from sagecast_common.linalg import ridge_fit
 from sagecast_common.runio import file_sha256
 from stage1_jea import evaluate, export, train
@@ -57,7 +58,7 @@ def _encoders_and_rows(run, prepared, rows):
 
 
 def test_export_without_encoders_explains(tmp_path):
-    with pytest.raises(SystemExit, match="encoders.pt not found"):
+    with pytest.raises(UserError, match="encoders.pt not found: make it with `sagecast-stage1-train run_dir="):
         export.export(tmp_path, device="cpu")
 
 
