@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from sagecast_common.config import build_config
 from sagecast_common.cli import UserError
+from sagecast_common.config import build_config
 from sagecast_common.linalg import ridge_fit
 from sagecast_common.runio import file_sha256
 from stage1_jea import evaluate, export, train
