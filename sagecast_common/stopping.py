@@ -1,9 +1,10 @@
 """Stop requests from the batch system: SIGTERM/SIGUSR1 → checkpoint at the next step boundary, exit 75.
 
-Slurm and PBS signal *every* process of a job, DataLoader workers included. Workers ignore the stop signals
-(`ignore_stop_signals`, run by every loader's worker_init_fn), so they keep feeding batches until the main
-process has saved; should one die anyway (a signal before its init ran), `loader_died` tells the loop that
-the death is the stop it was already asked for, not a crash.
+Slurm and PBS signal *every* process of a job, DataLoader workers included. Workers are started inside
+`stop_signals_blocked()` (so they are born with the signals blocked, and none can die before its init runs)
+and ignore them from their worker_init_fn on (`ignore_stop_signals`): they keep feeding batches until the
+main process has saved, and end with it. A signal that arrives while workers start waits, then reaches the
+main process.
 
     with StopSignals() as stop:
         for batch in loader:
@@ -13,6 +14,7 @@ the death is the stop it was already asked for, not a crash.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -41,12 +43,18 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def stop_signals_blocked():
+    """Block the stop signals in this thread for the block; processes started inside inherit the mask."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def ignore_stop_signals() -> None:
     """For DataLoader workers: the main process decides when to stop, and needs batches until it has saved."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-
-
-def loader_died(error: BaseException, stop: StopSignals) -> bool:
-    """True when `error` is a DataLoader worker's death after a stop request (the scheduler signalled it too)."""
-    return stop.requested and isinstance(error, RuntimeError) and "DataLoader worker" in str(error)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked since birth; pending ones are discarded

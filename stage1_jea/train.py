@@ -36,7 +36,7 @@ from sagecast_common.encoders import save_encoders
 from sagecast_common.progress import progress
 from sagecast_common.runio import JsonlLogger, atomic_write_json, environment_info, seed_everything
 from sagecast_common.schedule import lr_at, set_lr
-from sagecast_common.stopping import StopSignals, ignore_stop_signals, loader_died
+from sagecast_common.stopping import StopSignals, ignore_stop_signals, stop_signals_blocked
 from stage1_jea.loss import vicreg_loss
 from stage1_jea.model import TwoBranch, encoder_specs
 from stage1_jea.optim import build_optimizer
@@ -179,7 +179,7 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
                             pin_memory=cuda)
         net.train()
         t0, pairs = time.perf_counter(), 0
-        bar = progress(_until_stopped(loader, stop), desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=env.is_main,
+        bar = progress(_batches(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=env.is_main,
                        initial=batches_done, total=steps_per_epoch)
         stopped = False
         for rgb, thermal in bar:
@@ -237,13 +237,11 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
     return {"step": step, "total_steps": total_steps, "interrupted": False}
 
 
-def _until_stopped(loader, stop: StopSignals):
-    """The loader's batches; a worker killed after a stop request (the whole job was signalled) ends the epoch."""
-    try:
-        yield from loader
-    except RuntimeError as e:
-        if not loader_died(e, stop):
-            raise
+def _batches(loader):
+    """The loader's batches, its workers started with the stop signals blocked (see sagecast_common.stopping)."""
+    with stop_signals_blocked():
+        batches = iter(loader)
+    yield from batches
 
 
 def cli(argv: list[str] | None = None) -> None:

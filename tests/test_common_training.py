@@ -17,7 +17,7 @@ from sagecast_common.linalg import rankme, ridge_fit, ridge_on_val, ridge_predic
 from sagecast_common.plots import pyplot, save_figure
 from sagecast_common.runio import JsonlLogger
 from sagecast_common.schedule import lr_at
-from sagecast_common.stopping import StopSignals, loader_died
+from sagecast_common.stopping import StopSignals, stop_signals_blocked
 
 
 def test_lr_warms_up_from_the_first_step_then_cosine_to_the_floor():
@@ -100,9 +100,15 @@ def test_stop_signals_are_recorded_and_handlers_restored():
         assert not stop.requested
         os.kill(os.getpid(), signal.SIGUSR1)
         assert stop.requested and stop.received == [signal.SIGUSR1]
-        assert loader_died(RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated."), stop)
-        assert not loader_died(RuntimeError("CUDA out of memory"), stop)
     assert signal.getsignal(signal.SIGUSR1) == before
+
+
+def test_a_stop_signal_during_worker_start_waits_for_the_main_process():
+    with StopSignals() as stop:
+        with stop_signals_blocked():
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert not stop.requested  # held while workers would be starting
+        assert stop.requested and stop.received == [signal.SIGTERM]
 
 
 def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
