@@ -7,7 +7,10 @@
 Reads only files: RUN/embeddings.{parquet,json}, RUN/encoders.pt (jepa) and the prepared dir. Writes
 RUN_DIR/config.json, env.json, log.jsonl (one JSON line per log step), ckpt.pt (auto-resumed; holds the
 latest and the best-on-val weights), loss.png, lr.png. The loss is MSE (or smooth-L1) on standardised
-targets over valid (horizon, preset) slots; a non-finite loss stops the run.
+targets over valid (horizon, preset) slots; a non-finite loss stops the run. The residual starts from the
+damped-anomaly baseline fitted in closed form on train (stage2_forecast.baselines); the best-on-val weights
+start as that untrained model and training stops after `patience` epochs without a better val MSE, so a run
+never ends worse on val than the baseline it starts from.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from sagecast_common.dist import launch_env, setup, teardown
 from sagecast_common.encoders import load_encoders
 from sagecast_common.regularizers import covariance_off_diagonal, variance_hinge
 from sagecast_common.runio import JsonlLogger, atomic_path, atomic_write_json, environment_info, seed_everything
-from stage2_forecast import samples
+from stage2_forecast import baselines, samples
 from stage2_forecast.models import DetrForecaster, JepaForecaster, encode_images
 from stage2_forecast.plots import plot_training
 
@@ -50,10 +53,12 @@ class Config:
     step_min: float | None = field(default=None, metadata={"help": "scan cadence (default: median gap)"})
     tolerance_min: float | None = field(default=None, metadata={"help": "nearest-scan tolerance (default step/2)"})
     day_only: bool = field(default=True, metadata={"help": "only daytime targets count"})
+    day_anchors: bool = field(default=True, metadata={"help": "only anchors with a daytime capture"})
     loss: str = field(default="mse", metadata={"help": "mse | smooth_l1"})
     target: str = field(default="frozen", metadata={"help": "jepa: frozen stage-1 embeddings | ema encoder"})
     ema_momentum: float = field(default=0.996, metadata={"help": "start momentum, rises linearly to 1.0"})
-    vc_weight: float = field(default=1.0, metadata={"help": "variance-covariance weight (target=ema)"})
+    vc_weight: float = field(default=1.0, metadata={"help": "variance-covariance weight on the online encoder's "
+                                                             "embeddings (target=ema)"})
     finetune: bool = field(default=False, metadata={"help": "jepa: fine-tune the stage-1 encoders"})
     residual: bool = field(default=True, metadata={"help": "predict the change from the current embedding"})
     width: int = 128
@@ -66,6 +71,7 @@ class Config:
     lr: float = 3e-4
     weight_decay: float = 0.05
     warmup_steps: int = 20
+    patience: int = field(default=5, metadata={"help": "stop after this many epochs without a better val MSE"})
     seed: int = 0
     device: str = "auto"
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
@@ -91,6 +97,32 @@ def variance_covariance(z: torch.Tensor, *, eps: float = 1e-4) -> tuple[torch.Te
     return var + off, {"var": var.item(), "cov": off.item()}
 
 
+@torch.no_grad()
+def ema_target_terms(model, ema, batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """EMA targets layer-normalised per vector as I-JEPA does, and the anti-collapse term.
+
+    The variance-covariance term acts on the encoder embeddings (the online encoder at t, which the target
+    encoder follows by EMA) — not on the forecasts, where it would fight the shrinkage toward climatology that
+    a good long-horizon forecast needs.
+    """
+    target = encode_images(ema, batch["tgt_rgb"], batch["tgt_thermal"], mean=model.mean, std=model.std,
+                           img_size=model.img_size)
+    with torch.enable_grad():
+        z = model.context(batch)[batch["ctx_mask"][:, 0]]
+        vc, terms = variance_covariance(z)
+    return F.layer_norm(target, target.shape[-1:]), vc, terms
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, online: nn.Module, *, momentum: float) -> None:
+    """Parameters and floating buffers (BatchNorm running statistics) follow the online encoder; integer
+    buffers (batch counters) are copied."""
+    online_state = online.state_dict()
+    for name, value in ema.state_dict().items():
+        src = online_state[name].detach()
+        value.lerp_(src, 1 - momentum) if value.is_floating_point() else value.copy_(src)
+
+
 def lr_at(step: int, total: int, *, lr: float, warmup: int) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
@@ -98,38 +130,44 @@ def lr_at(step: int, total: int, *, lr: float, warmup: int) -> float:
 
 
 def load_data(cfg: Config):
-    """Scan table (standardised with train statistics) and the train/val windows; same for every variant."""
+    """Scan table (standardised with train statistics), the windows, the train climatology and the closed-form
+    damping of the damped-anomaly baseline; the same for every variant."""
     table = samples.load_scan_table(cfg.stage1_run, features=cfg.features, gap_s=cfg.scan_gap_s,
                                     prepared_dir=cfg.prepared)
     mean, std = samples.standardise(table, day_only=cfg.day_only)
     kw = dict(horizons_min=cfg.horizons_min, context_scans=cfg.context_scans, step_min=cfg.step_min,
-              tolerance_min=cfg.tolerance_min, day_only=cfg.day_only)
-    return table, mean, std, {s: samples.build_windows(table, split=s, **kw) for s in ("train", "val", "test")}
+              tolerance_min=cfg.tolerance_min, day_only=cfg.day_only, day_anchors=cfg.day_anchors)
+    wins = {s: samples.build_windows(table, split=s, **kw) for s in ("train", "val", "test")}
+    clim = baselines.fit_climatology(table, day_only=cfg.day_only)
+    train = samples.gather(table, wins["train"], np.arange(len(wins["train"])), day_only=cfg.day_only, clim=clim)
+    return table, mean, std, wins, clim, baselines.fit_damping(train)
 
 
-def build_model(cfg: Config, mean, std) -> nn.Module:
+def build_model(cfg: Config, mean, std, damping=None) -> nn.Module:
     mean, std = torch.as_tensor(mean), torch.as_tensor(std)
+    damping = None if damping is None else torch.as_tensor(damping)
     if cfg.variant == "detr":
         return DetrForecaster(dim=mean.numel(), n_presets=len(SKY_PRESETS), horizons_min=cfg.horizons_min,
                               width=cfg.width, depth=cfg.depth, heads=cfg.heads, dropout=cfg.dropout,
-                              residual=cfg.residual)
+                              residual=cfg.residual, damping=damping)
     if cfg.variant == "jepa":
         modules, meta = load_encoders(Path(cfg.stage1_run) / "encoders.pt")
         names = [column.removeprefix("emb_") for column in samples.FEATURES[cfg.features]]
         return JepaForecaster(encoders=nn.ModuleDict({n: modules[n] for n in names}), mean=mean, std=std,
                               n_presets=len(SKY_PRESETS), horizons_min=cfg.horizons_min, img_size=meta.get("img_size"),
                               width=cfg.jepa_width, depth=cfg.depth, heads=cfg.heads, dropout=cfg.dropout,
-                              residual=cfg.residual, finetune=cfg.finetune)
+                              residual=cfg.residual, finetune=cfg.finetune, damping=damping)
     raise ValueError(f"variant={cfg.variant!r}: expected detr or jepa")
 
 
-def load_run(run_dir: str | Path, *, best: bool = True) -> tuple[Config, nn.Module, np.ndarray]:
-    """(config, model in eval mode, target mean) from RUN_DIR/ckpt.pt alone; best-on-val weights by default."""
+def load_run(run_dir: str | Path, *, best: bool = True) -> tuple[Config, nn.Module, dict]:
+    """(config, model in eval mode, {mean, std, clim} numpy) from RUN_DIR/ckpt.pt alone; best-on-val weights
+    by default. The climatology travels with the run: a held-out evaluation uses the training one."""
     ckpt = torch.load(Path(run_dir) / "ckpt.pt", map_location="cpu", weights_only=True)
     cfg = build_config(Config, ckpt["config"])
     model = build_model(cfg, ckpt["mean"], ckpt["std"])
     model.load_state_dict(ckpt["best_model" if best else "model"])
-    return cfg, model.eval(), ckpt["mean"].numpy()
+    return cfg, model.eval(), {k: ckpt[k].numpy() for k in ("mean", "std", "clim")}
 
 
 def needs_images(cfg: Config) -> bool:
@@ -142,13 +180,13 @@ def to_device(batch, device):
 
 
 @torch.no_grad()
-def evaluate_loss(model, table, win, cfg, device) -> dict[str, float]:
+def evaluate_loss(model, table, win, cfg, device, clim) -> dict[str, float]:
     """Validation MSE of the model and of persistence on the same valid slots."""
     model.eval()
     err = per = n = 0.0
     for start in range(0, len(win), cfg.batch_size):
         b = to_device(samples.gather(table, win, np.arange(start, min(start + cfg.batch_size, len(win))),
-                                     day_only=cfg.day_only, images=needs_images(cfg)), device)
+                                     day_only=cfg.day_only, clim=clim, images=needs_images(cfg)), device)
         m = b["tgt_mask"].float()
         err += (((model(b) - b["tgt_z"]) ** 2).mean(-1) * m).sum().item()
         per += (((b["ctx_z"][:, None, 0] - b["tgt_z"]) ** 2).mean(-1) * m).sum().item()
@@ -169,23 +207,31 @@ def main(cfg: Config) -> dict:
         raise ValueError(f"variant={cfg.variant!r}: expected detr or jepa")
     if cfg.target not in ("frozen", "ema") or (cfg.target == "ema" and cfg.variant != "jepa"):
         raise ValueError(f"target={cfg.target!r}: 'frozen', or 'ema' with variant=jepa")
-    table, mean, std, wins = load_data(cfg)
+    if cfg.target == "ema" and not cfg.finetune:
+        print("target=ema needs finetune=true: with frozen encoders the EMA copy never changes", file=sys.stderr)
+        raise SystemExit(2)
+    table, mean, std, wins, clim, damping = load_data(cfg)
     if len(wins["train"]) == 0:
         raise ValueError(f"no training samples from {cfg.stage1_run}: check splits, horizons and day_only")
-    model = build_model(cfg, mean, std).to(device)
+    model = build_model(cfg, mean, std, damping).to(device)
     ddp = nn.parallel.DistributedDataParallel(model) if env.distributed else model
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+    # The damping is the baseline's closed-form fit: weight decay would pull it toward 0 (climatology).
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and n != "damping"]
+    opt = torch.optim.AdamW([{"params": decay}, {"params": [model.damping], "weight_decay": 0.0}], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     ema = copy.deepcopy(model.encoders).requires_grad_(False).eval() if cfg.target == "ema" else None
     per_rank = math.ceil(len(wins["train"]) / env.world_size)
     steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
-    step, epoch, best_val, best_model = 0, 0, float("inf"), copy.deepcopy(model.state_dict())
+    step, epoch, best_epoch, best_model = 0, 0, 0, copy.deepcopy(model.state_dict())
+    # The untrained model (= the damped-anomaly baseline) is the first candidate for the best weights.
+    best_val = evaluate_loss(model, table, wins["val"], cfg, device, clim)["val_mse"] if len(wins["val"]) else 0.0
     if (run / "ckpt.pt").exists():  # auto-resume; a broken checkpoint raises rather than restarting silently
         ckpt = torch.load(run / "ckpt.pt", map_location=device, weights_only=True)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
         step, epoch, best_val, best_model = ckpt["step"], ckpt["epoch"], ckpt["best_val"], ckpt["best_model"]
+        best_epoch = ckpt["best_epoch"]
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
         print(f"resumed {run / 'ckpt.pt'} at epoch {epoch}, step {step}")
@@ -197,24 +243,21 @@ def main(cfg: Config) -> dict:
               f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters")
     model.train()
     t0 = time.perf_counter()
-    while epoch < cfg.epochs:
+    while epoch < cfg.epochs and epoch - best_epoch < cfg.patience:
         order = np.random.default_rng(cfg.seed + epoch).permutation(len(wins["train"]))[env.rank::env.world_size]
         for start in range(0, len(order), cfg.batch_size):
             lr = lr_at(step, total, lr=cfg.lr, warmup=cfg.warmup_steps)
             for g in opt.param_groups:
                 g["lr"] = lr
             batch = to_device(samples.gather(table, wins["train"], order[start:start + cfg.batch_size],
-                                             day_only=cfg.day_only, images=needs_images(cfg),
+                                             day_only=cfg.day_only, clim=clim, images=needs_images(cfg),
                                              target_images=ema is not None), device)
             pred = ddp(batch)
             target = batch["tgt_z"]
             if ema is not None:
-                with torch.no_grad():
-                    target = encode_images(ema, batch["tgt_rgb"], batch["tgt_thermal"], mean=model.mean,
-                                           std=model.std, img_size=model.img_size)
+                target, vc, vc_terms = ema_target_terms(model, ema, batch)
             loss, terms = forecast_loss(pred, target, batch["tgt_mask"], kind=cfg.loss)
             if ema is not None:
-                vc, vc_terms = variance_covariance(pred[batch["tgt_mask"]])
                 loss, terms = loss + cfg.vc_weight * vc, {**terms, **vc_terms}
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}: stopping ({terms})")
@@ -223,17 +266,15 @@ def main(cfg: Config) -> dict:
             opt.step()
             if ema is not None:
                 m = cfg.ema_momentum + (1 - cfg.ema_momentum) * step / max(1, total)
-                with torch.no_grad():
-                    for pe, pc in zip(ema.parameters(), model.encoders.parameters(), strict=True):
-                        pe.mul_(m).add_(pc.detach(), alpha=1 - m)
+                ema_update(ema, model.encoders, momentum=m)
             if step % cfg.log_every == 0:
                 log.log({"step": step, "epoch": epoch, "lr": lr, "loss": loss.item(), **terms,
                          "samples_per_s": (step + 1) * cfg.batch_size / (time.perf_counter() - t0)})
             step += 1
         epoch += 1
-        val = evaluate_loss(model, table, wins["val"], cfg, device) if len(wins["val"]) else {}
-        if val.get("val_mse", 0.0) <= best_val:
-            best_val, best_model = val.get("val_mse", 0.0), copy.deepcopy(model.state_dict())
+        val = evaluate_loss(model, table, wins["val"], cfg, device, clim) if len(wins["val"]) else {}
+        if val.get("val_mse", 0.0) < best_val or not len(wins["val"]):
+            best_val, best_epoch, best_model = val.get("val_mse", 0.0), epoch, copy.deepcopy(model.state_dict())
         if env.is_main:
             log.log({"step": step, "epoch": epoch, "loss": loss.item(), **val})
             print(f"epoch {epoch}/{cfg.epochs} step {step} loss {loss.item():.4f} "
@@ -241,12 +282,13 @@ def main(cfg: Config) -> dict:
             with atomic_path(run / "ckpt.pt") as tmp:
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "epoch": epoch,
                             "config": config_to_dict(cfg), "mean": torch.as_tensor(mean),
-                            "std": torch.as_tensor(std), "best_val": best_val, "best_model": best_model,
+                            "std": torch.as_tensor(std), "clim": torch.as_tensor(clim), "best_val": best_val,
+                            "best_epoch": best_epoch, "best_model": best_model,
                             "ema": ema.state_dict() if ema is not None else {}}, tmp)
     if env.is_main:
         plot_training(log.read(), run)
     teardown()
-    return {"step": step, "epoch": epoch, "best_val_mse": best_val}
+    return {"step": step, "epoch": epoch, "best_val_mse": best_val, "best_epoch": best_epoch}
 
 
 def cli(argv: list[str]) -> Config:

@@ -57,7 +57,8 @@ def moving_table(n_scans=24):
     return samples.ScanTable(
         vsn=pad(np.array(["W056"] * n_scans, object), ""), time_ns=pad(t, 0), day=pad(np.full(n_scans, 7), -1),
         split=pad(np.array(["test"] * n_scans, object), ""), sun_elev=pad(np.full(n_scans, 40, np.float32), 0),
-        solar_hour=pad(np.full(n_scans, 9, np.float32), 0), present=pad(np.ones((n_scans, P), bool), False),
+        solar_hour=pad(np.full(n_scans, 9, np.float32), 0),
+        location=pad(np.array(["32.7,-117.2"] * n_scans, object), ""), present=pad(np.ones((n_scans, P), bool), False),
         is_day=pad(np.ones((n_scans, P), bool), False), emb=pad(z, 0), rows=pad(np.zeros((n_scans, P), np.int64), -1),
         cloud=pad(np.zeros((n_scans, P), np.float32), np.nan), prepared_dir="", z=pad(z, 0))
 
