@@ -230,6 +230,8 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
         ref = {hk: per["persistence"][hk] for hk in hkeys}
         for name in per:
             with_skill(per[name], ref)
+            for h, hk in enumerate(hkeys):  # the bootstrap's point value: the seed-mean of the errors, float64
+                per[name][hk]["skill_vs_persistence"] = float(stats[name]["skill"][0][h])
         if group == "all":
             report["variants"], report["comparisons"] = per, comparisons(point, reps, hkeys, preds)
             report["cloud_fraction"] = cf_block(cf, cf_true, m, day_idx, len(day_ords), hkeys, n_boot)

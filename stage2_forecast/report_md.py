@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 
-def _ci(m: dict, key: str) -> str:
-    lo, hi = m[f"{key}_ci"]
+def _ci(m: dict, key: str, ci_key: str) -> str:
+    lo, hi = m[ci_key]
     return f"{m[key]:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
@@ -46,8 +46,8 @@ def markdown(report: dict) -> str:
             for h, m in per_h.items():
                 cells = ["—" if m.get(c) is None else f"{m[c]:.3f}" for c in ("cosine", "top1", "top5",
                                                                                "cloud_fraction_mae")]
-                lines.append(f"| {method} | {h} | {m['n']} | {m['mse']:.3f} | {_ci(m, 'skill_vs_persistence')} | "
-                             f"{_ci(m, 'skill_vs_smart')} | " + " | ".join(cells) + " |")
+                lines.append(f"| {method} | {h} | {m['n']} | {m['mse']:.3f} | {_ci(m, 'skill_vs_persistence', 'skill_ci')} | "
+                             f"{_ci(m, 'skill_vs_smart', 'skill_vs_smart_ci')} | " + " | ".join(cells) + " |")
     lines += ["", "## Cloud fraction MAE", "", f"Oracles: {report['oracles']}.", "",
               "| method | " + " | ".join(f"{h:g} min" for h in report["horizons_min"]) + " |",
               "|---|" + "---|" * len(report["horizons_min"])]

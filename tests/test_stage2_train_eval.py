@@ -23,7 +23,9 @@ def test_resume_continues_where_the_checkpoint_stopped(fake_stage1_run, tmp_path
 
     def dies_in_epoch_two(*a, **kw):
         calls[0] += 1
-        if calls[0] == 8:  # epoch 1 = 3 train + 3 val batches; call 8 is the 2nd batch of epoch 2
+        # 1 train gather for the baseline fit, 3 val batches for the untrained model, epoch 1 = 3 train + 3 val
+        # batches: call 12 is the 2nd batch of epoch 2
+        if calls[0] == 12:
             raise KeyboardInterrupt
         return real_gather(*a, **kw)
 
@@ -99,13 +101,22 @@ def test_train_both_variants_and_report(fake_stage1_run, tmp_path):  # noqa: F81
     report = evaluate.evaluate(fake_stage1_run, [tmp_path / "detr", tmp_path / "jepa"], tmp_path / "out")
     assert json.loads((tmp_path / "out" / "report.json").read_text())["n_test"] == report["n_test"] > 0
     assert (tmp_path / "out" / "report.md").exists() and (tmp_path / "out" / "skill_vs_horizon.png").exists()
-    assert set(report["variants"]) == {"detr", "jepa", "persistence", "climatology", "ridge"}
-    keys = {"mse", "cosine", "skill_vs_persistence", "top1", "top5", "cloud_fraction_mae"}
+    assert set(report["variants"]) == {"detr", "jepa", "persistence", "smart_persistence", "damped_anomaly",
+                                       "climatology", "ridge", "ridge_context"}
+    keys = {"mse", "cosine", "skill_vs_persistence", "top1", "top5", "cloud_fraction_mae", "skill_ci",
+            "skill_vs_smart", "skill_vs_smart_ci"}
     for per_h in report["variants"].values():
         assert list(per_h) == ["5", "15", "30", "60"] and all(keys <= set(m) for m in per_h.values())
     assert all(m["skill_vs_persistence"] == 0.0 for m in report["variants"]["persistence"].values())
     # The fake sky is linear advection of the embeddings' source field: the ridge baseline must see it.
     assert report["variants"]["ridge"]["15"]["skill_vs_persistence"] > 0.5
+    for per_h in report["variants"].values():
+        for m in per_h.values():
+            assert m["skill_ci"][0] - 1e-9 <= m["skill_vs_persistence"] <= m["skill_ci"][1] + 1e-9
+    pairs = {(c["a"], c["b"]) for c in report["comparisons"]}
+    assert ("detr", "jepa") in pairs and ("detr", "damped_anomaly") in pairs
+    assert set(report["cloud_fraction"]) >= {"cf_persistence", "cf_preset_mean", "detr"}
+    assert "Which differences are distinguishable" in (tmp_path / "out" / "report.md").read_text()
 
 
 @pytest.mark.slow
