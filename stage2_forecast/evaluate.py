@@ -118,8 +118,8 @@ def block(sq, mask, sel, day_idx, n_boot) -> tuple[dict, dict, dict]:
     """Skill and skill-vs-smart with intervals per method (H,) over the selected samples' days."""
     m = mask & sel[:, None, None]
     days = np.unique(day_idx[sel])
-    remap = np.searchsorted(days, day_idx)
-    sums = {k: np.stack([day_sums(e, m & sel[:, None, None], remap, len(days)) for e in v]) for k, v in sq.items()}
+    remap = np.minimum(np.searchsorted(days, day_idx), len(days) - 1)  # unselected samples are masked out
+    sums = {k: np.stack([day_sums(e, m, remap, len(days)) for e in v]) for k, v in sq.items()}
     point, reps = replicate_totals(sums, n_boot=n_boot)
     stats = {k: {"skill": _cis(reps, point, k, "persistence"), "vs_smart": _cis(reps, point, k, "smart_persistence")}
              for k in sq}

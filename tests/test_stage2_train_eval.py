@@ -1,5 +1,6 @@
 """Stage-2 loop and evaluation: resume, non-finite stop, report on a hand-made case and end to end."""
 
+import copy
 import json
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from stage2_forecast import evaluate, samples, train
-from tests.test_stage2_fakes import fake_stage1_run  # noqa: F401  (fixture)
+from tests.test_stage2_fakes import fake_stage1_run, make_fake_stage1  # noqa: F401  (fixture)
 
 
 def tiny(run, run_dir, **kw):
@@ -149,3 +150,38 @@ def test_ema_target_trains_with_variance_covariance_and_tracks_the_encoder(fake_
     # The fine-tuned encoder moved; the EMA copy moved toward it but lags behind.
     assert not torch.equal(tuned, initial)
     assert 0 < (ema - initial).norm() < (tuned - initial).norm()
+
+
+def test_held_out_evaluation_on_a_second_prepared_folder(fake_stage1_run, tmp_path):  # noqa: F811
+    other = make_fake_stage1(tmp_path / "other", seed=1)  # another sky, the same stage-1 encoders
+    train.main(tiny(fake_stage1_run, tmp_path / "detr", epochs=1))
+    report = evaluate.evaluate(fake_stage1_run, [tmp_path / "detr"], tmp_path / "out", eval_stage1_run=other,
+                               n_boot=50)
+    assert report["eval"] == {"stage1_run": str(other), "held_out": True, "split": "all"}
+    table = samples.load_scan_table(other)
+    every_day = samples.build_windows(table, horizons_min=(5.0, 15.0), context_scans=3)
+    assert report["n_test"] == len(every_day) and len(report["per_day"]) == 3  # all days of the other folder
+    assert set(report["days_per_split_per_location"]) == {"train_data", "eval_data"}
+    assert report["variants"]["persistence"]["5"]["skill_vs_persistence"] == 0.0
+    assert "held-out" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_ema_target_without_fine_tuning_exits_2(fake_stage1_run, tmp_path):  # noqa: F811
+    with pytest.raises(SystemExit) as stop:
+        train.main(tiny(fake_stage1_run, tmp_path, variant="jepa", target="ema", finetune=False))
+    assert stop.value.code == 2
+
+
+def test_ema_update_follows_parameters_and_batchnorm_buffers():
+    online = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = copy.deepcopy(online)
+    online.train()(torch.randn(16, 2) * 3 + 5)  # moves the running statistics
+    with torch.no_grad():
+        online[0].weight.add_(1.0)
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    train.ema_update(ema, online, momentum=0.75)
+    for k, v in ema.state_dict().items():
+        target = online.state_dict()[k]
+        expected = before[k] * 0.75 + target * 0.25 if v.is_floating_point() else target
+        torch.testing.assert_close(v, expected.to(v.dtype))
+    assert not torch.equal(ema[1].running_mean, before["1.running_mean"])
