@@ -46,8 +46,10 @@ def markdown(report: dict) -> str:
             for h, m in per_h.items():
                 cells = ["—" if m.get(c) is None else f"{m[c]:.3f}" for c in ("cosine", "top1", "top5",
                                                                                "cloud_fraction_mae")]
-                lines.append(f"| {method} | {h} | {m['n']} | {m['mse']:.3f} | {_ci(m, 'skill_vs_persistence', 'skill_ci')} | "
-                             f"{_ci(m, 'skill_vs_smart', 'skill_vs_smart_ci')} | " + " | ".join(cells) + " |")
+                skill = _ci(m, "skill_vs_persistence", "skill_ci")
+                vs_smart = _ci(m, "skill_vs_smart", "skill_vs_smart_ci")
+                lines.append(f"| {method} | {h} | {m['n']} | {m['mse']:.3f} | {skill} | {vs_smart} | "
+                             + " | ".join(cells) + " |")
     lines += ["", "## Cloud fraction MAE", "", f"Oracles: {report['oracles']}.", "",
               "| method | " + " | ".join(f"{h:g} min" for h in report["horizons_min"]) + " |",
               "|---|" + "---|" * len(report["horizons_min"])]
