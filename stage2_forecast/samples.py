@@ -26,7 +26,9 @@ import torch
 from data.dataset import normalised_frames
 from data.formats import SKY_PRESETS
 
-FEATURES = {"rgb": ("emb_rgb",), "thermal": ("emb_thermal",), "both": ("emb_rgb", "emb_thermal")}
+# pooled = both; grid = the encoders' g × g feature maps, (row, col, channel) flattened, from stage1_jea.export.
+FEATURES = {"rgb": ("emb_rgb",), "thermal": ("emb_thermal",), "both": ("emb_rgb", "emb_thermal"),
+            "pooled": ("emb_rgb", "emb_thermal"), "grid": ("grid_rgb", "grid_thermal")}
 
 
 @dataclass
@@ -76,6 +78,11 @@ def load_scan_table(stage1_run: str | Path, *, features: str = "both", gap_s: fl
     if features not in FEATURES:
         raise ValueError(f"features={features!r}: expected one of {sorted(FEATURES)}")
     emb, meta = read_stage1(stage1_run)
+    missing = [c for c in FEATURES[features] if c not in emb.columns]
+    if missing:
+        raise ValueError(f"features={features}: {stage1_run}/embeddings.parquet has no {missing} columns; export "
+                         f"them with a stage1_jea.export that writes grid features (python -m stage1_jea.export "
+                         f"--run {stage1_run})")
     prepared = Path(prepared_dir or meta["prepared_dir"])
     if not (prepared / "index.parquet").exists():
         raise FileNotFoundError(f"{prepared / 'index.parquet'} is missing (prepared_dir of {stage1_run})")

@@ -46,7 +46,8 @@ class Config:
     stage1_run: str = field(default="runs/stage1", metadata={"help": "stage-1 run dir (embeddings, encoders)"})
     run_dir: str = "runs/stage2/detr"
     prepared: str | None = field(default=None, metadata={"help": "prepared dir (default: from embeddings.json)"})
-    features: str = field(default="both", metadata={"help": "target vector: rgb | thermal | both (concat)"})
+    features: str = field(default="both", metadata={"help": "target vector: rgb | thermal | both = pooled (concat) "
+                                                                 "| grid (g×g feature maps, stage1_jea.export)"})
     horizons_min: tuple[float, ...] = (5.0, 15.0, 30.0, 60.0)
     context_scans: int = field(default=3, metadata={"help": "T: scans of context (detr)"})
     scan_gap_s: float = field(default=60.0, metadata={"help": "a gap above this between captures starts a scan"})
@@ -152,7 +153,7 @@ def build_model(cfg: Config, mean, std, damping=None) -> nn.Module:
                               residual=cfg.residual, damping=damping)
     if cfg.variant == "jepa":
         modules, meta = load_encoders(Path(cfg.stage1_run) / "encoders.pt")
-        names = [column.removeprefix("emb_") for column in samples.FEATURES[cfg.features]]
+        names = [column.split("_", 1)[1] for column in samples.FEATURES[cfg.features]]
         return JepaForecaster(encoders=nn.ModuleDict({n: modules[n] for n in names}), mean=mean, std=std,
                               n_presets=len(SKY_PRESETS), horizons_min=cfg.horizons_min, img_size=meta.get("img_size"),
                               width=cfg.jepa_width, depth=cfg.depth, heads=cfg.heads, dropout=cfg.dropout,
@@ -210,6 +211,9 @@ def main(cfg: Config) -> dict:
     if cfg.target == "ema" and not cfg.finetune:
         print("target=ema needs finetune=true: with frozen encoders the EMA copy never changes", file=sys.stderr)
         raise SystemExit(2)
+    if cfg.features == "grid" and needs_images(cfg):
+        raise ValueError("features=grid needs the exported grids: the encoders run here (finetune, target=ema) "
+                         "give pooled features")
     table, mean, std, wins, clim, damping = load_data(cfg)
     if len(wins["train"]) == 0:
         raise ValueError(f"no training samples from {cfg.stage1_run}: check splits, horizons and day_only")

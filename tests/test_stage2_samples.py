@@ -82,3 +82,22 @@ def test_images_normalised_like_the_dataset(table):
         rgb, thermal = ds[i]
         np.testing.assert_allclose(imgs["rgb"][k].numpy(), rgb.numpy(), atol=1e-5)
         np.testing.assert_allclose(imgs["thermal"][k].numpy(), thermal.numpy(), atol=1e-3)
+
+
+def test_grid_features_read_the_exported_grids_or_name_the_export(fake_stage1_run, tmp_path):  # noqa: F811
+    with pytest.raises(ValueError, match="stage1_jea.export"):
+        samples.load_scan_table(fake_stage1_run, features="grid")
+    import shutil
+
+    import pandas as pd
+
+    run = tmp_path / "stage1"
+    shutil.copytree(fake_stage1_run, run)
+    emb = pd.read_parquet(run / "embeddings.parquet")
+    g, c = 2, 3  # grid g × g × C per modality, (row, col, channel) order
+    emb["grid_rgb"] = [np.arange(g * g * c, dtype=np.float32) + i for i in range(len(emb))]
+    emb["grid_thermal"] = [np.full(g * g * c, -1.0, np.float32) for _ in range(len(emb))]
+    emb.to_parquet(run / "embeddings.parquet")
+    table = samples.load_scan_table(run, features="grid")
+    assert table.emb.shape[-1] == 2 * g * g * c
+    assert (table.emb[table.present][:, g * g * c:] == -1.0).all()
