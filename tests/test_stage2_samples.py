@@ -101,3 +101,22 @@ def test_grid_features_read_the_exported_grids_or_name_the_export(fake_stage1_ru
     table = samples.load_scan_table(run, features="grid")
     assert table.emb.shape[-1] == 2 * g * g * c
     assert (table.emb[table.present][:, g * g * c:] == -1.0).all()
+
+
+def test_synthetic_oracles_join_on_the_anchor_capture(table, tmp_path):
+    import pandas as pd
+
+    from stage2_forecast import baselines
+
+    win = samples.build_windows(table, horizons_min=(5.0, 15.0), context_scans=1, split="test")
+    assert baselines.oracle_cloud_fraction(table, win, None, (5.0, 15.0))[0] == {}
+    index = pd.read_parquet(f"{table.prepared_dir}/index.parquet")
+    (tmp_path / "W056").mkdir()
+    truth = index[["vsn", "timestamp", "position"]].assign(oracle_advect_cf_5=index["row"] / 1000.0)
+    truth.to_parquet(tmp_path / "W056" / "truth.parquet")
+    found, note = baselines.oracle_cloud_fraction(table, win, tmp_path, (5.0, 15.0))
+    assert set(found) == {"cf_oracle_advect"} and "oracle_advect_cf_5" in note
+    rows = table.rows[win.anchor]
+    oracle = found["cf_oracle_advect"]
+    np.testing.assert_allclose(oracle[:, 0][rows >= 0], rows[rows >= 0] / 1000.0)
+    assert np.isnan(oracle[:, 0][rows < 0]).all() and np.isnan(oracle[:, 1]).all()  # no 15-min column
