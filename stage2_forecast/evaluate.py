@@ -153,7 +153,8 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
     fit = samples.load_scan_table(stage1_run, features=base.features, gap_s=base.scan_gap_s, prepared_dir=base.prepared)
     mean, std = samples.standardise(fit, day_only=base.day_only)
     for r, _, _, stats in loaded:
-        if stats["mean"].shape != mean.shape or not np.allclose(stats["mean"], mean, atol=1e-4):
+        if stats["mean"].shape != mean.shape or not (np.allclose(stats["mean"], mean, atol=1e-4)
+                                                     and np.allclose(stats["std"], std, rtol=1e-4)):
             raise ValueError(f"{r} was trained on other embeddings than {stage1_run} (standardisation differs)")
     held_out = eval_stage1_run is not None
     table = samples.load_scan_table(eval_stage1_run, features=base.features, gap_s=base.scan_gap_s) if held_out else fit

@@ -139,7 +139,11 @@ def standardise(table: ScanTable, *, day_only: bool = True, mean=None, std=None)
         if not use.any():
             raise ValueError("no train-split captures to compute standardisation statistics from")
         x = table.emb[use]
-        mean, std = x.mean(0), x.std(0) + 1e-6
+        # A dimension (nearly) constant on train (a dead ReLU channel of a briefly trained encoder) but not on
+        # val/test would blow up to thousands of standard units and swamp every MSE: floor its scale at a
+        # tenth of the typical dimension's.
+        mean, std = x.mean(0), x.std(0)
+        std = np.maximum(std, 0.1 * np.median(std)) + 1e-6
     table.z = np.where(table.present[..., None], (table.emb - mean) / std, 0.0).astype(np.float32)
     return np.asarray(mean, np.float32), np.asarray(std, np.float32)
 
