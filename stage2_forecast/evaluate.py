@@ -25,12 +25,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from sagecast_common.runio import atomic_write_json, atomic_write_text
 from stage2_forecast import baselines, samples
 from stage2_forecast.bootstrap import day_sums, distinguishable, interval, replicate_totals
+from stage2_forecast.metrics import cf_block, per_day, rankme, retrieval_ranks, score, with_skill
 from stage2_forecast.plots import plot_skill
 from stage2_forecast.report_md import markdown
 from stage2_forecast.train import Config, load_run, needs_images
@@ -38,51 +38,6 @@ from stage2_forecast.train import Config, load_run, needs_images
 # Day type by mean daytime cloud_fraction (prepared index): clear < 3/8 (≤ 2 oktas), overcast ≥ 6/8.
 DAY_TYPES = {"clear": 0.375, "broken": 0.75, "overcast": 1.01}
 LEARNED = ("detr", "jepa")
-
-
-def rankme(z: np.ndarray, eps: float = 1e-7) -> float:
-    """Effective rank exp(H(σ/Σσ)) of a matrix of predictions (Garrido et al., 2023)."""
-    s = np.linalg.svd(z.astype(np.float64), compute_uv=False)
-    p = s / (s.sum() + eps) + eps
-    return float(np.exp(-(p * np.log(p)).sum()))
-
-
-def retrieval_ranks(pred, table: samples.ScanTable, win: samples.Windows, mask, *, day_only=True) -> np.ndarray:
-    """(N, H, P) number of same-day same-preset candidates strictly closer to the forecast than the truth."""
-    ranks = np.full(mask.shape, -1, np.int64)
-    scans = np.arange(len(table.time_ns) - 1)  # every real scan (not the masked sentinel)
-    for p in range(mask.shape[2]):
-        ok = table.present[scans, p] & (table.is_day[scans, p] if day_only else True)
-        for day in np.unique(table.day[win.tgt][mask[:, :, p]]):
-            cand = table.z[scans[ok & (table.day[scans] == day)], p]  # (C, D)
-            n, h = np.nonzero(mask[:, :, p] & (table.day[win.tgt] == day))
-            d = ((pred[n, h, p, None] - cand[None]) ** 2).sum(-1)  # (M, C)
-            d_true = ((pred[n, h, p] - table.z[win.tgt[n, h], p]) ** 2).sum(-1)
-            ranks[n, h, p] = (d < d_true[:, None] - 1e-9).sum(1)
-    return ranks
-
-
-def score(pred, true, mask, ranks, cf_pred, cf_true) -> dict[int, dict[str, float]]:
-    """Per-horizon metrics over valid slots; pred/true (N, H, P, D), mask/ranks/cf_* (N, H, P)."""
-    out = {}
-    for h in range(mask.shape[1]):
-        m = mask[:, h]
-        e, t = pred[:, h][m], true[:, h][m]
-        cos = (e * t).sum(-1) / (np.linalg.norm(e, axis=-1) * np.linalg.norm(t, axis=-1) + 1e-12)
-        out[h] = {"n": int(m.sum()), "mse": float(((e - t) ** 2).mean()), "cosine": float(cos.mean()),
-                  "top1": float((ranks[:, h][m] < 1).mean()), "top5": float((ranks[:, h][m] < 5).mean()),
-                  "cloud_fraction_mae": float(np.abs(cf_pred[:, h] - cf_true[:, h])[m].mean())
-                  if cf_pred is not None else None}
-    return out
-
-
-def with_skill(metrics: dict, reference: dict) -> dict:
-    for h, m in metrics.items():
-        ref = reference[h]
-        m["skill_vs_persistence"] = 1.0 - m["mse"] / ref["mse"] if ref["mse"] > 0 else float("nan")
-        if m["cloud_fraction_mae"] is not None and ref["cloud_fraction_mae"]:
-            m["cloud_fraction_skill_vs_persistence"] = 1.0 - m["cloud_fraction_mae"] / ref["cloud_fraction_mae"]
-    return metrics
 
 
 @torch.no_grad()
@@ -126,8 +81,11 @@ def block(sq, mask, sel, day_idx, n_boot) -> tuple[dict, dict, dict]:
     return stats, point, reps
 
 
-def comparisons(point, reps, hkeys, names) -> list[dict]:
-    """detr − jepa, and each variant − damped anomaly and − the strongest baseline (by point skill), per horizon."""
+def comparisons(point, reps, hkeys, names, n_days: int) -> list[dict]:
+    """detr − jepa, and each variant − damped anomaly and − the strongest baseline (by point skill), per horizon.
+
+    With one evaluation day the day bootstrap has nothing to resample: no difference counts as distinguishable.
+    """
     base = [k for k in point if k not in LEARNED and k != "persistence"] + ["persistence"]
     out = []
     for h, hk in enumerate(hkeys):
@@ -138,7 +96,8 @@ def comparisons(point, reps, hkeys, names) -> list[dict]:
             diff = (point[b][h] - point[a][h]) / point["persistence"][h]
             ci = interval((reps[b][:, h] - reps[a][:, h]) / reps["persistence"][:, h])
             out.append({"a": a, "b": b, "horizon": float(hk), "diff": float(diff), "ci": ci.tolist(),
-                        "distinguishable": distinguishable(ci), "b_is_strongest_baseline": b == strongest})
+                        "distinguishable": n_days >= 2 and distinguishable(ci),
+                        "b_is_strongest_baseline": b == strongest})
     return out
 
 
@@ -234,7 +193,7 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
             for h, hk in enumerate(hkeys):  # the bootstrap's point value: the seed-mean of the errors, float64
                 per[name][hk]["skill_vs_persistence"] = float(stats[name]["skill"][0][h])
         if group == "all":
-            report["variants"], report["comparisons"] = per, comparisons(point, reps, hkeys, preds)
+            report["variants"], report["comparisons"] = per, comparisons(point, reps, hkeys, preds, len(day_ords))
             report["cloud_fraction"] = cf_block(cf, cf_true, m, day_idx, len(day_ords), hkeys, n_boot)
             report["per_day"] = per_day(sq, mask, day_idx, day_ords, day_cloud, types, hkeys)
         else:
@@ -248,30 +207,6 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
 
 def _mean(values):
     return None if values[0] is None else float(np.mean(values)) if not isinstance(values[0], int) else values[0]
-
-
-def cf_block(cf, cf_true, mask, day_idx, n_days, hkeys, n_boot) -> dict:
-    """Cloud-fraction MAE per method (probe on the forecast, scalar baselines, oracles) with day-bootstrap CIs."""
-    sums = {}
-    for name, members in cf.items():
-        ok = [mask & np.isfinite(cf_true) & np.isfinite(p) for p in members]
-        sums[name] = np.stack([day_sums(np.abs(np.nan_to_num(p - cf_true)), o, day_idx, n_days)
-                               for p, o in zip(members, ok, strict=True)])
-        sums[f"{name}#n"] = np.stack([day_sums(np.ones_like(cf_true), o, day_idx, n_days) for o in ok])
-    point, reps = replicate_totals(sums, n_boot=n_boot)
-    return {name: {hk: {"mae": float(point[name][h] / point[f"{name}#n"][h]),
-                        "mae_ci": interval(reps[name][:, h] / reps[f"{name}#n"][:, h]).tolist(),
-                        "n": int(point[f"{name}#n"][h])} for h, hk in enumerate(hkeys)} for name in cf}
-
-
-def per_day(sq, mask, day_idx, day_ords, day_cloud, types, hkeys) -> list[dict]:
-    """One row per evaluation day: its type, mean cloud fraction, samples and every method's skill."""
-    sums = {k: np.mean([day_sums(e, mask, day_idx, len(day_ords)) for e in v], axis=0) for k, v in sq.items()}
-    return [{"day": str(pd.Timestamp.fromordinal(int(d)).date()), "type": str(types[i]),
-             "mean_cloud_fraction": float(day_cloud[i]), "n_samples": int((day_idx == i).sum()),
-             "skill": {k: {hk: float(1 - s[i, h] / sums["persistence"][i, h]) if sums["persistence"][i, h] > 0
-                           else None for h, hk in enumerate(hkeys)} for k, s in sums.items()}}
-            for i, d in enumerate(day_ords)]
 
 
 def main() -> None:

@@ -33,7 +33,11 @@ def markdown(report: dict) -> str:
              "MSE/MSE_persistence on the same slots; [lo, hi] = 95 % paired bootstrap interval over whole days "
              "(and seeds, "
              f"{report['n_boot']} replicates). Seeds per method: {report['seeds']}.", "",
-             "## Which differences are distinguishable", "", *_sentences(report), ""]
+             "## Which differences are distinguishable", ""]
+    if n_days < 2:
+        lines += ["Only one evaluation day: the day bootstrap has nothing to resample, every interval below is a "
+                  "point and no difference is called distinguishable. Evaluate on more days (`make compare`).", ""]
+    lines += [*_sentences(report), ""]
     lines += ["| a | b | horizon | a − b (skill) | 95 % CI | distinguishable |", "|---|---|---|---|---|---|"]
     lines += [f"| {c['a']} | {c['b']} | {c['horizon']:g} | {c['diff']:+.3f} | [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | "
               f"{'yes' if c['distinguishable'] else 'no'} |" for c in report.get("comparisons", [])]

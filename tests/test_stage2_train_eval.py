@@ -116,6 +116,7 @@ def test_train_both_variants_and_report(fake_stage1_run, tmp_path):  # noqa: F81
             assert m["skill_ci"][0] - 1e-9 <= m["skill_vs_persistence"] <= m["skill_ci"][1] + 1e-9
     pairs = {(c["a"], c["b"]) for c in report["comparisons"]}
     assert ("detr", "jepa") in pairs and ("detr", "damped_anomaly") in pairs
+    assert not any(c["distinguishable"] for c in report["comparisons"])  # one test day: nothing to resample
     assert set(report["cloud_fraction"]) >= {"cf_persistence", "cf_preset_mean", "detr"}
     assert "Which differences are distinguishable" in (tmp_path / "out" / "report.md").read_text()
 
