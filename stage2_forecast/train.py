@@ -31,10 +31,10 @@ from data.formats import SKY_PRESETS
 from sagecast_common.config import build_config, config_to_dict, parse_config
 from sagecast_common.dist import launch_env, setup, teardown
 from sagecast_common.encoders import load_encoders
-from sagecast_common.regularizers import covariance_off_diagonal, variance_hinge
 from sagecast_common.runio import JsonlLogger, atomic_path, atomic_write_json, environment_info, seed_everything
 from stage2_forecast import baselines, samples
-from stage2_forecast.models import DetrForecaster, JepaForecaster, encode_images
+from stage2_forecast.ema import ema_target_terms, ema_update, variance_covariance  # noqa: F401  (re-exported)
+from stage2_forecast.models import DetrForecaster, JepaForecaster
 from stage2_forecast.plots import plot_training
 
 
@@ -90,38 +90,6 @@ def forecast_loss(pred, target, mask, *, kind: str = "mse") -> tuple[torch.Tenso
     per = (F.mse_loss if kind == "mse" else F.smooth_l1_loss)(pred, target, reduction="none").mean(-1)
     loss = (per * mask).sum() / mask.sum().clamp(min=1)
     return loss, {kind: loss.item()}
-
-
-def variance_covariance(z: torch.Tensor, *, eps: float = 1e-4) -> tuple[torch.Tensor, dict[str, float]]:
-    """VICReg's variance (std ≥ 1 per dimension) + covariance (off-diagonal → 0) terms on z (N, D)."""
-    var, off = variance_hinge(z, eps=eps), covariance_off_diagonal(z)
-    return var + off, {"var": var.item(), "cov": off.item()}
-
-
-@torch.no_grad()
-def ema_target_terms(model, ema, batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    """EMA targets layer-normalised per vector as I-JEPA does, and the anti-collapse term.
-
-    The variance-covariance term acts on the encoder embeddings (the online encoder at t, which the target
-    encoder follows by EMA) — not on the forecasts, where it would fight the shrinkage toward climatology that
-    a good long-horizon forecast needs.
-    """
-    target = encode_images(ema, batch["tgt_rgb"], batch["tgt_thermal"], mean=model.mean, std=model.std,
-                           img_size=model.img_size)
-    with torch.enable_grad():
-        z = model.context(batch)[batch["ctx_mask"][:, 0]]
-        vc, terms = variance_covariance(z)
-    return F.layer_norm(target, target.shape[-1:]), vc, terms
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, online: nn.Module, *, momentum: float) -> None:
-    """Parameters and floating buffers (BatchNorm running statistics) follow the online encoder; integer
-    buffers (batch counters) are copied."""
-    online_state = online.state_dict()
-    for name, value in ema.state_dict().items():
-        src = online_state[name].detach()
-        value.lerp_(src, 1 - momentum) if value.is_floating_point() else value.copy_(src)
 
 
 def lr_at(step: int, total: int, *, lr: float, warmup: int) -> float:
