@@ -7,9 +7,11 @@
   predictor sees those tokens plus mask tokens carrying Δt and the preset, and predictions are read at the
   mask tokens (facebookresearch/ijepa predictor).
 
-Both predict in standardised target space. With `residual=True` each output adds the current embedding of the
-same preset scaled by a learned per-(horizon, dimension) damping that starts at 1, so a freshly built model
-(zero-initialised head) *is* persistence and training learns the decay toward the mean plus the change.
+Both predict in standardised target space. With `residual=True` each output adds the damped-anomaly forecast
+clim(t+h) + a_h·(z(t) − clim(t)) of the same preset (train diurnal climatology from the batch, a per-(horizon,
+dimension) damping a_h initialised at its closed-form least-squares value, `baselines.fit_damping`), so a
+freshly built model (zero-initialised head) *is* the strongest linear baseline and training learns what the
+network adds to it.
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ class DetrForecaster(nn.Module):
     """Context embeddings (B, T, P, D) → forecasts (B, H, P, D) via learned (horizon, preset) queries."""
 
     def __init__(self, *, dim: int, n_presets: int, horizons_min: tuple[float, ...], width: int = 128,
-                 depth: int = 2, heads: int = 4, dropout: float = 0.1, residual: bool = True):
+                 depth: int = 2, heads: int = 4, dropout: float = 0.1, residual: bool = True,
+                 damping: torch.Tensor | None = None):
         super().__init__()
         self.residual = residual
         self.register_buffer("horizons", torch.tensor(horizons_min, dtype=torch.float32), persistent=False)
@@ -92,7 +95,7 @@ class DetrForecaster(nn.Module):
         self.queries = nn.Parameter(torch.randn(len(horizons_min), n_presets, width) * 0.02)
         self.decoder = nn.ModuleList(QueryDecoderLayer(width=width, heads=heads, dropout=dropout) for _ in range(depth))
         self.head = _zero_head(width, dim)
-        self.damping = nn.Parameter(torch.ones(len(horizons_min), dim))
+        self.damping = _damping(damping, len(horizons_min), dim)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ctx = batch["ctx_z"]
@@ -108,17 +111,30 @@ class DetrForecaster(nn.Module):
         for layer in self.decoder:
             tgt = layer(tgt, query_pos, memory, pad)
         out = rearrange(self.head(tgt), "b (h p) d -> b h p d", p=P)
-        return out + damped_persistence(ctx[:, 0], self.damping) if self.residual else out
+        return out + _residual(batch, ctx[:, 0], self.damping) if self.residual else out
 
 
-def damped_persistence(current: torch.Tensor, damping: torch.Tensor) -> torch.Tensor:
-    """current (B, P, D) scaled per horizon and dimension by damping (H, D) → (B, H, P, D).
+def _damping(init: torch.Tensor | None, H: int, D: int) -> nn.Parameter:
+    """Per-(horizon, dimension) damping; the closed-form train fit when given, else 1 (smart persistence)."""
+    return nn.Parameter(torch.ones(H, D) if init is None else torch.as_tensor(init, dtype=torch.float32).clone())
 
-    Starts at 1 (pure persistence). Learning it lets each dimension decay toward the train mean (0 in
-    standardised space) with the horizon — the full-rank part of the forecast that the narrow head cannot
-    represent, and what ridge and climatology get for free.
+
+def damped_anomaly(now: torch.Tensor, now_mask: torch.Tensor, clim_now: torch.Tensor, clim_tgt: torch.Tensor,
+                   damping: torch.Tensor) -> torch.Tensor:
+    """clim(t+h) + a_h·(z(t) − clim(t)): now/clim_now (B, P, D), now_mask (B, P), clim_tgt (B, H, P, D),
+    damping (H, D) → (B, H, P, D). A preset missing at t contributes no anomaly.
+
+    The full-rank part of the forecast that the narrow head cannot represent: each dimension relaxes from its
+    current anomaly toward the diurnal climatology at its own rate per horizon.
     """
-    return current[:, None] * damping[None, :, None, :]
+    anomaly = (now - clim_now) * now_mask[..., None]
+    return clim_tgt + anomaly[:, None] * damping[None, :, None, :]
+
+
+def _residual(batch: dict[str, torch.Tensor], now: torch.Tensor, damping: torch.Tensor) -> torch.Tensor:
+    if "clim_now" not in batch:
+        raise ValueError("residual forecasters need the climatology in the batch: samples.gather(..., clim=clim)")
+    return damped_anomaly(now, batch["ctx_mask"][:, 0], batch["clim_now"], batch["clim_tgt"], damping)
 
 
 def encode_images(encoders: nn.ModuleDict, rgb: torch.Tensor, thermal: torch.Tensor, *, mean: torch.Tensor,
@@ -139,7 +155,8 @@ class JepaForecaster(nn.Module):
 
     def __init__(self, *, encoders: nn.ModuleDict, mean: torch.Tensor, std: torch.Tensor, n_presets: int,
                  horizons_min: tuple[float, ...], img_size: int | None = None, width: int = 64, depth: int = 2,
-                 heads: int = 4, dropout: float = 0.1, residual: bool = True, finetune: bool = False):
+                 heads: int = 4, dropout: float = 0.1, residual: bool = True, finetune: bool = False,
+                 damping: torch.Tensor | None = None):
         super().__init__()
         self.encoders, self.img_size, self.residual, self.finetune = encoders, img_size, residual, finetune
         self.encoders.requires_grad_(finetune)
@@ -152,7 +169,7 @@ class JepaForecaster(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(width))
         self.predictor = _encoder(width, depth, heads, dropout)
         self.head = _zero_head(width, dim)
-        self.damping = nn.Parameter(torch.ones(len(horizons_min), dim))
+        self.damping = _damping(damping, len(horizons_min), dim)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -182,4 +199,4 @@ class JepaForecaster(nn.Module):
         pad = torch.cat([~batch["ctx_mask"][:, 0], torch.zeros(B, H * P, dtype=torch.bool, device=z.device)], 1)
         x = self.predictor(torch.cat([ctx_tokens, masks], dim=1), src_key_padding_mask=pad)
         out = rearrange(self.head(x[:, P:]), "b (h p) d -> b h p d", h=H)
-        return out + damped_persistence(z, self.damping) if self.residual else out
+        return out + _residual(batch, z, self.damping) if self.residual else out

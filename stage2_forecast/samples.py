@@ -5,8 +5,9 @@ minutes); a new scan starts when the gap to the previous capture exceeds `gap_s`
 one slot per preset (missing presets masked). A *sample* is (node, anchor scan t): the context is the scans
 nearest t - k·step (k = 0..T-1) and the targets are the scans nearest t + h for each horizon h, each within a
 tolerance, on the same local day as t (hence the same split), else masked. Targets are strictly after t, so
-never inside the context. Every table array has one extra all-masked row at the end, so index -1 (a masked
-slot) gathers zeros without special cases.
+never inside the context. By default anchors and targets are both in daylight (night anchors inflate the long
+horizons' persistence error with the sunrise jump, which no method can see coming). Every table
+array has one extra all-masked row at the end, so index -1 (a masked slot) gathers zeros without special cases.
 
     table = load_scan_table(stage1_run)             # reads RUN/embeddings.{parquet,json} + prepared index
     win = build_windows(table, horizons_min=(5, 15, 30, 60), context_scans=3, split="train")
@@ -25,7 +26,9 @@ import torch
 from data.dataset import normalised_frames
 from data.formats import SKY_PRESETS
 
-FEATURES = {"rgb": ("emb_rgb",), "thermal": ("emb_thermal",), "both": ("emb_rgb", "emb_thermal")}
+# pooled = both; grid = the encoders' g × g feature maps, (row, col, channel) flattened, from stage1_jea.export.
+FEATURES = {"rgb": ("emb_rgb",), "thermal": ("emb_thermal",), "both": ("emb_rgb", "emb_thermal"),
+            "pooled": ("emb_rgb", "emb_thermal"), "grid": ("grid_rgb", "grid_thermal")}
 
 
 @dataclass
@@ -38,6 +41,7 @@ class ScanTable:
     split: np.ndarray  # (S+1,) str
     sun_elev: np.ndarray  # (S+1,) float32 degrees
     solar_hour: np.ndarray  # (S+1,) float32, local solar time from UTC + longitude / 15
+    location: np.ndarray  # (S+1,) str "lat,lon" of the node's registry location period
     present: np.ndarray  # (S+1, P) bool
     is_day: np.ndarray  # (S+1, P) bool
     emb: np.ndarray  # (S+1, P, D) float32 stage-1 embedding, concat of the chosen features
@@ -74,11 +78,16 @@ def load_scan_table(stage1_run: str | Path, *, features: str = "both", gap_s: fl
     if features not in FEATURES:
         raise ValueError(f"features={features!r}: expected one of {sorted(FEATURES)}")
     emb, meta = read_stage1(stage1_run)
+    missing = [c for c in FEATURES[features] if c not in emb.columns]
+    if missing:
+        raise ValueError(f"features={features}: {stage1_run}/embeddings.parquet has no {missing} columns; export "
+                         f"them with a stage1_jea.export that writes grid features (python -m stage1_jea.export "
+                         f"--run {stage1_run})")
     prepared = Path(prepared_dir or meta["prepared_dir"])
     if not (prepared / "index.parquet").exists():
         raise FileNotFoundError(f"{prepared / 'index.parquet'} is missing (prepared_dir of {stage1_run})")
     index = pd.read_parquet(prepared / "index.parquet",
-                            columns=["vsn", "timestamp", "position", "row", "lon", "sun_elevation",
+                            columns=["vsn", "timestamp", "position", "row", "lat", "lon", "sun_elevation",
                                      "local_date", "cloud_fraction"])
     df = emb.merge(index, on=["vsn", "timestamp", "position"], how="inner", validate="one_to_one")
     if len(df) < len(emb):
@@ -113,6 +122,7 @@ def load_scan_table(stage1_run: str | Path, *, features: str = "both", gap_s: fl
         split=np.append(first["split"].to_numpy(dtype=object), ""),
         sun_elev=np.append(first["sun_elevation"].to_numpy(np.float32), 0.0).astype(np.float32),
         solar_hour=np.append((hours + first["lon"].to_numpy() / 15.0) % 24.0, 0.0).astype(np.float32),
+        location=np.append([f"{a:.3f},{o:.3f}" for a, o in zip(first["lat"], first["lon"], strict=True)], ""),
         present=grid(np.ones(len(s), bool), False, bool),
         is_day=grid(df["is_day"].to_numpy(bool)[keep], False, bool),
         emb=grid(vectors, 0.0, np.float32),
@@ -129,7 +139,11 @@ def standardise(table: ScanTable, *, day_only: bool = True, mean=None, std=None)
         if not use.any():
             raise ValueError("no train-split captures to compute standardisation statistics from")
         x = table.emb[use]
-        mean, std = x.mean(0), x.std(0) + 1e-6
+        # A dimension (nearly) constant on train (a dead ReLU channel of a briefly trained encoder) but not on
+        # val/test would blow up to thousands of standard units and swamp every MSE: floor its scale at a
+        # tenth of the typical dimension's.
+        mean, std = x.mean(0), x.std(0)
+        std = np.maximum(std, 0.1 * np.median(std)) + 1e-6
     table.z = np.where(table.present[..., None], (table.emb - mean) / std, 0.0).astype(np.float32)
     return np.asarray(mean, np.float32), np.asarray(std, np.float32)
 
@@ -152,12 +166,13 @@ def scan_step_min(table: ScanTable) -> float:
 
 def build_windows(table: ScanTable, *, horizons_min=(5.0, 15.0, 30.0, 60.0), context_scans: int = 3,
                   step_min: float | None = None, tolerance_min: float | None = None, split: str | None = None,
-                  day_only: bool = True) -> Windows:
+                  day_only: bool = True, day_anchors: bool = True) -> Windows:
     """All samples of one split (None = all), vectorised over anchors with `searchsorted` per node.
 
     A context slot k holds the scan nearest t - k·step, a target the scan nearest t + h, each accepted only
     within `tolerance_min` (default step/2) and on the anchor's local day; a gap leaves the slot masked.
-    Samples without any valid (daytime, if `day_only`) target are dropped.
+    Samples without any valid (daytime, if `day_only`) target are dropped, and so are night anchors (no
+    daytime capture in the anchor scan) if `day_anchors`.
     """
     step = step_min or scan_step_min(table)
     tol = tolerance_min if tolerance_min is not None else step / 2
@@ -184,6 +199,8 @@ def build_windows(table: ScanTable, *, horizons_min=(5.0, 15.0, 30.0, 60.0), con
     anchor, ctx_a, tgt_a = np.concatenate(anchors), np.concatenate(ctx), np.concatenate(tgt)
     usable = table.present[tgt_a] & (table.is_day[tgt_a] if day_only else True) & table.present[anchor][:, None]
     keep = usable.any(axis=(1, 2))
+    if day_anchors:
+        keep &= (table.present[anchor] & table.is_day[anchor]).any(axis=1)
     if split is not None:
         keep &= table.split[anchor] == split
     return Windows(anchor[keep], ctx_a[keep], tgt_a[keep], tuple(float(h) for h in horizons_min))
@@ -198,9 +215,18 @@ def load_images(prepared_dir: str | Path, rows: np.ndarray) -> dict[str, torch.T
     return {"rgb": rgb.reshape(*rows.shape, *rgb.shape[1:]), "thermal": th.reshape(*rows.shape, *th.shape[1:])}
 
 
-def gather(table: ScanTable, win: Windows, idx: np.ndarray, *, day_only: bool = True,
+def hour_bin(solar_hour: np.ndarray) -> np.ndarray:
+    """Solar hour → 0..23, the climatology's time-of-day bin."""
+    return solar_hour.astype(np.int64) % 24
+
+
+def gather(table: ScanTable, win: Windows, idx: np.ndarray, *, day_only: bool = True, clim: np.ndarray | None = None,
            images: bool = False, target_images: bool = False) -> dict[str, torch.Tensor]:
-    """One batch: context (B,T,P,D) + mask, targets (B,H,P,D) + mask, conditioning, optional images."""
+    """One batch: context (B,T,P,D) + mask, targets (B,H,P,D) + mask, conditioning, optional images.
+
+    With `clim` (P, 24, D), the train diurnal climatology (baselines.fit_climatology), the batch also holds
+    clim_now (B,P,D) at the anchor's solar hour and clim_tgt (B,H,P,D) at each target scan's solar hour.
+    """
     a, c, g = win.anchor[idx], win.ctx[idx], win.tgt[idx]
     t = table.time_ns
     tgt_mask = table.present[g] & table.present[a][:, None] & (table.is_day[g] if day_only else True)
@@ -213,6 +239,10 @@ def gather(table: ScanTable, win: Windows, idx: np.ndarray, *, day_only: bool = 
         "tgt_z": torch.from_numpy(table.z[g]),
         "tgt_mask": torch.from_numpy(tgt_mask),
     }
+    if clim is not None:
+        P = clim.shape[0]
+        batch["clim_now"] = torch.from_numpy(clim[np.arange(P), hour_bin(table.solar_hour[a])[:, None]])
+        batch["clim_tgt"] = torch.from_numpy(clim[np.arange(P), hour_bin(table.solar_hour[g])[..., None]])
     if images:
         batch.update({f"{k}": v for k, v in load_images(table.prepared_dir, table.rows[a]).items()})
     if target_images:

@@ -11,6 +11,9 @@ latest and the best-on-val weights), loss.png, lr.png (tensorboard=true: also RU
 The same discipline as stage 1, from sagecast_common: one lr schedule, equal batch counts on every rank,
 SIGTERM/SIGUSR1 → checkpoint at the current step and exit 75, a resume over changed data or schedule refused
 unless force_schedule=true, resume bitwise at epoch boundaries (mid-epoch: the epoch's remaining samples).
+The residual starts from the damped-anomaly baseline fitted in closed form on train (stage2_forecast.baselines);
+the best-on-val weights start as that untrained model and training stops after `patience` epochs without a
+better val MSE, so a run never ends worse on val than the baseline it starts from.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ from sagecast_common.progress import progress
 from sagecast_common.runio import JsonlLogger, atomic_write_json, environment_info, seed_everything
 from sagecast_common.schedule import lr_at, set_lr
 from sagecast_common.stopping import StopSignals
-from stage2_forecast import samples
-from stage2_forecast.loss import forecast_loss, variance_covariance
-from stage2_forecast.models import DetrForecaster, JepaForecaster, encode_images
+from stage2_forecast import baselines, samples
+from stage2_forecast.ema import ema_target_terms, ema_update
+from stage2_forecast.loss import forecast_loss
+from stage2_forecast.models import DetrForecaster, JepaForecaster
 from stage2_forecast.plots import plot_training
 
 PROG = "sagecast-stage2-train"
@@ -54,17 +58,20 @@ class Config:
     stage1_run: str = option("runs/stage1", "stage-1 run dir (embeddings, encoders)")
     run_dir: str = option("runs/stage2/detr", "output dir; resumes if ckpt.pt exists")
     prepared: str | None = option(None, "prepared dir (default: from embeddings.json)")
-    features: Literal["rgb", "thermal", "both"] = option("both", "target vector (both: concatenated)")
+    features: Literal["rgb", "thermal", "both", "grid"] = option(
+        "both", "target vector: rgb | thermal | both = pooled (concat) | grid (g×g maps, sagecast-stage1-export)")
     horizons_min: tuple[float, ...] = option((5.0, 15.0, 30.0, 60.0), "forecast horizons in minutes")
     context_scans: int = option(3, "T: scans of context (detr)", ge=1)
     scan_gap_s: float = option(60.0, "a gap above this between captures starts a scan", gt=0)
     step_min: float | None = option(None, "scan cadence (default: median gap)", gt=0)
     tolerance_min: float | None = option(None, "nearest-scan tolerance (default step/2)", ge=0)
     day_only: bool = option(True, "only daytime targets count")
+    day_anchors: bool = option(True, "only anchors with a daytime capture")
     loss: Literal["mse", "smooth_l1"] = option("mse", "training loss on standardised targets")
     target: Literal["frozen", "ema"] = option("frozen", "jepa: frozen stage-1 embeddings | ema encoder")
     ema_momentum: float = option(0.996, "start momentum, rises linearly to 1.0", ge=0)
-    vc_weight: float = option(1.0, "variance-covariance weight (target=ema)", ge=0)
+    vc_weight: float = option(1.0, "variance-covariance weight on the online encoder's embeddings (target=ema)",
+                              ge=0)
     finetune: bool = option(False, "jepa: fine-tune the stage-1 encoders")
     residual: bool = option(True, "predict the change from the current embedding")
     width: int = option(128, "transformer width (detr)", ge=1)
@@ -77,6 +84,7 @@ class Config:
     lr: float = option(3e-4, "peak learning rate (AdamW)", gt=0)
     weight_decay: float = option(0.05, "AdamW weight decay", ge=0)
     warmup_steps: int = option(20, "linear warmup steps", ge=0)
+    patience: int = option(5, "stop after this many epochs without a better val MSE", ge=1)
     final_lr_ratio: float = option(0.001, "cosine ends at this fraction of the peak", ge=0)
     seed: int = option(0, "seed of weights, data order and dropout")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "auto: CUDA when available")
@@ -93,39 +101,45 @@ PRESETS: dict[str, dict] = {
 
 
 def load_data(cfg: Config):
-    """Scan table (standardised with train statistics) and the train/val windows; same for every variant."""
+    """Scan table (standardised with train statistics), the windows, the train climatology and the closed-form
+    damping of the damped-anomaly baseline; the same for every variant."""
     table = samples.load_scan_table(cfg.stage1_run, features=cfg.features, gap_s=cfg.scan_gap_s,
                                     prepared_dir=cfg.prepared)
     mean, std = samples.standardise(table, day_only=cfg.day_only)
     kw = dict(horizons_min=cfg.horizons_min, context_scans=cfg.context_scans, step_min=cfg.step_min,
-              tolerance_min=cfg.tolerance_min, day_only=cfg.day_only)
-    return table, mean, std, {s: samples.build_windows(table, split=s, **kw) for s in ("train", "val", "test")}
+              tolerance_min=cfg.tolerance_min, day_only=cfg.day_only, day_anchors=cfg.day_anchors)
+    wins = {s: samples.build_windows(table, split=s, **kw) for s in ("train", "val", "test")}
+    clim = baselines.fit_climatology(table, day_only=cfg.day_only)
+    train = samples.gather(table, wins["train"], np.arange(len(wins["train"])), day_only=cfg.day_only, clim=clim)
+    return table, mean, std, wins, clim, baselines.fit_damping(train)
 
 
-def build_model(cfg: Config, mean, std) -> nn.Module:
+def build_model(cfg: Config, mean, std, damping=None) -> nn.Module:
     mean, std = torch.as_tensor(mean), torch.as_tensor(std)
+    damping = None if damping is None else torch.as_tensor(damping)
     if cfg.variant == "detr":
         return DetrForecaster(dim=mean.numel(), n_presets=len(SKY_PRESETS), horizons_min=cfg.horizons_min,
                               width=cfg.width, depth=cfg.depth, heads=cfg.heads, dropout=cfg.dropout,
-                              residual=cfg.residual)
+                              residual=cfg.residual, damping=damping)
     if cfg.variant == "jepa":
         modules, meta = load_encoders(Path(cfg.stage1_run) / "encoders.pt")
-        names = [column.removeprefix("emb_") for column in samples.FEATURES[cfg.features]]
+        names = [column.split("_", 1)[1] for column in samples.FEATURES[cfg.features]]
         return JepaForecaster(encoders=nn.ModuleDict({n: modules[n] for n in names}), mean=mean, std=std,
                               n_presets=len(SKY_PRESETS), horizons_min=cfg.horizons_min, img_size=meta.get("img_size"),
                               width=cfg.jepa_width, depth=cfg.depth, heads=cfg.heads, dropout=cfg.dropout,
-                              residual=cfg.residual, finetune=cfg.finetune)
+                              residual=cfg.residual, finetune=cfg.finetune, damping=damping)
     raise UserError(f"variant={cfg.variant!r}: expected detr or jepa")
 
 
-def load_run(run_dir: str | Path, *, best: bool = True) -> tuple[Config, nn.Module, np.ndarray]:
-    """(config, model in eval mode, target mean) from RUN_DIR/ckpt.pt alone; best-on-val weights by default."""
+def load_run(run_dir: str | Path, *, best: bool = True) -> tuple[Config, nn.Module, dict]:
+    """(config, model in eval mode, {mean, std, clim} numpy) from RUN_DIR/ckpt.pt alone; best-on-val weights
+    by default. The climatology travels with the run: a held-out evaluation uses the training one."""
     path = require(Path(run_dir) / "ckpt.pt", made_by=f"{PROG} run_dir={run_dir}", what="stage-2 checkpoint")
     ckpt = load_checkpoint(path)
     cfg = build_config(Config, ckpt["config"])
     model = build_model(cfg, ckpt["mean"], ckpt["std"])
     load_state(model, ckpt["best_model" if best else "model"], path=path)
-    return cfg, model.eval(), ckpt["mean"].numpy()
+    return cfg, model.eval(), {k: ckpt[k].numpy() for k in ("mean", "std", "clim")}
 
 
 def needs_images(cfg: Config) -> bool:
@@ -138,13 +152,13 @@ def to_device(batch, device):
 
 
 @torch.no_grad()
-def evaluate_loss(model, table, win, cfg, device) -> dict[str, float]:
+def evaluate_loss(model, table, win, cfg, device, clim) -> dict[str, float]:
     """Validation MSE of the model and of persistence on the same valid slots."""
     model.eval()
     err = per = n = 0.0
     for start in range(0, len(win), cfg.batch_size):
         b = to_device(samples.gather(table, win, np.arange(start, min(start + cfg.batch_size, len(win))),
-                                     day_only=cfg.day_only, images=needs_images(cfg)), device)
+                                     day_only=cfg.day_only, clim=clim, images=needs_images(cfg)), device)
         m = b["tgt_mask"].float()
         err += (((model(b) - b["tgt_z"]) ** 2).mean(-1) * m).sum().item()
         per += (((b["ctx_z"][:, None, 0] - b["tgt_z"]) ** 2).mean(-1) * m).sum().item()
@@ -161,6 +175,11 @@ def main(cfg: Config) -> dict:
 def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
     if cfg.target == "ema" and cfg.variant != "jepa":
         raise UserError("target=ema needs variant=jepa (the detr variant has no encoder to average)")
+    if cfg.target == "ema" and not cfg.finetune:
+        raise UserError("target=ema needs finetune=true: with frozen encoders the EMA copy never changes")
+    if cfg.features == "grid" and needs_images(cfg):
+        raise UserError("features=grid needs the exported grids: the encoders run here (finetune, target=ema) "
+                        "give pooled features")
     if cfg.batch_size % env.world_size:
         raise UserError(f"batch_size={cfg.batch_size} is not divisible by the world size {env.world_size}")
     require(Path(cfg.stage1_run) / "embeddings.parquet", what="stage-1 embeddings",
@@ -169,22 +188,26 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed + env.rank)
     run, per_rank = Path(cfg.run_dir), cfg.batch_size // env.world_size
-    table, mean, std, wins = load_data(cfg)
+    table, mean, std, wins, clim, damping = load_data(cfg)
     n_train = len(wins["train"])
     shard = lambda epoch: rank_shard(n_train, rank=env.rank, world_size=env.world_size, seed=cfg.seed, epoch=epoch)
     steps_per_epoch = -(-len(shard(0)) // per_rank)  # equal shares, so the same count on every rank
     if steps_per_epoch == 0:
         raise UserError(f"no training samples from {cfg.stage1_run} on {env.world_size} rank(s): check splits, "
                         "horizons and day_only")
-    model = build_model(cfg, mean, std).to(device)
+    model = build_model(cfg, mean, std, damping).to(device)
     ddp = nn.parallel.DistributedDataParallel(model) if env.distributed else model
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+    # The damping is the baseline's closed-form fit: weight decay would pull it toward 0 (climatology).
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and n != "damping"]
+    opt = torch.optim.AdamW([{"params": decay}, {"params": [model.damping], "weight_decay": 0.0}], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     ema = copy.deepcopy(model.encoders).requires_grad_(False).eval() if cfg.target == "ema" else None
     total = cfg.epochs * steps_per_epoch
     schedule = {"total_steps": total, "steps_per_epoch": steps_per_epoch, "train_samples": n_train,
                 **{k: getattr(cfg, k) for k in SCHEDULE_KEYS}}
-    step, epoch, batches_done, best_val, best_model = 0, 0, 0, float("inf"), copy.deepcopy(model.state_dict())
+    step, epoch, batches_done, best_epoch, best_model = 0, 0, 0, 0, copy.deepcopy(model.state_dict())
+    # The untrained model (= the damped-anomaly baseline) is the first candidate for the best weights.
+    best_val = evaluate_loss(model, table, wins["val"], cfg, device, clim)["val_mse"] if len(wins["val"]) else 0.0
     log = JsonlLogger(run / "log.jsonl", enabled=env.is_main, tensorboard=cfg.tensorboard)
     if (run / "ckpt.pt").exists():  # auto-resume; a broken checkpoint raises rather than restarting silently
         ckpt = load_checkpoint(run / "ckpt.pt", map_location=device)
@@ -192,7 +215,7 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
         load_state(model, ckpt["model"], path=run / "ckpt.pt")
         opt.load_state_dict(ckpt["opt"])
         step, epoch, batches_done = ckpt["step"], ckpt["epoch"], ckpt["batches_done"]
-        best_val, best_model = ckpt["best_val"], ckpt["best_model"]
+        best_val, best_model, best_epoch = ckpt["best_val"], ckpt["best_model"], ckpt["best_epoch"]
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
         log.keep_until(step)
@@ -203,8 +226,9 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
         if env.is_main:
             save_checkpoint(run / "ckpt.pt", model=model.state_dict(), opt=opt.state_dict(), step=step, epoch=epoch,
                             batches_done=batches_done, schedule=schedule, config=config_to_dict(cfg),
-                            mean=torch.as_tensor(mean), std=torch.as_tensor(std), best_val=best_val,
-                            best_model=best_model, ema=ema.state_dict() if ema is not None else {})
+                            mean=torch.as_tensor(mean), std=torch.as_tensor(std), clim=torch.as_tensor(clim),
+                            best_val=best_val, best_epoch=best_epoch, best_model=best_model,
+                            ema=ema.state_dict() if ema is not None else {})
 
     if env.is_main:
         atomic_write_json(run / "config.json", config_to_dict(cfg))
@@ -213,7 +237,7 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
         print(f"{cfg.variant}: {n_train} train / {len(wins['val'])} val samples, "
               f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters")
     model.train()
-    while epoch < cfg.epochs:
+    while epoch < cfg.epochs and epoch - best_epoch < cfg.patience:
         seed_everything(cfg.seed + 1_000_003 * (epoch + 1) + env.rank)  # dropout: f(seed, epoch, rank)
         order, t0, stopped = shard(epoch), time.perf_counter(), False
         for b in progress(range(batches_done, steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -222,17 +246,14 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
                        final_ratio=cfg.final_lr_ratio)
             set_lr(opt, lr)
             batch = to_device(samples.gather(table, wins["train"], np.asarray(order[b * per_rank:(b + 1) * per_rank]),
-                                             day_only=cfg.day_only, images=needs_images(cfg),
+                                             day_only=cfg.day_only, clim=clim, images=needs_images(cfg),
                                              target_images=ema is not None), device)
             pred = ddp(batch)
             target = batch["tgt_z"]
             if ema is not None:
-                with torch.no_grad():
-                    target = encode_images(ema, batch["tgt_rgb"], batch["tgt_thermal"], mean=model.mean,
-                                           std=model.std, img_size=model.img_size)
+                target, vc, vc_terms = ema_target_terms(model, ema, batch)
             loss, terms = forecast_loss(pred, target, batch["tgt_mask"], kind=cfg.loss)
             if ema is not None:
-                vc, vc_terms = variance_covariance(pred[batch["tgt_mask"]])
                 loss, terms = loss + cfg.vc_weight * vc, {**terms, **vc_terms}
             # one all-reduce carries the loss (finite check, logging) and any rank's stop request
             shared = torch.stack([loss.detach(), torch.tensor(float(stop.requested), device=device)])
@@ -247,9 +268,7 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
             opt.step()
             if ema is not None:
                 m = cfg.ema_momentum + (1 - cfg.ema_momentum) * step / max(1, total)
-                with torch.no_grad():
-                    for pe, pc in zip(ema.parameters(), model.encoders.parameters(), strict=True):
-                        pe.mul_(m).add_(pc.detach(), alpha=1 - m)
+                ema_update(ema, model.encoders, momentum=m)
             step, batches_done = step + 1, batches_done + 1
             if step % cfg.log_every == 0:
                 log.log({"step": step, "epoch": epoch + 1, "lr": lr, "loss": mean_loss, **terms, "samples_per_s":
@@ -263,9 +282,9 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
                 print(f"signal received: saved {run / 'ckpt.pt'} at step {step}; rerun to resume", flush=True)
             return {"step": step, "epoch": epoch, "total_steps": total, "best_val_mse": best_val, "interrupted": True}
         epoch, batches_done = epoch + 1, 0
-        val = evaluate_loss(model, table, wins["val"], cfg, device) if len(wins["val"]) else {}
-        if val.get("val_mse", 0.0) <= best_val:
-            best_val, best_model = val.get("val_mse", 0.0), copy.deepcopy(model.state_dict())
+        val = evaluate_loss(model, table, wins["val"], cfg, device, clim) if len(wins["val"]) else {}
+        if val.get("val_mse", 0.0) < best_val or not len(wins["val"]):
+            best_val, best_epoch, best_model = val.get("val_mse", 0.0), epoch, copy.deepcopy(model.state_dict())
         checkpoint()
         if env.is_main:
             log.log({"step": step, "epoch": epoch, "loss": mean_loss, **val})
@@ -273,7 +292,8 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
                   + " ".join(f"{k} {v:.4f}" for k, v in val.items()), flush=True)
     if env.is_main:
         plot_training(log.read(), run)
-    return {"step": step, "epoch": epoch, "total_steps": total, "best_val_mse": best_val, "interrupted": False}
+    return {"step": step, "epoch": epoch, "total_steps": total, "best_val_mse": best_val, "best_epoch": best_epoch,
+            "interrupted": False}
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -31,13 +31,14 @@ def _encoders():
             for name, c in (("rgb", 3), ("thermal", 1))}
 
 
-def make_fake_stage1(root: Path, *, hours: float = 4.0, drop_scans=(5, 6), drop_capture=(3, 2)) -> Path:
+def make_fake_stage1(root: Path, *, hours: float = 4.0, drop_scans=(5, 6), drop_capture=(3, 2), seed: int = 0) -> Path:
     """Write ROOT/prepared and ROOT/stage1; returns the stage-1 run dir.
 
     Scans every 5 min from 16:00 UTC (09:00 local in San Diego), captures 3 s apart; scans `drop_scans` of
-    every day are missing (a gap) and capture (scan, slot) `drop_capture` of every day is missing.
+    every day are missing (a gap) and capture (scan, slot) `drop_capture` of every day is missing. `seed` draws
+    the sky field (another seed = another sky for held-out tests; the encoders stay the same).
     """
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     field = rng.uniform(0, 1, size=8)
     recs = []
     for day, (date, split) in enumerate(SPLITS.items()):

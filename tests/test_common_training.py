@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -106,7 +107,8 @@ def test_stop_signals_are_recorded_and_handlers_restored():
 def test_a_stop_signal_during_worker_start_waits_for_the_main_process():
     with StopSignals() as stop:
         with stop_signals_blocked():
-            os.kill(os.getpid(), signal.SIGTERM)
+            # to this thread (the one that starts workers): a process-wide kill may land on any other thread
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
             assert not stop.requested  # held while workers would be starting
         assert stop.requested and stop.received == [signal.SIGTERM]
 

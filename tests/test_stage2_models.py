@@ -1,10 +1,10 @@
-"""Stage-2 predictors: output shapes, persistence at initialisation, one step lowers the loss, losses."""
+"""Stage-2 predictors: output shapes, the damped-anomaly baseline at initialisation, one step lowers the loss."""
 
 import numpy as np
 import pytest
 import torch
 
-from stage2_forecast import samples
+from stage2_forecast import baselines, samples
 from stage2_forecast.loss import forecast_loss, variance_covariance
 from stage2_forecast.train import Config, build_model
 
@@ -14,29 +14,36 @@ def data(fake_stage1_run):
     table = samples.load_scan_table(fake_stage1_run)
     mean, std = samples.standardise(table)
     win = samples.build_windows(table, context_scans=3, split="train")
-    return fake_stage1_run, table, mean, std, samples.gather(table, win, np.arange(8), images=True)
+    clim = baselines.fit_climatology(table)
+    damping = baselines.fit_damping(samples.gather(table, win, np.arange(len(win)), clim=clim))
+    batch = samples.gather(table, win, np.arange(8), images=True, clim=clim)
+    return fake_stage1_run, table, mean, std, batch, damping
 
 
 @pytest.mark.parametrize("variant", ["detr", "jepa"])
-def test_output_shape_and_persistence_at_init(data, variant):
-    run, table, mean, std, batch = data
+def test_untrained_model_is_the_damped_anomaly_baseline(data, variant):
+    run, table, mean, std, batch, damping = data
     torch.manual_seed(0)
-    model = build_model(Config(variant=variant, stage1_run=str(run), width=32, jepa_width=32), mean, std).eval()
+    model = build_model(Config(variant=variant, stage1_run=str(run), width=32, jepa_width=32), mean, std,
+                        damping).eval()
     with torch.no_grad():
         out = model(batch)
     assert out.shape == (8, 4, 8, 16) and torch.isfinite(out).all()
-    # Zero-initialised head + residual: an untrained model forecasts the current embedding (persistence).
+    # Zero-initialised head + residual from the closed-form fit: the untrained forecast is the baseline's.
     # For jepa this also checks that the frozen stage-1 encoders reproduce the exported embeddings.
-    expected = batch["ctx_z"][:, None, 0].expand_as(out) * batch["ctx_mask"][:, None, 0, :, None]
-    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    preds, fitted = baselines.forecasts(batch, batch, batch)
+    np.testing.assert_allclose(fitted["damping"], baselines.fit_damping(batch))
+    expected = baselines._damped(batch, damping)
+    assert np.abs(expected - preds["persistence"]).max() > 0.1  # the baseline is not plain persistence
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("variant", ["detr", "jepa"])
 def test_one_step_lowers_the_loss_on_a_fixed_batch(data, variant):
-    run, table, mean, std, batch = data
+    run, table, mean, std, batch, damping = data
     torch.manual_seed(0)
     model = build_model(Config(variant=variant, stage1_run=str(run), width=32, jepa_width=32, dropout=0.0),
-                        mean, std).train()
+                        mean, std, damping).train()
     encoders = list(model.encoders.parameters()) if variant == "jepa" else []
     frozen = [p.clone() for p in encoders]
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)

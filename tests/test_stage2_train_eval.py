@@ -1,5 +1,6 @@
 """Stage-2 loop and evaluation: resume, non-finite stop, report on a hand-made case and end to end."""
 
+import copy
 import json
 
 import numpy as np
@@ -7,7 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
+from sagecast_common.cli import UserError
 from stage2_forecast import evaluate, samples, train
+from tests.fixtures_stage2 import make_fake_stage1
 
 
 def tiny(run, run_dir, **kw):
@@ -22,7 +25,9 @@ def test_resume_continues_where_the_checkpoint_stopped(fake_stage1_run, tmp_path
 
     def dies_in_epoch_two(*a, **kw):
         calls[0] += 1
-        if calls[0] == 8:  # epoch 1 = 3 train + 3 val batches; call 8 is the 2nd batch of epoch 2
+        # 1 train gather for the baseline fit, 3 val batches for the untrained model, epoch 1 = 3 train + 3 val
+        # batches: call 12 is the 2nd batch of epoch 2
+        if calls[0] == 12:
             raise KeyboardInterrupt
         return real_gather(*a, **kw)
 
@@ -56,7 +61,8 @@ def moving_table(n_scans=24):
     return samples.ScanTable(
         vsn=pad(np.array(["W056"] * n_scans, object), ""), time_ns=pad(t, 0), day=pad(np.full(n_scans, 7), -1),
         split=pad(np.array(["test"] * n_scans, object), ""), sun_elev=pad(np.full(n_scans, 40, np.float32), 0),
-        solar_hour=pad(np.full(n_scans, 9, np.float32), 0), present=pad(np.ones((n_scans, P), bool), False),
+        solar_hour=pad(np.full(n_scans, 9, np.float32), 0),
+        location=pad(np.array(["32.7,-117.2"] * n_scans, object), ""), present=pad(np.ones((n_scans, P), bool), False),
         is_day=pad(np.ones((n_scans, P), bool), False), emb=pad(z, 0), rows=pad(np.zeros((n_scans, P), np.int64), -1),
         cloud=pad(np.zeros((n_scans, P), np.float32), np.nan), prepared_dir="", z=pad(z, 0))
 
@@ -97,13 +103,23 @@ def test_train_both_variants_and_report(fake_stage1_run, tmp_path):
     report = evaluate.evaluate(fake_stage1_run, [tmp_path / "detr", tmp_path / "jepa"], tmp_path / "out")
     assert json.loads((tmp_path / "out" / "report.json").read_text())["n_test"] == report["n_test"] > 0
     assert (tmp_path / "out" / "report.md").exists() and (tmp_path / "out" / "skill_vs_horizon.png").exists()
-    assert set(report["variants"]) == {"detr", "jepa", "persistence", "climatology", "ridge"}
-    keys = {"mse", "cosine", "skill_vs_persistence", "top1", "top5", "cloud_fraction_mae"}
+    assert set(report["variants"]) == {"detr", "jepa", "persistence", "smart_persistence", "damped_anomaly",
+                                       "climatology", "ridge", "ridge_context"}
+    keys = {"mse", "cosine", "skill_vs_persistence", "top1", "top5", "cloud_fraction_mae", "skill_ci",
+            "skill_vs_smart", "skill_vs_smart_ci"}
     for per_h in report["variants"].values():
         assert list(per_h) == ["5", "15", "30", "60"] and all(keys <= set(m) for m in per_h.values())
     assert all(m["skill_vs_persistence"] == 0.0 for m in report["variants"]["persistence"].values())
     # The fake sky is linear advection of the embeddings' source field: the ridge baseline must see it.
     assert report["variants"]["ridge"]["15"]["skill_vs_persistence"] > 0.5
+    for per_h in report["variants"].values():
+        for m in per_h.values():
+            assert m["skill_ci"][0] - 1e-9 <= m["skill_vs_persistence"] <= m["skill_ci"][1] + 1e-9
+    pairs = {(c["a"], c["b"]) for c in report["comparisons"]}
+    assert ("detr", "jepa") in pairs and ("detr", "damped_anomaly") in pairs
+    assert not any(c["distinguishable"] for c in report["comparisons"])  # one test day: nothing to resample
+    assert set(report["cloud_fraction"]) >= {"cf_persistence", "cf_preset_mean", "detr"}
+    assert "Which differences are distinguishable" in (tmp_path / "out" / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -136,3 +152,37 @@ def test_ema_target_trains_with_variance_covariance_and_tracks_the_encoder(fake_
     # The fine-tuned encoder moved; the EMA copy moved toward it but lags behind.
     assert not torch.equal(tuned, initial)
     assert 0 < (ema - initial).norm() < (tuned - initial).norm()
+
+
+def test_held_out_evaluation_on_a_second_prepared_folder(fake_stage1_run, tmp_path):  # noqa: F811
+    other = make_fake_stage1(tmp_path / "other", seed=1)  # another sky, the same stage-1 encoders
+    train.main(tiny(fake_stage1_run, tmp_path / "detr", epochs=1))
+    report = evaluate.evaluate(fake_stage1_run, [tmp_path / "detr"], tmp_path / "out", eval_stage1_run=other,
+                               n_boot=50)
+    assert report["eval"] == {"stage1_run": str(other), "held_out": True, "split": "all"}
+    table = samples.load_scan_table(other)
+    every_day = samples.build_windows(table, horizons_min=(5.0, 15.0), context_scans=3)
+    assert report["n_test"] == len(every_day) and len(report["per_day"]) == 3  # all days of the other folder
+    assert set(report["days_per_split_per_location"]) == {"train_data", "eval_data"}
+    assert report["variants"]["persistence"]["5"]["skill_vs_persistence"] == 0.0
+    assert "held-out" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_ema_target_without_fine_tuning_is_a_user_error(fake_stage1_run, tmp_path):  # noqa: F811
+    with pytest.raises(UserError, match="target=ema needs finetune=true"):  # the CLI turns it into exit 2
+        train.main(tiny(fake_stage1_run, tmp_path, variant="jepa", target="ema", finetune=False))
+
+
+def test_ema_update_follows_parameters_and_batchnorm_buffers():
+    online = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = copy.deepcopy(online)
+    online.train()(torch.randn(16, 2) * 3 + 5)  # moves the running statistics
+    with torch.no_grad():
+        online[0].weight.add_(1.0)
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    train.ema_update(ema, online, momentum=0.75)
+    for k, v in ema.state_dict().items():
+        target = online.state_dict()[k]
+        expected = before[k] * 0.75 + target * 0.25 if v.is_floating_point() else target
+        torch.testing.assert_close(v, expected.to(v.dtype))
+    assert not torch.equal(ema[1].running_mean, before["1.running_mean"])

@@ -16,16 +16,13 @@ or after a kill, processes only what is missing and ends with the same outputs) 
 The cache is about as large as the arrays. Entries of files that are gone or of other settings (--size,
 --crop) stay for later reruns unless --prune-cache; deleting OUT/cache only costs decoding everything again.
 Day/night: sun elevation at the node's registry location at each timestamp ≥ --min-elevation.
-Splits: whole local days (node time zone). Each local date gets a fixed pseudo-random u = hash(seed, date)
-in [0, 1): train below f_train, val below f_train + f_val, else test. Adding days never moves an existing
-day, except in small sets: if a split would be empty (≥ 3 days), the day whose u lies nearest that split's
-interval is moved into it, so every split has ≥ 1 day.
+Splits: whole local days (node time zone), assigned per node location period (data.prepare.splits), so a node
+that moved has train, val and test days in each place.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import multiprocessing
 import os
 import shutil
@@ -48,27 +45,10 @@ from data.prepare.images import (
     save_cached,
 )
 from data.prepare.pairing import Skip, filter_positions, pair_files, scan_raw
+from data.prepare.splits import SPLITS, assign_splits, split_by_location  # noqa: F401  (assign_splits re-exported)
 from data.sage.registry import RegistryError, node_period, sun_elevation
 from sagecast_common.cli import make_parser
 from sagecast_common.runio import JsonlLogger, atomic_path, atomic_write_json, atomic_write_text
-
-SPLITS = ("train", "val", "test")
-
-
-def assign_splits(dates, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> dict[str, str]:
-    """Local date (str) → split; see the module docstring for the rule."""
-    u = {d: int.from_bytes(hashlib.sha256(f"{seed}:{d}".encode()).digest()[:8], "big") / 2**64
-         for d in sorted(set(dates))}
-    edges = np.concatenate([[0.0], np.cumsum(fractions) / np.sum(fractions)])
-    split = {d: SPLITS[min(int(np.searchsorted(edges, x, side="right")) - 1, 2)] for d, x in u.items()}
-    if len(u) >= 3:
-        for k, name in enumerate(SPLITS):
-            if name in split.values():
-                continue
-            sizes = Counter(split.values())
-            donors = [d for d in u if sizes[split[d]] >= 2]
-            split[min(donors, key=lambda d: max(edges[k] - u[d], u[d] - edges[k + 1], 0.0))] = name
-    return split
 
 
 def _locate(pairs, min_elevation: float, registry) -> tuple[list[dict], list[Skip]]:
@@ -194,7 +174,7 @@ def prepare(raw, out, *, size: int = 128, crop: str = "fov", min_elevation: floa
     index = pd.DataFrame(good, columns=[*columns, "_cache"])
     index = index.sort_values(["vsn", "timestamp", "position"], kind="stable").reset_index(drop=True)
     index["timestamp"] = pd.to_datetime(index["timestamp"], utc=True).astype("datetime64[ns, UTC]")
-    index["split"] = index["local_date"].map(assign_splits(index["local_date"], fractions, seed))
+    index["split"] = split_by_location(index, fractions, seed)
     index["row"] = np.arange(len(index))
     index = index.astype({"position": np.int64, "is_day": bool, "sun_elevation": np.float64})
     reasons = Counter(s.reason for s in skipped)

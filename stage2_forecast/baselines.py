@@ -1,0 +1,162 @@
+"""Stage-2 baselines, all in the forecasters' space (standardised stage-1 embeddings) and slots.
+
+Each works on batches from `samples.gather(..., clim=clim)`: fitted on the train (and val) batches of the
+training data, applied to any evaluation batch — the test split or a held-out folder.
+
+- persistence: z(t+h) = z(t).
+- smart persistence: persist the anomaly from the train diurnal climatology, clim(t+h) + z(t) − clim(t) (the
+  reference in solar forecasting).
+- damped anomaly: clim(t+h) + a_h·(z(t) − clim(t)), a_h per dimension in closed form (least squares on train);
+  the learned variants start from exactly this forecast.
+- climatology: clim(t+h), the train mean by preset and solar hour.
+- ridge (last scan) and ridge_context (all T scans × P presets): closed-form ridge to the change z(t+h) − z(t)
+  of all presets, penalty chosen per horizon on val.
+
+    clim = fit_climatology(table)
+    b_train = samples.gather(table, wins["train"], np.arange(len(wins["train"])), clim=clim)
+    preds = forecasts(b_train, b_val, b_eval)          # name → (N, H, P, D)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stage2_forecast import samples
+from stage2_forecast.models import damped_anomaly
+
+RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+def fit_climatology(table: samples.ScanTable, *, day_only: bool = True) -> np.ndarray:
+    """(P, 24, D) train-split mean standardised embedding by preset and solar-hour bin (else the preset mean)."""
+    P, D = table.z.shape[1:]
+    use = table.present & (table.split == "train")[:, None] & (table.is_day if day_only else True)
+    if not use.any():
+        raise ValueError("no train-split captures to fit the climatology on")
+    hour = samples.hour_bin(table.solar_hour)
+    clim = np.zeros((P, 24, D), np.float32)
+    for p in range(P):
+        clim[p] = table.z[use[:, p], p].mean(0) if use[:, p].any() else table.z[use].mean(0)
+        for hr in np.unique(hour[use[:, p]]):
+            clim[p, hr] = table.z[use[:, p] & (hour == hr), p].mean(0)
+    return clim
+
+
+def _anomalies(batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x = z(t) − clim(t) as (N, 1, P, D), y = z(t+h) − clim(t+h) (N, H, P, D), valid-slot mask (N, H, P)."""
+    x = (batch["ctx_z"][:, 0] - batch["clim_now"]).double().numpy()[:, None]
+    y = (batch["tgt_z"] - batch["clim_tgt"]).double().numpy()
+    mask = (batch["tgt_mask"] & batch["ctx_mask"][:, None, 0]).numpy()
+    return x, y, mask
+
+
+def fit_damping(batch: dict) -> np.ndarray:
+    """(H, D) least-squares a_h per dimension: argmin Σ (y − a·x)² over valid train slots = Σxy / Σx²."""
+    x, y, mask = _anomalies(batch)
+    m = mask[..., None]
+    return ((x * y * m).sum((0, 2)) / np.maximum((x * x * m).sum((0, 2)), 1e-12)).astype(np.float32)
+
+
+def _persist(batch: dict) -> np.ndarray:
+    H = batch["tgt_z"].shape[1]
+    return np.repeat(batch["ctx_z"][:, None, 0].numpy(), H, axis=1)
+
+
+def _damped(batch: dict, damping: np.ndarray) -> np.ndarray:
+    return damped_anomaly(batch["ctx_z"][:, 0], batch["ctx_mask"][:, 0], batch["clim_now"], batch["clim_tgt"],
+                          torch.as_tensor(damping)).numpy()
+
+
+def ridge(b_train: dict, b_val: dict, b_eval: dict, *, context: bool,
+          alphas=RIDGE_ALPHAS) -> tuple[np.ndarray, dict[int, float]]:
+    """Ridge (dual form, one eigendecomposition per horizon) from the last scan or the whole context to the
+    change of every preset; fitted on train samples whose anchor and target scans are complete, penalty
+    (relative to the mean squared feature norm) chosen per horizon on val. Returns (N, H, P, D) and alphas."""
+    def design(b):
+        z = b["ctx_z"] if context else b["ctx_z"][:, :1]
+        # float32 design (T·P·D columns can be tens of thousands); the small N × N algebra runs in float64
+        return z.flatten(1).numpy(), b["ctx_z"][:, 0].double().numpy(), b["tgt_z"].double().numpy()
+
+    (xtr, ztr, ytr), (xva, zva, yva), (xev, zev, _) = design(b_train), design(b_val), design(b_eval)
+    mtr, mva = b_train["tgt_mask"].numpy(), b_val["tgt_mask"].numpy()
+    full = b_train["ctx_mask"][:, 0].all(1).numpy()
+    H = ytr.shape[1]
+    pred, chosen = np.repeat(zev[:, None], H, axis=1), {}
+    for h in range(H):
+        r = full & mtr[:, h].all(1)
+        if r.sum() < 2:
+            chosen[h] = None  # too few complete samples: the forecast stays persistence
+            continue
+        xm = xtr[r].mean(0)
+        x, y = xtr[r] - xm, (ytr[r, h] - ztr[r]).reshape(r.sum(), -1)
+        gram = (x @ x.T).astype(np.float64)
+        lam, u = np.linalg.eigh(gram)
+        uty, scale = u.T @ (y - y.mean(0)), np.trace(gram) / len(x)
+        k_va, k_ev = ((xva - xm) @ x.T).astype(np.float64) @ u, ((xev - xm) @ x.T).astype(np.float64) @ u
+
+        def fit(k, a, uty=uty, lam=lam, scale=scale, y=y):
+            return (y.mean(0) + k @ (uty / (lam + a * scale)[:, None])).reshape(len(k), *ztr.shape[1:])
+
+        errors = [(((zva + fit(k_va, a) - yva[:, h]) ** 2).mean(-1) * mva[:, h]).sum() for a in alphas]
+        best = alphas[int(np.argmin(errors))] if mva[:, h].any() else alphas[2]
+        pred[:, h] = zev + fit(k_ev, best)
+        chosen[h] = best
+    return pred.astype(np.float32), chosen
+
+
+def forecasts(b_train: dict, b_val: dict, b_eval: dict) -> tuple[dict[str, np.ndarray], dict]:
+    """Every embedding baseline on the evaluation batch; also returns the fitted damping and ridge penalties."""
+    damping = fit_damping(b_train)
+    preds = {"persistence": _persist(b_eval),
+             "smart_persistence": _damped(b_eval, np.ones_like(damping)),
+             "damped_anomaly": _damped(b_eval, damping),
+             "climatology": _damped(b_eval, np.zeros_like(damping))}
+    preds["ridge"], alpha = ridge(b_train, b_val, b_eval, context=False)
+    preds["ridge_context"], alpha_ctx = ridge(b_train, b_val, b_eval, context=True)
+    return preds, {"damping": damping, "ridge_alpha": alpha, "ridge_context_alpha": alpha_ctx}
+
+
+def cloud_fraction(table: samples.ScanTable, win: samples.Windows) -> dict[str, np.ndarray]:
+    """Scalar cloud-fraction baselines (N, H, P): per-preset persistence and the anchor scan's 8-preset mean."""
+    H = win.tgt.shape[1]
+    now = table.cloud[win.anchor]  # (N, P), NaN where missing
+    mean = np.nanmean(np.where(table.present[win.anchor], now, np.nan), axis=1, keepdims=True)
+    return {"cf_persistence": np.repeat(now[:, None], H, axis=1),
+            "cf_preset_mean": np.repeat(np.broadcast_to(mean, now.shape)[:, None], H, axis=1)}
+
+
+def oracle_cloud_fraction(table: samples.ScanTable, win: samples.Windows, raw_dir: str | Path | None,
+                          horizons_min) -> tuple[dict[str, np.ndarray], str]:
+    """data.synthetic's cloud-fraction oracles as ceilings, (N, H, P) each, and a one-line status.
+
+    Reads RAW/<VSN>/truth.parquet columns oracle_{advect,cover}_cf_{h} (the oracle's forecast made at the
+    anchor capture, keyed by vsn/timestamp/position); absent files or columns give no oracle and the reason.
+    """
+    if raw_dir is None:
+        return {}, "no raw dir given (oracles exist only for data.synthetic output)"
+    index = pd.read_parquet(Path(table.prepared_dir) / "index.parquet",
+                            columns=["vsn", "timestamp", "position", "row"])
+    names = [f"oracle_{kind}_cf_{h:g}" for kind in ("advect", "cover") for h in horizons_min]
+    files = [Path(raw_dir) / vsn / "truth.parquet" for vsn in index["vsn"].unique()]
+    truths = [pd.read_parquet(f) for f in files if f.exists()]
+    if not truths:
+        return {}, f"no {raw_dir}/<VSN>/truth.parquet (not data.synthetic output)"
+    truth = pd.concat(truths)
+    have = [c for c in names if c in truth.columns]
+    if not have:
+        return {}, f"truth.parquet in {raw_dir} has no oracle_*_cf_<h> columns for horizons {list(horizons_min)}"
+    truth["timestamp"] = pd.to_datetime(truth["timestamp"], utc=True).astype(index["timestamp"].dtype)
+    joined = index.merge(truth[["vsn", "timestamp", "position", *have]], how="left")
+    by_row = np.full((int(index["row"].max()) + 2, len(names)), np.nan)
+    by_row[joined["row"].to_numpy()] = joined.reindex(columns=names).to_numpy(float)
+    rows = table.rows[win.anchor]  # (N, P), -1 = missing → the all-NaN last row
+    out = {}
+    for kind in ("advect", "cover"):
+        cols = [names.index(f"oracle_{kind}_cf_{h:g}") for h in horizons_min]
+        if any(names[c] in have for c in cols):
+            out[f"cf_oracle_{kind}"] = np.stack([by_row[rows, c] for c in cols], axis=1)
+    return out, f"oracles from {raw_dir}: {', '.join(have)}"
