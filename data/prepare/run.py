@@ -15,8 +15,9 @@ or after a kill, processes only what is missing and ends with the same outputs) 
                   an I/O error, a symlink loop - is a row here, never the end of the run; raw is read only)
   pairs/<VSN>/{ts_ns}_position{N}.txt      the original two-line pair files (RGB name, thermal name)
   runs.jsonl      one line per run: pairs decoded now vs taken from the cache, the cache's entries and bytes
-A killed run's temporary arrays are deleted when the next run starts. The cache is about as large as the arrays. Entries of files that are gone or of other settings (--size,
---crop) stay for later reruns unless --prune-cache; deleting OUT/cache only costs decoding everything again.
+A killed run's temporary arrays are deleted when the next run starts. The cache is about as large as the
+arrays. Entries of files that are gone or of other settings (--size, --crop) stay for later reruns unless
+--prune-cache; deleting OUT/cache only costs decoding everything again.
 Day/night: sun elevation at the node's registry location at each timestamp ≥ --min-elevation.
 Splits: whole local days (node time zone). Each local date gets a fixed pseudo-random u = hash(seed, date)
 in [0, 1): train below f_train, val below f_train + f_val, else test. Adding days never moves an existing
