@@ -124,6 +124,35 @@ def is_sky_preset(position) -> bool:
     return isinstance(position, int) and position in SKY_PRESETS
 
 
+def download_problem(path: str | os.PathLike) -> tuple[str, str] | None:
+    """Whether a downloaded file can be what its name says, without trusting the server's headers:
+    ('truncated', why) when it looks cut short, ('wrong', why) when it is something else (an HTML error
+    page...), None when plausible. RGB: JPEG start (FF D8 FF) and end (FF D9) markers; thermal CSV: a
+    header with width/height and that many data rows. Other kinds are not checked."""
+    path = Path(path)
+    kind = _classify(path.name)
+    if kind == RGB:
+        with open(path, "rb") as f:
+            head = f.read(3)
+            f.seek(max(0, path.stat().st_size - 64))
+            tail = f.read()
+        if head != b"\xff\xd8\xff":
+            return "wrong", f"not a JPEG (starts with {head!r})"
+        if not tail.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
+            return "truncated", "no JPEG end marker (cut short?)"
+    elif kind == THERMAL:
+        raw = path.read_bytes()
+        try:
+            _, height, _, start = _thermal_header(path, raw)
+        except ThermalFormatError as e:
+            return "wrong", f"not a thermal CSV ({str(e).removeprefix(f'{path}: ')})"
+        body = raw[start:].rstrip()
+        rows = body.count(b"\n") + 1 if body else 0
+        if rows < height:
+            return "truncated", f"{rows} of {height} data rows (cut short?)"
+    return None
+
+
 # --- thermal celsius CSV -------------------------------------------------------------------------------
 
 
