@@ -94,7 +94,7 @@ class SageDouble:
                     stored = unquote(PurePosixPath(urlsplit(rec["value"]).path).name)
                     for kind in ("rgb", "thermal"):
                         path = self.root / meta.get("vsn", "") / kind / stored
-                        if path.is_file():
+                        if len(stored.encode()) <= 255 and path.is_file():  # a longer name cannot be a file
                             self.files[urlsplit(rec["value"]).path] = path
 
     def add_record(self, ts_ns: int, name: str, value, meta: dict) -> None:

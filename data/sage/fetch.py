@@ -248,7 +248,7 @@ class Fetcher:
                 while chunk := resp.read1(CHUNK):  # read1: returns what arrived, so the deadline is checked
                     f.write(chunk)
                     self.on_bytes(len(chunk))
-                    if time.monotonic() > t_end:
+                    if time.monotonic() > t_end and (total is None or f.tell() < total):
                         self._drop(resp.origin)
                         raise _GaveUp(f"deadline of {self.deadline:g} s reached mid-body "
                                       f"({f.tell()} bytes kept in .partial/ for the next run)", resp.status)
