@@ -202,3 +202,11 @@ def test_netrc_messages_and_default_entries_only_for_the_sage_storage(env, monke
         assert find_credentials(d.url) is None
     sage = find_credentials("https://storage.sagecontinuum.org")
     assert sage is not None and sage.source == "~/.netrc (storage.sagecontinuum.org)"
+
+
+def test_one_worker_reuses_its_connection_without_wasted_requests(env):
+    src, out = env / "src", env / "out"
+    wanted = make_raw(src, captures=2)
+    with SageDouble(src, user=USER, token=TOKEN, lifetime_s=60) as d:
+        assert download.main(args(d, out, "--workers", "1")) == 0
+        assert len(storage_gets(d)) == len(wanted)  # one GET per file, none lost to a half-closed exchange

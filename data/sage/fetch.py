@@ -252,6 +252,7 @@ class Fetcher:
                         self._drop(resp.origin)
                         raise _GaveUp(f"deadline of {self.deadline:g} s reached mid-body "
                                       f"({f.tell()} bytes kept in .partial/ for the next run)", resp.status)
+            resp.read()  # read1 leaves a fully read body open: this ends the exchange, so the connection is reusable
         except (ConnectionError, TimeoutError, ssl.SSLError, http.client.HTTPException) as e:
             self._drop(resp.origin)
             raise _Retry(f"connection lost mid-body ({type(e).__name__})") from None
