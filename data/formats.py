@@ -17,6 +17,8 @@ from data.prepare.thermal_parse import parse_grid
 
 SKY_PRESETS = (1, 5, 9, 13, 17, 21, 25, 29)
 THERMAL_W, THERMAL_H = 336, 252
+_F32_MAX = float(np.finfo(np.float32).max)
+MAX_THERMAL_SIDE = 4096  # a header claiming more is refused before any allocation (real: 336x252, 640x480)
 KELVIN_STEP = 0.04  # the camera's 14-bit radiometric grid: celsius = 0.04 * uint - 273.15
 
 # Kinds of file an upload can be. Only "rgb" and "thermal" are used for training.
@@ -122,6 +124,35 @@ def is_sky_preset(position) -> bool:
     return isinstance(position, int) and position in SKY_PRESETS
 
 
+def download_problem(path: str | os.PathLike) -> tuple[str, str] | None:
+    """Whether a downloaded file can be what its name says, without trusting the server's headers:
+    ('truncated', why) when it looks cut short, ('wrong', why) when it is something else (an HTML error
+    page...), None when plausible. RGB: JPEG start (FF D8 FF) and end (FF D9) markers; thermal CSV: a
+    header with width/height and that many data rows. Other kinds are not checked."""
+    path = Path(path)
+    kind = _classify(path.name)
+    if kind == RGB:
+        with open(path, "rb") as f:
+            head = f.read(3)
+            f.seek(max(0, path.stat().st_size - 64))
+            tail = f.read()
+        if head != b"\xff\xd8\xff":
+            return "wrong", f"not a JPEG (starts with {head!r})"
+        if not tail.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
+            return "truncated", "no JPEG end marker (cut short?)"
+    elif kind == THERMAL:
+        raw = path.read_bytes()
+        try:
+            _, height, _, start = _thermal_header(path, raw)
+        except ThermalFormatError as e:
+            return "wrong", f"not a thermal CSV ({str(e).removeprefix(f'{path}: ')})"
+        body = raw[start:].rstrip()
+        rows = body.count(b"\n") + 1 if body else 0
+        if rows < height:
+            return "truncated", f"{rows} of {height} data rows (cut short?)"
+    return None
+
+
 # --- thermal celsius CSV -------------------------------------------------------------------------------
 
 
@@ -185,8 +216,9 @@ def _thermal_header(path: Path, raw: bytes) -> tuple[int, int, int, int]:
         width, height = int(header["width"]), int(header["height"])
     except (KeyError, ValueError):
         raise ThermalFormatError(f"{path}: header lacks integer width/height (got {header})") from None
-    if width < 1 or height < 1:
-        raise ThermalFormatError(f"{path}: header width/height must be positive (got {width}x{height})")
+    if not (0 < width <= MAX_THERMAL_SIDE and 0 < height <= MAX_THERMAL_SIDE):
+        raise ThermalFormatError(f"{path}: header width/height must be 1..{MAX_THERMAL_SIDE} "
+                                 f"(got {width}x{height})")
     return width, height, line_no, pos
 
 
@@ -221,4 +253,7 @@ def _parse_rows_checked(path: Path, body: bytes, width: int, height: int, first:
             raise ThermalFormatError(f"{path}: line {first + r}: not a number: {bad!r}") from None
         if not np.isfinite(out[r]).all():
             raise ThermalFormatError(f"{path}: line {first + r}: non-finite value")
+        if (np.abs(out[r]) > _F32_MAX).any():
+            raise ThermalFormatError(f"{path}: line {first + r}: {out[r][np.abs(out[r]) > _F32_MAX][0]:g} "
+                                     "does not fit a float32")
     return out

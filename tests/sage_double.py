@@ -11,21 +11,23 @@ no time order); `GET|HEAD /api/v1/data/...` behind HTTP Basic (401 without; any 
 single Range requests; `GET /manifests/<VSN>/`. Upload records come from `ROOT/<VSN>/sage_meta/*.csv` (their
 storage URLs keep the real host: point the downloader's --storage-url here); the files from
 `ROOT/<VSN>/rgb|thermal/`; `sys.gps.lat|lon` records from a GPS track (--gps-csv vsn,timestamp,lat,lon).
-Faults: `fail(path, kind, times)` or `fault_rate` over storage GETs; kinds: 500, slow (answer after
-`slow_s`), drop (connection closed mid-body), bad_length (Content-Length too large), 401, 403, 404.
+Faults: `fail(path, kind, times, method="GET")` (HEAD too) or `fault_rate` over storage GETs; kinds: 500,
+429 (with `Retry-After: retry_after`), slow (answer after `slow_s`), drop (connection closed mid-body),
+bad_length (Content-Length too large), bad_header (a malformed Content-Length), no_length (no
+Content-Length, cut short), html (an HTML error page as 200), 401, 403, 404. The HTTP side is
+tests/sage_double_http.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import random
 import re
 import threading
 import time
 from collections import defaultdict, deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
@@ -33,9 +35,10 @@ import pandas as pd
 
 from data.sage.query import load_query_csv
 from data.sage.registry import to_utc
+from tests.sage_double_http import Handler, QueryRejected
 
 QUERY_FIELDS = {"start", "end", "head", "tail", "filter", "bucket", "experimental_func", "experimental_window"}
-FAULTS = ("500", "slow", "drop", "bad_length", "401", "403", "404")
+FAULTS = ("500", "429", "slow", "drop", "bad_length", "bad_header", "no_length", "html", "401", "403", "404")
 
 
 def rfc3339(ts_ns: int) -> str:
@@ -52,28 +55,25 @@ def _matcher(value: str):
     return lambda s: s == value
 
 
-class QueryRejected(ValueError):
-    pass
-
-
 class SageDouble:
     def __init__(self, root=None, *, user=None, token=None, gps=None, manifest=None, latency=0.0,
-                 slow_s=5.0, trickle_s=0.0, ignore_range=False, fault_rate=0.0, fault_kinds=("500", "drop"),
-                 seed=0, port=0, lifetime_s: float | None = 300.0):
+                 slow_s=5.0, trickle_s=0.0, ignore_range=False, retry_after="0", fault_rate=0.0,
+                 fault_kinds=("500", "drop"), seed=0, port=0, lifetime_s: float | None = 300.0):
         self.root = Path(root) if root else None
         self.user, self.token = user, token
         self.latency, self.slow_s, self.trickle_s, self.ignore_range = latency, slow_s, trickle_s, ignore_range
+        self.retry_after = retry_after
         self.fault_rate, self.fault_kinds, self.rng = fault_rate, fault_kinds, random.Random(seed)
         self.records, self.files, self.redirects = [], {}, {}
         self.manifest, self.given_manifest = dict(manifest or {}), set(manifest or {})
-        self.faults: dict[str, deque] = defaultdict(deque)
+        self.faults: dict[tuple[str, str], deque] = defaultdict(deque)  # (method, path) -> kinds
         self.log: list[dict] = []  # one entry per request; never the Authorization value
         self.lock = threading.Lock()
         if self.root:
             self._load_root()
         for vsn, track in (gps or {}).items():
             self.add_gps(vsn, track)
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.server.double = self
         self.server.handle_error = lambda *a: None  # clients hanging up mid-answer are expected here
@@ -94,7 +94,7 @@ class SageDouble:
                     stored = unquote(PurePosixPath(urlsplit(rec["value"]).path).name)
                     for kind in ("rgb", "thermal"):
                         path = self.root / meta.get("vsn", "") / kind / stored
-                        if path.is_file():
+                        if len(stored.encode()) <= 255 and path.is_file():  # a longer name cannot be a file
                             self.files[urlsplit(rec["value"]).path] = path
 
     def add_record(self, ts_ns: int, name: str, value, meta: dict) -> None:
@@ -114,9 +114,9 @@ class SageDouble:
             if vsn not in self.given_manifest:
                 self.manifest[vsn] = {"vsn": vsn, "gps_lat": float(lat), "gps_lon": float(lon), "address": ""}
 
-    def fail(self, url_path: str, kind: str, times: int = 1) -> None:
+    def fail(self, url_path: str, kind: str, times: int = 1, method: str = "GET") -> None:
         assert kind in FAULTS, kind
-        self.faults[url_path].extend([kind] * times)
+        self.faults[method, url_path].extend([kind] * times)
 
     # --- query ------------------------------------------------------------------------------------
     def run_query(self, body: bytes) -> list[dict]:
@@ -184,127 +184,6 @@ class SageDouble:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def _send(self, status: int, body: bytes = b"", headers: dict | None = None, *, head=False) -> None:
-        self.send_response(status)
-        for k, v in {"Content-Length": str(len(body)), **(headers or {})}.items():
-            self.send_header(k, v)
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
-    def _note(self, status: int) -> None:
-        d = self.server.double
-        with d.lock:
-            d.log.append({"method": self.command, "path": urlsplit(self.path).path, "status": status,
-                          "range": self.headers.get("Range"), "auth": "Authorization" in self.headers})
-
-    def do_POST(self) -> None:
-        d = self.server.double
-        time.sleep(d.latency)
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if urlsplit(self.path).path.rstrip("/") != "/api/v1/query":
-            return self._send(404, b"not found")
-        if fault := self._fault(urlsplit(self.path).path, storage=False):
-            return self._fail(fault, b"")
-        try:
-            rows = d.run_query(body)
-        except QueryRejected as e:
-            self._note(400)
-            return self._send(400, json.dumps({"error": str(e)}).encode())
-        self._note(200)
-        self._send(200, "".join(json.dumps(r) + "\n" for r in rows).encode(),
-                   {"Content-Type": "application/x-ndjson"})
-
-    def do_HEAD(self) -> None:
-        self.do_GET(head=True)
-
-    def do_GET(self, head=False) -> None:
-        d = self.server.double
-        time.sleep(d.latency)
-        path = unquote(urlsplit(self.path).path)
-        if m := re.fullmatch(r"/manifests/([A-Za-z0-9]+)/?", path):
-            info = d.manifest.get(m[1].upper())
-            return self._send(200 if info else 404, json.dumps(info or {"error": "no such node"}).encode())
-        if not path.startswith("/api/v1/data/"):
-            return self._send(404, b"not found")
-        if not self._authorized():
-            self._note(401)
-            return self._send(401, b"unauthorized", {"WWW-Authenticate": 'Basic realm="sage"'}, head=head)
-        if path in d.redirects:
-            self._note(302)
-            return self._send(302, b"", {"Location": d.redirects[path]}, head=head)
-        if not head and (fault := self._fault(path, storage=True)):
-            return self._fail(fault, self._content(path) or b"")
-        data = self._content(path)
-        if data is None:
-            self._note(404)
-            return self._send(404, b"not found", head=head)
-        status, start, headers = 200, 0, {"Accept-Ranges": "bytes"}
-        rng = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
-        if rng and not d.ignore_range and not head:
-            start, stop = int(rng[1]), int(rng[2]) + 1 if rng[2] else len(data)
-            if start >= len(data):
-                self._note(416)
-                return self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
-            status, headers["Content-Range"] = 206, f"bytes {start}-{min(stop, len(data)) - 1}/{len(data)}"
-            data = data[start:stop]
-        self._note(status)
-        self.send_response(status)
-        for k, v in {"Content-Length": str(len(data)), **headers}.items():
-            self.send_header(k, v)
-        self.end_headers()
-        if head:
-            return
-        step = 8192 if d.trickle_s else len(data) or 1
-        for i in range(0, len(data), step):
-            self.wfile.write(data[i:i + step])
-            time.sleep(d.trickle_s)
-
-    def _content(self, path: str) -> bytes | None:
-        src = self.server.double.files.get(path)
-        return src.read_bytes() if isinstance(src, Path) else src
-
-    def _authorized(self) -> bool:
-        d = self.server.double
-        auth = self.headers.get("Authorization") or ""
-        if not auth.startswith("Basic "):
-            return False
-        user, _, token = base64.b64decode(auth[6:]).decode(errors="replace").partition(":")
-        return d.user is None or (user == d.user and token == d.token)
-
-    def _fault(self, path: str, *, storage: bool) -> str | None:
-        d = self.server.double
-        with d.lock:
-            if d.faults.get(path):
-                return d.faults[path].popleft()
-            if storage and d.fault_rate and d.rng.random() < d.fault_rate:
-                return d.rng.choice(d.fault_kinds)
-        return None
-
-    def _fail(self, kind: str, data: bytes) -> None:
-        self._note(-1 if kind in ("slow", "drop", "bad_length") else int(kind))
-        if kind == "slow":
-            time.sleep(self.server.double.slow_s)
-            self.close_connection = True
-            return self._send(503, b"too late")
-        if kind in ("drop", "bad_length"):
-            self.send_response(200)
-            extra = 1000 if kind == "bad_length" else 0
-            self.send_header("Content-Length", str(len(data) + extra))
-            self.end_headers()
-            self.wfile.write(data[:len(data) // 2] if kind == "drop" else data)
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self._send(int(kind), f"injected {kind}".encode())
 
 
 def main() -> None:

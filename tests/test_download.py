@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.formats import SKY_PRESETS, rgb_name, thermal_name, thermal_plot_name
+from data.formats import SKY_PRESETS, format_thermal_csv, rgb_name, thermal_name, thermal_plot_name
 from data.sage import download
 from data.sage.query import load_query_file, plan_downloads
 from tests.sage_double import SageDouble
@@ -35,6 +35,16 @@ def upload(ts: pd.Timestamp, vsn: str, filename: str, position=None) -> dict:
             "meta.position": "" if position is None else str(position), "meta.loop_num": "1"}
 
 
+def file_bytes(kind: str, size: int, rng) -> bytes:
+    """About `size` bytes of random content that passes the downloader's format check: JPEG start and end
+    markers around random bytes, or a thermal CSV header over rows of random values."""
+    if kind == "rgb":
+        return b"\xff\xd8\xff" + rng.integers(0, 256, size - 5, dtype=np.uint8).tobytes() + b"\xff\xd9"
+    rows = max(1, size // 60)
+    values = rng.uniform(-60, 30, (rows, 10))
+    return format_thermal_csv(values, resolution="high").encode()
+
+
 def make_raw(root: Path, vsn: str = "W056", captures: int = 3, size: int = 30_000) -> list[Path]:
     """A tiny RAW dir: per capture, sky presets 1 and 5 plus non-sky 2 (RGB + thermal files) and plot/.raw
     records without files. Returns the paths of the files a default download must reproduce."""
@@ -47,7 +57,7 @@ def make_raw(root: Path, vsn: str = "W056", captures: int = 3, size: int = 30_00
             for kind, name in (("rgb", rgb_name(768, 256, pos)), ("thermal", thermal_name(pos))):
                 path = root / vsn / kind / f"{ts.value}-{name}"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(rng.integers(0, 256, size + 97 * c, dtype=np.uint8).tobytes())
+                path.write_bytes(file_bytes(kind, size + 97 * c, rng))
                 recs.append(upload(ts, vsn, name, pos))
                 if pos in SKY_PRESETS:
                     wanted.append(path)

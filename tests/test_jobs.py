@@ -154,6 +154,16 @@ def test_dry_run_submits_and_writes_nothing(tmp_path):
     assert "qsub -W depend=afterok:STAGE1_JOB_ID" in out.stdout
 
 
+@pytest.mark.parametrize("flag, value", [("--project", "P\necho owned"), ("--queue", "prod\n#PBS -l x=1"),
+                                         ("--queue", "a b"), ("--filesystems", "home\rx"), ("--system", "po:laris"),
+                                         ("--runs-root", "my runs")])
+def test_values_that_would_break_a_directive_are_refused_before_anything_happens(tmp_path, flag, value):
+    env = fake_bin(tmp_path, "qsub") | {"FAKE_IDS": "1 2"}
+    out = submit(tmp_path, env, "--scheduler", "pbs", "--name", "d", flag, value, "stage1", check=False)
+    assert out.returncode == 2 and flag in out.stderr and "directive" in out.stderr
+    assert calls(tmp_path) == [] and not (tmp_path / "runs" / "d").exists()
+
+
 def test_overrides_reach_the_train_commands_of_their_stage(tmp_path):
     env = fake_bin(tmp_path, "sbatch") | {"FAKE_IDS": "5 6"}
     submit(tmp_path, env, "--scheduler", "slurm", "--name", "o", "stage1", "stage2",

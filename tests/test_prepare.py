@@ -3,7 +3,9 @@ interrupted reruns, RGB↔thermal alignment. Hand-made tiny files (96×32 JPG, 1
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
 from io import BytesIO
@@ -220,7 +222,7 @@ def test_cache_is_counted_and_pruned_only_on_request(tmp_path):
     before = read_outputs(out)
     run(raw, out, size=8, prune_cache=True)
     last = json.loads((out / "runs.jsonl").read_text().splitlines()[-1])
-    assert (last["decoded"], last["cached"], last["cache_entries"], last["pruned_entries"]) == (0, 3, 3, 4)
+    assert (last["decoded"], last["cached"], last["cache_entries"], last["pruned_entries"]) == (0, 3, 3, 3)
     assert not leftover.exists() and len(entries) == 6 and len(list((out / "cache").glob("*/*.npz"))) == 3
     after = read_outputs(out)
     pd.testing.assert_frame_equal(before.pop("index"), after.pop("index"))
@@ -281,3 +283,87 @@ def test_tiny_synthetic_end_to_end(tiny_prepared):
     assert isinstance(rgb, np.memmap) and rgb.shape == (len(index), 32, 32, 3)
     report = json.loads((tiny_prepared / "report.json").read_text())
     assert report["pairs"] == len(index) and report["bad_pairs"] == 0
+
+
+def _tree(root: Path) -> dict:
+    """Every entry under root: file bytes, or the link target for links (which may loop)."""
+    return {p.relative_to(root).as_posix(): os.readlink(p) if p.is_symlink() else p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_symlink() or p.is_file()}
+
+
+def test_hostile_files_are_each_skipped_with_a_reason_and_never_modified(tmp_path, monkeypatch):
+    """Issue 15 cases 2 and 3: out-of-range values, a header that would allocate terabytes, a 20-digit
+    timestamp, an impossible date, an I/O error and a symlink loop next to good captures."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    good = [capture(raw, NOON + pd.Timedelta(minutes=5 * k), 1) for k in range(3)]
+    huge = csv_text(square=None).replace(f"width;{TW}", "width;1000000").replace(f"height;{TH}", "height;1000000")
+    hostile = {
+        "1e308": capture(raw, NOON + pd.Timedelta(minutes=30), 5, csv=csv_text().replace(";-39.99;", ";1e308;", 1)),
+        "99999": capture(raw, NOON + pd.Timedelta(minutes=35), 5, csv=csv_text().replace(";-39.99;", ";99999;", 1)),
+        "huge": capture(raw, NOON + pd.Timedelta(minutes=40), 5, csv=huge),
+        "eio": capture(raw, NOON + pd.Timedelta(minutes=45), 5),
+    }
+    rgb_dir = raw / "W056" / "rgb"
+    (rgb_dir / f"{'9' * 20}-{rgb_name(W * 8, H * 8, 9)}").write_bytes(jpg_bytes())  # 20-digit timestamp
+    (rgb_dir / f"{10**18 * 5}-{rgb_name(W * 8, H * 8, 9)}").write_bytes(jpg_bytes())  # year 2128
+    (rgb_dir / "1684429200000000000-loop_position9.jpg").symlink_to("1684429200000000000-loop_position9.jpg")
+    (raw / "rgb").mkdir()
+    (raw / "rgb" / f"rgb_20231399-120000_W056_{rgb_name(W * 8, H * 8, 9)}").write_bytes(jpg_bytes())
+    eio_name = f"{hostile['eio']}-{thermal_name(5, width=TW, height=TH)}"
+    real_read = Path.read_bytes
+
+    def read_bytes(self):
+        if self.name == eio_name:
+            raise OSError(errno.EIO, "Input/output error", str(self))
+        return real_read(self)
+
+    before = _tree(raw)
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    report = run(raw, out)
+    monkeypatch.setattr(Path, "read_bytes", real_read)
+    assert _tree(raw) == before, "raw files are never modified"
+    index = pd.read_parquet(out / "index.parquet")
+    assert index.timestamp.map(lambda t: t.value).tolist() == good
+    skipped = pd.read_csv(out / "skipped.csv")
+    why = {(Path(f).name.split("-")[0], r): d for f, r, d in skipped.itertuples(index=False)}
+    for key, needle in (("1e308", "1e+308 does not fit a float32"), ("99999", "first 99999.0 at row 1, column 2"),
+                        ("huge", "1..4096 (got 1000000x1000000)"), ("eio", "Input/output error")):
+        reason = "unreadable" if key == "eio" else "bad_thermal"
+        assert needle in why[str(hostile[key]), reason], (key, why)
+    assert "outside the years 2015..2100" in why["9" * 20, "bad_name"]
+    assert "outside the years" in why[str(10**18 * 5), "bad_name"]
+    assert "20231399" in why["rgb_20231399", "bad_name"]
+    assert "Too many levels of symbolic links" in why["1684429200000000000", "unreadable"]
+    assert report["skipped_by_reason"]["bad_thermal"] == 3 and report["skipped_by_reason"]["bad_name"] == 3
+    stats = json.loads((out / "norm_stats.json").read_text())
+    assert all(np.isfinite(v).all() for k, v in stats.items() if k.startswith(("rgb", "thermal")))
+    assert stats["thermal_mean"] == pytest.approx(-40, abs=0.1)
+    assert run(raw, out)["pairs"] == 4  # the I/O error has passed: the next run takes the pair
+
+
+def test_a_killed_runs_temp_arrays_are_removed_at_start(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    capture(raw, NOON, 1)
+    run(raw, out)
+    left = [out / ".rgb.npy.k1ll3d.tmp", out / ".thermal.npy.x.tmp", next((out / "cache").glob("*/")) / ".e.npz.1.tmp"]
+    for path in left:
+        path.write_bytes(b"\0" * 1000)
+    run(raw, out)
+    assert not any(p.exists() for p in left) and (out / "rgb.npy").exists()
+
+
+def test_non_finite_norm_stats_fail_the_run_naming_the_cause(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    capture(raw, NOON, 1)
+    run(raw, out)
+    entry = next((out / "cache").glob("*/*.npz"))  # e.g. a cache written by an older, unchecked version
+    with np.load(entry) as z:
+        poisoned = {k: z[k] for k in z.files}
+    poisoned["thermal"] = np.full_like(poisoned["thermal"], np.inf)
+    with open(entry, "wb") as f:
+        np.savez(f, **poisoned)
+    old = (out / "norm_stats.json").read_bytes()
+    with pytest.raises(SystemExit, match="non-finite thermal_mean, thermal_std .*rows with non-finite values: "
+                                         r"\[0\]"):
+        run(raw, out)
+    assert (out / "norm_stats.json").read_bytes() == old and not list(out.glob(".*.tmp"))

@@ -50,6 +50,7 @@ def test_equals_loadtxt_on_the_real_640x480_file():
     ("1;2;3\n4;x;6\n7;8;9\n", "line 10: not a number: 'x'"),
     ("1;2;3\n4;5;6\n7;;9\n", "line 11: not a number: ''"),
     ("1;2;3\n4;nan;6\n7;8;9\n", "line 10: non-finite value"),
+    ("1;2;3\n4;1e308;6\n7;8;9\n", "line 10: 1e+308 does not fit a float32"),
     ("1;2;3\n4;5;6\n7;8;9\n1;2;3\n", "more than 3 data rows (line 12)"),
     ("1;2;3\n4;5;6\n7;8;9-\n", "line 11: not a number: '9-'"),
     ("1;2;3\n4;5;6\n7;8;1.2.3\n", "line 11: not a number: '1.2.3'"),
@@ -60,6 +61,13 @@ def test_bad_files_name_file_and_line(tmp_path, body, message):
     with pytest.raises(ThermalFormatError) as err:
         read_thermal_csv(path)
     assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_header_claiming_a_huge_frame_is_refused_before_allocating(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text(HEADER.format(w=1_000_000, h=1_000_000) + "1;2\n")
+    with pytest.raises(ThermalFormatError, match=r"must be 1\.\.4096 \(got 1000000x1000000\)"):
+        read_thermal_csv(path)
 
 
 def test_header_without_size_is_refused(tmp_path):

@@ -6,7 +6,9 @@ so a 6144×2048 frame is never fully decoded for a small target. Thermal: the fu
 S×S with the same (antialiased bilinear) filter and stored float16 °C. With the default crop 'fov' the RGB
 crop is exactly the thermal field of view (data.formats.thermal_fov_box), so both squeeze the same 4:3 view
 to a square and pixel (i, j) looks at the same sky in both. Summaries (t_min/mean/max, cloud_fraction by the
-data.sky rule) come from the full-resolution thermal frame.
+data.sky rule) come from the full-resolution thermal frame. A frame with any value outside THERMAL_RANGE
+(or not finite) is refused as `bad_thermal`: one 1e308 cell would turn into inf in float16 and poison
+norm_stats.json. Any other per-file error (EIO, a vanished file, ...) is a skip with its reason, never a crash.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from data.formats import ThermalFormatError, read_thermal_csv, thermal_fov_box
 from data.sky import cloud_fraction
 from sagecast_common.runio import atomic_path
 
-CACHE_VERSION = 1  # bump when the processing changes: old cache entries are then ignored
+CACHE_VERSION = 2  # bump when the processing changes: old cache entries are then ignored
 STATS = ("t_min", "t_mean", "t_max", "cloud_fraction")
+# Physically possible sky/scene brightness temperatures, well inside float16 (max 65504): the camera's
+# 14-bit grid spans -273.15..382 °C, but nothing outdoors on Earth reads below -100 °C or above 150 °C.
+THERMAL_RANGE = (-100.0, 150.0)
 
 
 class BadInput(Exception):
@@ -88,6 +93,12 @@ def load_thermal(path: Path, size: int) -> tuple[np.ndarray, dict[str, float]]:
         full = read_thermal_csv(path)
     except ThermalFormatError as e:
         raise BadInput("bad_thermal", str(e)) from None
+    lo, hi = THERMAL_RANGE
+    outside = ~((full >= lo) & (full <= hi))  # NaN compares false: caught here too
+    if outside.any():
+        r, c = np.unravel_index(np.argmax(outside), full.shape)
+        raise BadInput("bad_thermal", f"{path}: {int(outside.sum())} values outside {lo:g}..{hi:g} °C, "
+                                      f"first {float(full[r, c])!r} at row {r + 1}, column {c + 1}")
     if m := re.search(r"_(\d+)x(\d+)_", path.name):
         named = (int(m[2]), int(m[1]))
         if full.shape != named:
@@ -101,16 +112,22 @@ def load_thermal(path: Path, size: int) -> tuple[np.ndarray, dict[str, float]]:
 
 def process_pair(job: dict) -> dict:
     """Worker: {'rgb', 'thermal', 'stats' (STATS order)} or {'fail': [file, reason, detail]}; never raises
-    on bad data."""
-    try:
-        rgb = load_rgb(Path(job["rgb_path"]), job["size"], job["crop"])
-    except BadInput as e:
-        return {"fail": [job["rgb_rel"], e.reason, e.detail]}
-    try:
-        thermal, stats = load_thermal(Path(job["thermal_path"]), job["size"])
-    except BadInput as e:
-        return {"fail": [job["thermal_rel"], e.reason, e.detail]}
-    return {"rgb": rgb, "thermal": thermal, "stats": np.array([stats[k] for k in STATS])}
+    on a bad file. An OSError (reason 'unreadable') may pass, so its result also says 'transient'."""
+    out = {}
+    for which in ("rgb", "thermal"):
+        path = Path(job[f"{which}_path"])
+        try:
+            if which == "rgb":
+                out["rgb"] = load_rgb(path, job["size"], job["crop"])
+            else:
+                out["thermal"], stats = load_thermal(path, job["size"])
+        except BadInput as e:
+            return {"fail": [job[f"{which}_rel"], e.reason, e.detail]}
+        except OSError as e:
+            return {"fail": [job[f"{which}_rel"], "unreadable", f"{type(e).__name__}: {e}"], "transient": True}
+        except Exception as e:  # one file must not end the run; the reason is listed instead
+            return {"fail": [job[f"{which}_rel"], "error", f"{type(e).__name__}: {e}"], "transient": True}
+    return {**out, "stats": np.array([stats[k] for k in STATS])}
 
 
 def cache_key(job: dict) -> str:

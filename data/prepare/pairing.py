@@ -6,13 +6,15 @@ Two layouts are read, also side by side in one folder:
       `rgb_20230521-095736_W057_6144x2048_position10.jpg`: a capture is (VSN, UTC second).
 Within a capture, an RGB JPG and a thermal celsius CSV with the same position (and custom-mode image
 number) form a pair. Files that cannot be paired, or are not images (plot JPGs, `.raw`, `uint.csv`, `.nc`),
-come back as `Skip` records with a reason; a capture whose RGB and thermal positions disagree yields
+come back as `Skip` records with a reason (also names whose timestamp lies outside PLAUSIBLE_YEARS, and
+entries that cannot be read, such as symlink loops); a capture whose RGB and thermal positions disagree yields
 `BadPair`s (two plugins drove the camera at once) - listed, never used, never deleted.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import stat
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,8 @@ from data.formats import (
 
 ORIGINAL_DIRS = ("rgb", "rgb/processed", "thermal")  # layout (b), in order of preference for duplicates
 NO_POSITION = -1  # index value for files without a position (kept only with --keep-unpositioned)
+PLAUSIBLE_YEARS = (2015, 2100)  # SAGE/Waggle uploads start after 2015; anything else is a garbled name
+_TS_RANGE = tuple(int(dt.datetime(y, 1, 1, tzinfo=dt.timezone.utc).timestamp()) * 10**9 for y in PLAUSIBLE_YEARS)
 
 
 @dataclass(frozen=True)
@@ -66,11 +70,11 @@ class Skip:
 def scan_raw(raw: Path) -> tuple[list[RawFile], list[Skip]]:
     """Every RGB/thermal file under `raw` in either layout; everything else as a Skip."""
     files, skipped, seen = [], [], set()
-    candidates = [(p, p.name, "a") for node in sorted(raw.iterdir()) if node.is_dir()
-                  for kind in (RGB, THERMAL) for p in _listdir(node / kind)]
-    candidates += [(p, p.name, "b") for sub in ORIGINAL_DIRS for p in _listdir(raw / sub)]
-    for path, stored, layout in candidates:
-        rel = path.relative_to(raw).as_posix()
+    candidates = [(p, "a") for node in sorted(raw.iterdir()) if node.is_dir()
+                  for kind in (RGB, THERMAL) for p in _listdir(node / kind, raw, skipped)]
+    candidates += [(p, "b") for sub in ORIGINAL_DIRS for p in _listdir(raw / sub, raw, skipped)]
+    for path, layout in candidates:
+        rel, stored = path.relative_to(raw).as_posix(), path.name
         if layout == "a":
             parsed = split_ts_name(stored)
             if parsed is None:
@@ -83,12 +87,20 @@ def scan_raw(raw: Path) -> tuple[list[RawFile], list[Skip]]:
                 skipped.append(Skip(rel, "unparsed_name", "expected [rgb_]YYYYmmdd-HHMMSS_VSN_{filename}"))
                 continue
             stamp, vsn, filename = parsed
-            when = dt.datetime.strptime(stamp, "%Y%m%d-%H%M%S").replace(tzinfo=dt.timezone.utc)
+            try:
+                when = dt.datetime.strptime(stamp, "%Y%m%d-%H%M%S").replace(tzinfo=dt.timezone.utc)
+            except ValueError as e:
+                skipped.append(Skip(rel, "bad_name", f"timestamp {stamp!r}: {e}"))
+                continue
             ts_ns = int(when.timestamp()) * 1_000_000_000
             if stored in seen:  # the same file in rgb/ and rgb/processed/
                 skipped.append(Skip(rel, "duplicate", "same name already found in an earlier folder"))
                 continue
             seen.add(stored)
+        if not _TS_RANGE[0] <= ts_ns < _TS_RANGE[1]:
+            skipped.append(Skip(rel, "bad_name", f"timestamp {ts_ns} ns is outside the years "
+                                                 f"{PLAUSIBLE_YEARS[0]}..{PLAUSIBLE_YEARS[1]}"))
+            continue
         name = parse_mobotix_name(filename)
         if name.skip_reason:
             skipped.append(Skip(rel, name.kind, name.skip_reason))
@@ -97,10 +109,21 @@ def scan_raw(raw: Path) -> tuple[list[RawFile], list[Skip]]:
     return files, skipped
 
 
-def _listdir(folder: Path) -> list[Path]:
+def _listdir(folder: Path, raw: Path, skipped: list[Skip]) -> list[Path]:
+    """Regular files in `folder`; entries that cannot be stat'ed (symlink loops, dangling links, I/O
+    errors) are added to `skipped` as 'unreadable' instead of vanishing silently."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        try:
+            if stat.S_ISREG(p.stat().st_mode):
+                files.append(p)
+        except OSError as e:
+            skipped.append(Skip(p.relative_to(raw).as_posix(), "unreadable", f"{type(e).__name__}: {e.strerror}"))
+    return files
 
 
 def pair_files(files: list[RawFile]) -> tuple[list[Pair], list[BadPair], list[Skip]]:

@@ -11,10 +11,13 @@ or after a kill, processes only what is missing and ends with the same outputs) 
   norm_stats.json channel mean/std of the train split's day rows (rgb on a 0..1 scale, thermal in °C)
   report.json     counts: pairs, bad pairs, skipped by reason, day/night, days and pairs per split
   skipped.csv     file, reason, detail     bad_pairs.csv  rgb_file, thermal_file, reason
+                  (any file that cannot be used - out-of-range thermal values, a garbled name or timestamp,
+                  an I/O error, a symlink loop - is a row here, never the end of the run; raw is read only)
   pairs/<VSN>/{ts_ns}_position{N}.txt      the original two-line pair files (RGB name, thermal name)
   runs.jsonl      one line per run: pairs decoded now vs taken from the cache, the cache's entries and bytes
-The cache is about as large as the arrays. Entries of files that are gone or of other settings (--size,
---crop) stay for later reruns unless --prune-cache; deleting OUT/cache only costs decoding everything again.
+A killed run's temporary arrays are deleted when the next run starts. The cache is about as large as the
+arrays. Entries of files that are gone or of other settings (--size, --crop) stay for later reruns unless
+--prune-cache; deleting OUT/cache only costs decoding everything again.
 Day/night: sun elevation at the node's registry location at each timestamp ≥ --min-elevation.
 Splits: whole local days (node time zone), assigned per node location period (data.prepare.splits), so a node
 that moved has train, val and test days in each place.
@@ -23,9 +26,9 @@ that moved has train, val and test days in each place.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -44,6 +47,7 @@ from data.prepare.images import (
     process_pair,
     save_cached,
 )
+from data.prepare.outputs import remove_stale_temps, write_arrays, write_pair_files
 from data.prepare.pairing import Skip, filter_positions, pair_files, scan_raw
 from data.prepare.splits import SPLITS, assign_splits, split_by_location  # noqa: F401  (assign_splits re-exported)
 from data.sage.registry import RegistryError, node_period, sun_elevation
@@ -71,80 +75,36 @@ def _locate(pairs, min_elevation: float, registry) -> tuple[list[dict], list[Ski
 
 
 def _decode_all(rows: list[dict], cache_dir: Path, *, size: int, crop, workers: int, progress: bool) -> dict:
-    """Fill the cache for every row (only those missing from it are decoded); sets row['_cache']."""
+    """Fill the cache for every row (only those missing from it are decoded); sets row['_cache'], or
+    row['_fail'] for a file that could not be read this time (not cached: an I/O error may pass)."""
     todo = []
     for r in rows:
         p = r["_pair"]
         job = {"rgb_path": str(p.rgb.path), "rgb_rel": p.rgb.rel, "thermal_path": str(p.thermal.path),
                "thermal_rel": p.thermal.rel, "size": size, "crop": crop}
-        r["_cache"] = cache_path(cache_dir, cache_key(job))
+        try:
+            r["_cache"] = cache_path(cache_dir, cache_key(job))
+        except OSError as e:  # gone or unreadable since the scan
+            r["_fail"] = Skip(p.rgb.rel, "unreadable", f"{type(e).__name__}: {e}")
+            continue
         if load_cached(r["_cache"], "stats", "fail") is None:
-            todo.append((job, r["_cache"]))
+            todo.append((job, r))
     bar = tqdm(total=len(todo), desc="prepare", unit="pair", disable=not progress)
     jobs = [job for job, _ in todo]
-    if workers > 1 and len(todo) > 1:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for (_, path), result in zip(todo, pool.imap(process_pair, jobs, chunksize=4), strict=True):
-                save_cached(path, result)
-                bar.update()
-    else:
-        for (job, path) in todo:
-            save_cached(path, process_pair(job))
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and len(todo) > 1:
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
+            results = pool.imap(process_pair, jobs, chunksize=4)
+        else:
+            results = map(process_pair, jobs)
+        for (_, r), result in zip(todo, results, strict=True):
+            if result.pop("transient", False):
+                r["_fail"] = Skip(*map(str, result["fail"]))
+            else:
+                save_cached(r["_cache"], result)
             bar.update()
     bar.close()
     return {"decoded": len(todo), "cached": len(rows) - len(todo)}
-
-
-def _norm_stats(rgb: np.ndarray, thermal: np.ndarray, rows: np.ndarray, selection: str) -> dict:
-    s, ss, ts, tss = np.zeros(3), np.zeros(3), 0.0, 0.0
-    for lo in range(0, len(rows), 256):
-        chunk = rows[lo:lo + 256]
-        x = rgb[chunk].astype(np.float64) / 255.0
-        s, ss = s + x.sum(axis=(0, 1, 2)), ss + (x * x).sum(axis=(0, 1, 2))
-        t = thermal[chunk].astype(np.float64)
-        ts, tss = ts + t.sum(), tss + (t * t).sum()
-    n = max(len(rows), 1) * rgb.shape[1] * rgb.shape[2]
-    mean, tmean = s / n, ts / n
-    return {"rgb_mean": mean.tolist(), "rgb_std": np.sqrt(np.maximum(ss / n - mean**2, 1e-12)).tolist(),
-            "thermal_mean": float(tmean), "thermal_std": float(np.sqrt(max(tss / n - tmean**2, 1e-12))),
-            "rows": int(len(rows)), "selection": selection}
-
-
-def _write_arrays(out: Path, index: pd.DataFrame, size: int) -> dict:
-    """rgb.npy / thermal.npy from the cache, in index order, and norm_stats from them."""
-    n = len(index)
-    with atomic_path(out / "rgb.npy") as rgb_tmp, atomic_path(out / "thermal.npy") as th_tmp:
-        rgb = np.lib.format.open_memmap(rgb_tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-        thermal = np.lib.format.open_memmap(th_tmp, mode="w+", dtype=np.float16, shape=(n, size, size))
-        for i, path in enumerate(index["_cache"]):
-            entry = load_cached(path, "rgb", "thermal")
-            rgb[i], thermal[i] = entry["rgb"], entry["thermal"]
-        for selection, mask in (("train split, day rows", (index.split == "train") & index.is_day),
-                                ("train split, all rows (no day rows)", index.split == "train"),
-                                ("all rows (no train rows)", index.split.notna())):
-            if mask.any() or selection.startswith("all"):
-                stats = _norm_stats(rgb, thermal, np.flatnonzero(mask.to_numpy()), selection)
-                break
-        rgb.flush(), thermal.flush()
-        del rgb, thermal
-    return stats
-
-
-def _write_pair_files(out: Path, index: pd.DataFrame) -> None:
-    staging = out / ".pairs.new"
-    shutil.rmtree(staging, ignore_errors=True)
-    for r in index.itertuples():
-        folder = staging / r.vsn
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{r.timestamp.value}_position{r.position}.txt").write_text(
-            f"{Path(r.rgb_file).name}\n{Path(r.thermal_file).name}\n")
-    staging.mkdir(exist_ok=True)
-    old = out / ".pairs.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if (out / "pairs").exists():
-        os.replace(out / "pairs", old)
-    os.replace(staging, out / "pairs")
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def prepare(raw, out, *, size: int = 128, crop: str = "fov", min_elevation: float = 0.0, seed: int = 0,
@@ -156,6 +116,7 @@ def prepare(raw, out, *, size: int = 128, crop: str = "fov", min_elevation: floa
         raise FileNotFoundError(f"raw folder {raw} does not exist")
     crop_spec = parse_crop(crop)
     workers = workers or min(4, os.cpu_count() or 1)
+    remove_stale_temps(out)
     files, skipped = scan_raw(raw)
     pairs, bad, more = pair_files(files)
     kept, by_position = filter_positions(pairs, all_positions=all_positions, keep_unpositioned=keep_unpositioned)
@@ -164,6 +125,9 @@ def prepare(raw, out, *, size: int = 128, crop: str = "fov", min_elevation: floa
     run = _decode_all(rows, out / "cache", size=size, crop=crop_spec, workers=workers, progress=progress)
     good = []
     for r in rows:
+        if "_fail" in r:
+            skipped.append(r["_fail"])
+            continue
         entry = load_cached(r["_cache"], "stats", "fail")
         if "fail" in entry:
             skipped.append(Skip(*map(str, entry["fail"])))
@@ -197,8 +161,8 @@ def prepare(raw, out, *, size: int = 128, crop: str = "fov", min_elevation: floa
     if index.empty:
         atomic_write_json(out / "report.json", report)
         raise SystemExit(f"no usable pairs under {raw}: see {out / 'skipped.csv'} and {out / 'report.json'}")
-    atomic_write_json(out / "norm_stats.json", _write_arrays(out, index, size))
-    _write_pair_files(out, index)
+    atomic_write_json(out / "norm_stats.json", write_arrays(out, index, size))
+    write_pair_files(out, index)
     with atomic_path(out / "index.parquet") as tmp:
         index[columns].to_parquet(tmp, index=False)
     atomic_write_json(out / "report.json", report)

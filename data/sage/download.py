@@ -7,9 +7,13 @@ Writes `RAW/<VSN>/rgb/` and `RAW/<VSN>/thermal/` as `{ts_ns}-{filename}`, the qu
 `RAW/<VSN>/sage_meta/`, `RAW/plan.csv` and `RAW/failed_urls.csv` (url, status, reason). Safe to re-run: saved
 query days are not asked again, complete files are skipped, partial ones resume. Credentials (needed for
 protected files): SAGE_USER and SAGE_TOKEN, else the `~/.netrc` entry for the storage host; they are sent
-only to the storage host. Exit code 0 = complete, 1 = some files missing (see failed_urls.csv), 3 = the
-storage refused the credentials. `--end` is exclusive; times without a zone are UTC. Try it offline against
-the test double: `python -m tests.sage_double --help`.
+only to the storage host (a netrc `default` entry only to the SAGE storage host). Proxies: `https_proxy`,
+`http_proxy` and `no_proxy` apply to the query and to the files. A file is kept only when complete: its size
+matches what the server announced and its content looks like a JPEG / thermal CSV. Every per-file problem
+(including names longer than 255 bytes, refused when planning) is a row of failed_urls.csv, rewritten by
+every run; the run goes on. Exit code 0 = complete, 1 = some files missing (see failed_urls.csv), 2 = bad
+arguments or an unusable ~/.netrc, 3 = the storage refused the credentials. `--end` is exclusive; times
+without a zone are UTC. Try it offline against the test double: `python -m tests.sage_double --help`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from urllib.parse import urlsplit
 import pandas as pd
 from tqdm import tqdm
 
-from data.sage.fetch import AuthError, Fetcher, Result, find_credentials, origin_of
+from data.sage.credentials import CredentialsError, find_credentials
+from data.sage.fetch import AuthError, Fetcher, Result, origin_of
 from data.sage.query import QUERY_ENDPOINT, STORAGE_URL, QueryError, load_query_file, plan_downloads, query_uploads
 from data.sage.registry import to_utc
 from sagecast_common.cli import make_parser
@@ -50,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds per connect/read (default %(default)s)")
     ap.add_argument("--retries", type=int, default=5, help="retries per file (default %(default)s)")
     ap.add_argument("--backoff", type=float, default=1.0, help="first retry delay, doubled each time (s)")
+    ap.add_argument("--deadline", type=float, default=1800.0,
+                    help="give a file up after this many seconds in all, retries included (default %(default)s)")
     ap.add_argument("--dry-run", action="store_true", help="query and plan only")
     ap.add_argument("--from-query", type=Path, help="plan from a saved query result (CSV or NDJSON)")
     args = ap.parse_args(argv)
@@ -109,6 +116,8 @@ def download(plan: pd.DataFrame, raw: Path, fetcher: Fetcher, workers: int) -> t
                 except AuthError:
                     auth_refused = True
                     res = Result(row.url, False, 401, "storage answered 401 Unauthorized")
+                except Exception as e:  # one file must never end the run: it is listed instead
+                    res = Result(row.url, False, None, f"{type(e).__name__}: {e}")
                 results.append(res)
                 files.update()
     return results, auth_refused
@@ -118,6 +127,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     raw: Path = args.out
     raw.mkdir(parents=True, exist_ok=True)
+    (raw / "failed_urls.csv").unlink(missing_ok=True)  # a killed run must not leave the last run's list
     try:
         if args.from_query:
             records = load_query_file(args.from_query)
@@ -127,6 +137,7 @@ def main(argv=None) -> int:
                       for v in args.vsn]
             records = pd.concat(frames, ignore_index=True)
     except QueryError as e:
+        write_csv(pd.DataFrame([{"url": args.endpoint, "status": "", "reason": str(e)}]), raw / "failed_urls.csv")
         print(f"error: {e}", file=sys.stderr)
         return 1
     plan, skipped, rejected = plan_downloads(records, all_positions=args.all_positions,
@@ -140,12 +151,17 @@ def main(argv=None) -> int:
         write_csv(pd.DataFrame(failures, columns=["url", "status", "reason"]), raw / "failed_urls.csv")
         print(f"dry run: wrote {raw / 'plan.csv'}")
         return 0
-    creds = find_credentials(args.storage_url)
+    try:
+        creds = find_credentials(args.storage_url)
+    except CredentialsError as e:
+        write_csv(pd.DataFrame(failures, columns=["url", "status", "reason"]), raw / "failed_urls.csv")
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     host = urlsplit(args.storage_url).hostname
     if creds is None:
         print(f"note: no credentials found; protected files will fail ({AUTH_HELP.format(host=host)})")
     fetcher = Fetcher(storage_url=args.storage_url, credentials=creds, timeout=args.timeout,
-                      retries=args.retries, backoff=args.backoff)
+                      retries=args.retries, backoff=args.backoff, deadline=args.deadline)
     results, auth_refused = download(plan, raw, fetcher, args.workers)
     failures += [{"url": r.url, "status": r.status or "", "reason": r.reason} for r in results if not r.ok]
     write_csv(pd.DataFrame(failures, columns=["url", "status", "reason"]), raw / "failed_urls.csv")

@@ -2,23 +2,34 @@
 
 Standard library only (http.client): every request has a timeout, redirects are followed by hand so the
 Authorization header goes to the storage origin and nowhere else, and the credentials never appear in a
-repr, a log line or a file. A file streams into `<VSN>/.partial/` and is renamed into place only once its
-size matches what the server announced; an interrupted file resumes with an HTTP Range request.
+repr, a log line or a file. Proxies come from the environment as for any urllib program (`https_proxy`,
+`http_proxy`, `no_proxy`): plain http through the proxy, https through a CONNECT tunnel. A file streams into
+`<VSN>/.partial/` and is renamed into place only once it is complete: its size matches what the server
+announced (when it did, validly) and its content looks like its kind (data.formats.download_problem: an
+HTML error page served as 200 is refused; without an announced size, a file that looks cut short is
+resumed; a stored file that is itself cut short, at the size the server announces, is kept as it is and
+left to data.prepare to skip). An interrupted file resumes with an HTTP Range request. 429 and
+5xx are retried with backoff (HEAD like GET), honouring `Retry-After` up to `max_backoff`; each file has a
+total deadline, checked between reads.
 """
 
 from __future__ import annotations
 
-import base64
+import email.utils
 import http.client
-import netrc
 import os
 import random
 import re
+import ssl
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
+
+from data.formats import download_problem
+from data.sage.credentials import Credentials
 
 CHUNK = 1 << 16
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -30,9 +41,9 @@ class AuthError(RuntimeError):
 
 
 class _Retry(Exception):
-    def __init__(self, reason: str, status: int | None = None):
+    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None):
         super().__init__(reason)
-        self.status = status
+        self.status, self.retry_after = status, retry_after
 
 
 class _Fail(Exception):
@@ -41,41 +52,42 @@ class _Fail(Exception):
         self.status = status
 
 
+class _GaveUp(_Fail):
+    """Retries or the deadline ran out."""
+
+
 def origin_of(url: str) -> tuple[str, str, int]:
     p = urlsplit(url)
     return p.scheme, (p.hostname or "").lower(), p.port or (443 if p.scheme == "https" else 80)
 
 
-class Credentials:
-    """HTTP Basic credentials for one storage origin. The secret lives only in `header()`."""
-
-    def __init__(self, user: str, token: str, source: str):
-        self._header = "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()
-        self.source = source
-
-    def header(self) -> str:
-        return self._header
-
-    def __repr__(self) -> str:
-        return f"Credentials(from {self.source}, hidden)"
+def _int_header(resp: http.client.HTTPResponse, name: str) -> int | None:
+    value = (resp.getheader(name) or "").strip()
+    return int(value) if value.isdigit() else None  # absent or malformed: unknown, never a crash
 
 
-def find_credentials(storage_url: str) -> Credentials | None:
-    """SAGE_USER + SAGE_TOKEN from the environment, else the `~/.netrc` entry for the storage host."""
-    user, token = os.environ.get("SAGE_USER"), os.environ.get("SAGE_TOKEN")
-    if user and token:
-        return Credentials(user, token, "SAGE_USER/SAGE_TOKEN")
-    host = urlsplit(storage_url).hostname or ""
+def _retry_after(resp: http.client.HTTPResponse) -> float | None:
+    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date), None if absent or garbled."""
+    value = (resp.getheader("Retry-After") or "").strip()
+    if value.isdigit():
+        return float(value)
     try:
-        entry = netrc.netrc().authenticators(host)
-    except FileNotFoundError:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
         return None
-    except netrc.NetrcParseError as e:  # its message can quote a token: give only the place
-        raise SystemExit(f"~/.netrc could not be parsed (line {e.lineno}); "
-                         "fix it or set SAGE_USER/SAGE_TOKEN") from None
-    if entry and entry[0] and entry[2]:
-        return Credentials(entry[0], entry[2], f"~/.netrc ({host})")
-    return None
+
+
+def _proxy_for(origin: tuple[str, str, int]) -> tuple[str, int, dict] | None:
+    """(host, port, Proxy-Authorization headers) of the environment's proxy for `origin`, None if direct."""
+    proxy = urllib.request.getproxies().get(origin[0])
+    if not proxy or urllib.request.proxy_bypass(origin[1]):
+        return None
+    p = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    headers = {}
+    if p.username:
+        auth = Credentials(unquote(p.username), unquote(p.password or ""), "proxy URL")
+        headers["Proxy-Authorization"] = auth.header()
+    return p.hostname, p.port or 80, headers
 
 
 @dataclass
@@ -92,40 +104,52 @@ class Fetcher:
     """Download single files to `dest`, staging them under `partial_dir`; safe to call from many threads."""
 
     def __init__(self, *, storage_url: str, credentials: Credentials | None, timeout: float = 60.0,
-                 retries: int = 5, backoff: float = 1.0, max_backoff: float = 60.0, on_bytes=None):
+                 retries: int = 5, backoff: float = 1.0, max_backoff: float = 60.0, deadline: float = 1800.0,
+                 on_bytes=None):
         self.storage_origin = origin_of(storage_url)
         if credentials and self.storage_origin[0] != "https" and self.storage_origin[1] not in LOOPBACK:
             raise SystemExit(f"refusing to send credentials over plain http to {self.storage_origin[1]}")
         self.credentials = credentials
-        self.timeout, self.retries = timeout, retries
+        self.timeout, self.retries, self.deadline = timeout, retries, deadline
         self.backoff, self.max_backoff = backoff, max_backoff
         self.on_bytes = on_bytes or (lambda n: None)
         self.stop = threading.Event()  # set on a 401: the other workers give up at their next step
         self._local = threading.local()
 
     # --- one HTTP exchange ------------------------------------------------------------------------
-    def _conn(self, origin) -> http.client.HTTPConnection:
+    def _conn(self, origin) -> tuple[http.client.HTTPConnection, dict, bool]:
+        """(connection, extra headers, whether to send the absolute URL) for `origin`, kept per thread."""
         conns = self._local.__dict__.setdefault("conns", {})
         if origin not in conns:
-            cls = http.client.HTTPSConnection if origin[0] == "https" else http.client.HTTPConnection
-            conns[origin] = cls(origin[1], origin[2], timeout=self.timeout)
+            scheme, host, port = origin
+            proxy = _proxy_for(origin)
+            cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+            if proxy is None:
+                conns[origin] = cls(host, port, timeout=self.timeout), {}, False
+            elif scheme == "https":  # CONNECT tunnel: the proxy sees neither the path nor our headers
+                conn = cls(proxy[0], proxy[1], timeout=self.timeout)
+                conn.set_tunnel(host, port, headers=proxy[2])
+                conns[origin] = conn, {}, False
+            else:
+                conns[origin] = http.client.HTTPConnection(proxy[0], proxy[1], timeout=self.timeout), proxy[2], True
         return conns[origin]
 
     def _drop(self, origin) -> None:
         conn = self._local.__dict__.get("conns", {}).pop(origin, None)
         if conn is not None:
-            conn.close()
+            conn[0].close()
 
     def _request(self, method: str, url: str, headers: dict) -> http.client.HTTPResponse:
         """One request, following up to 5 redirects; Authorization only for the storage origin."""
         for _ in range(6):
             origin, parts = origin_of(url), urlsplit(url)
-            sent = dict(headers)
+            conn, extra, absolute = self._conn(origin)
+            sent = {**headers, **extra}
             if self.credentials and origin == self.storage_origin:
                 sent["Authorization"] = self.credentials.header()
-            conn = self._conn(origin)
+            target = parts.path + (f"?{parts.query}" if parts.query else "")
             try:
-                conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), headers=sent)
+                conn.request(method, url if absolute else target, headers=sent)
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as e:
                 self._drop(origin)
@@ -145,37 +169,58 @@ class Fetcher:
             raise AuthError(url)
         if resp.status >= 500 or resp.status == 429:
             resp.read()
-            raise _Retry(f"HTTP {resp.status} {resp.reason}", resp.status)
+            raise _Retry(f"HTTP {resp.status} {resp.reason}", resp.status, _retry_after(resp))
+
+    def _attempts(self, op, t_end: float):
+        """op() with up to `retries` retries on _Retry, backing off (jittered, or as Retry-After asks)."""
+        for attempt in range(self.retries + 1):
+            if self.stop.is_set():
+                raise _Fail("not attempted: stopped after the storage answered 401")
+            try:
+                return op()
+            except _Retry as e:
+                last = e
+            if attempt == self.retries:
+                break
+            wait = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random() / 2)  # jitter
+            if last.retry_after is not None:
+                wait = max(wait, min(last.retry_after, self.max_backoff))
+            if time.monotonic() + wait > t_end:
+                raise _GaveUp(f"deadline of {self.deadline:g} s reached after {attempt + 1} attempts: {last}",
+                              last.status)
+            time.sleep(wait)
+        raise _GaveUp(f"gave up after {self.retries + 1} attempts: {last}", last.status)
 
     # --- one file -----------------------------------------------------------------------------------
     def fetch(self, url: str, dest: Path, partial_dir: Path) -> Result:
+        """Never raises for a per-file problem (only AuthError, which stops the run): the Result says why."""
         part = partial_dir / dest.name
-        status, reason = None, ""
-        for attempt in range(self.retries + 1):
-            if self.stop.is_set():
-                return Result(url, False, None, "not attempted: stopped after the storage answered 401")
-            try:
-                if dest.exists() and self._complete(url, dest):
+        t_end = time.monotonic() + self.deadline
+        try:
+            if dest.exists():
+                try:
+                    complete = self._attempts(lambda: self._complete(url, dest), t_end)
+                except _GaveUp:  # the storage cannot tell us its size now: the file's own format decides
+                    complete = download_problem(dest) is None
+                if complete:
                     return Result(url, True, None, "already complete", skipped=True)
-                return self._get(url, dest, part)
-            except _Retry as e:
-                status, reason = e.status, str(e)
-            except _Fail as e:
-                return Result(url, False, e.status, str(e))
-            if attempt < self.retries:
-                cap = min(self.max_backoff, self.backoff * 2**attempt)
-                time.sleep(cap * (0.5 + random.random() / 2))  # jitter: workers do not retry in lockstep
-        return Result(url, False, status, f"gave up after {self.retries + 1} attempts: {reason}")
+            return self._attempts(lambda: self._get(url, dest, part, t_end), t_end)
+        except _Fail as e:
+            return Result(url, False, e.status, str(e))
+        except OSError as e:  # our side: disk full, permissions, a name the file system refuses...
+            return Result(url, False, None, f"{type(e).__name__}: {e}")
 
     def _complete(self, url: str, dest: Path) -> bool:
-        """A file already in place counts as complete unless the server announces another size."""
+        """In place and complete: no other size announced by the server, and the content looks right."""
         resp = self._request("HEAD", url, {})
         self._check(resp, url)
         resp.read()
-        length = resp.getheader("Content-Length")
-        return not (resp.status == 200 and length is not None and int(length) != dest.stat().st_size)
+        length, problem = _int_header(resp, "Content-Length"), download_problem(dest)
+        if resp.status == 200 and length is not None:  # a stored file that is itself cut short stays as it is
+            return length == dest.stat().st_size and (problem is None or problem[0] == "truncated")
+        return problem is None
 
-    def _get(self, url: str, dest: Path, part: Path) -> Result:
+    def _get(self, url: str, dest: Path, part: Path, t_end: float) -> Result:
         offset = part.stat().st_size if part.exists() else 0
         resp = self._request("GET", url, {"Range": f"bytes={offset}-"} if offset else {})
         self._check(resp, url)
@@ -186,7 +231,6 @@ class Fetcher:
         if resp.status not in (200, 206):
             resp.read()
             raise _Fail(f"HTTP {resp.status} {resp.reason}", resp.status)
-        length = resp.getheader("Content-Length")
         if resp.status == 206:
             m = _CONTENT_RANGE.fullmatch(resp.getheader("Content-Range") or "")
             if not m or int(m[1]) != offset:
@@ -196,15 +240,20 @@ class Fetcher:
             total = int(m[3]) if m[3] != "*" else None
             mode = "ab"
         else:  # 200: a fresh download, or a server that ignores Range (start over)
-            total = int(length) if length is not None else None
+            total = _int_header(resp, "Content-Length")
             mode, offset = "wb", 0
         part.parent.mkdir(parents=True, exist_ok=True)
         try:
             with open(part, mode) as f:
-                while chunk := resp.read(CHUNK):
+                while chunk := resp.read1(CHUNK):  # read1: returns what arrived, so the deadline is checked
                     f.write(chunk)
                     self.on_bytes(len(chunk))
-        except (OSError, http.client.HTTPException) as e:
+                    if time.monotonic() > t_end and (total is None or f.tell() < total):
+                        self._drop(resp.origin)
+                        raise _GaveUp(f"deadline of {self.deadline:g} s reached mid-body "
+                                      f"({f.tell()} bytes kept in .partial/ for the next run)", resp.status)
+            resp.read()  # read1 leaves a fully read body open: this ends the exchange, so the connection is reusable
+        except (ConnectionError, TimeoutError, ssl.SSLError, http.client.HTTPException) as e:
             self._drop(resp.origin)
             raise _Retry(f"connection lost mid-body ({type(e).__name__})") from None
         size = part.stat().st_size
@@ -213,6 +262,13 @@ class Fetcher:
             if size > total:
                 part.unlink()
             raise _Retry(f"got {size} of {total} bytes (connection dropped or wrong Content-Length)", resp.status)
+        problem = download_problem(part)
+        if problem and problem[0] == "truncated" and total is None:  # no size announced: resume what arrived
+            self._drop(resp.origin)
+            raise _Retry(f"{problem[1]}: resuming", resp.status)
+        if problem and problem[0] == "wrong":  # e.g. an HTML error page served as 200
+            part.unlink()
+            raise _Fail(f"served content is not the file: {problem[1]}", resp.status)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part, dest)
         return Result(url, True, resp.status, "downloaded", size - offset)

@@ -29,6 +29,7 @@ QUERY_ENDPOINT = "https://data.sagecontinuum.org/api/v1/query"
 STORAGE_URL = "https://storage.sagecontinuum.org"
 SETTLE = pd.Timedelta(hours=1)  # uploads arrive late; a chunk ending less than this ago is queried again
 PLAN_COLUMNS = ["vsn", "kind", "position", "timestamp", "ts_ns", "filename", "url", "dest"]
+NAME_MAX = 255  # bytes in one file name on ext4, xfs, GPFS, Lustre
 _SAFE_VSN = re.compile(r"^[A-Za-z0-9]+$")
 
 
@@ -182,6 +183,10 @@ def plan_downloads(df: pd.DataFrame, *, all_positions: bool = False, keep_unposi
             skipped["duplicate"] += 1
             continue
         seen_dest.add(dest)
+        if len(PurePosixPath(dest).name.encode()) > NAME_MAX:
+            rejected.append((url, f"file name {len(PurePosixPath(dest).name.encode())} bytes long: over the "
+                                  f"file-system limit of {NAME_MAX}"))
+            continue
         rows.append({"vsn": vsn, "kind": name.kind, "position": "" if position is None else str(position),
                      "timestamp": ts.isoformat(), "ts_ns": ts_ns, "filename": filename, "url": url,
                      "dest": dest})
