@@ -97,14 +97,16 @@ def _render_task(task: dict) -> tuple[list, list, list]:
             rng = np.random.default_rng([seed, key, nominal_s, pos])
             view = preset_view(pos, width // 2, height, tw, th)
             aim = pointing_jitter(rng, task["jitter_deg"])
+            row = {"vsn": vsn, "ts_ns": ts_ns, "position": pos, "loop_num": loop_num, "sun_elevation": sun_el,
+                   "sun_azimuth": sun_az, "is_day": sun_el >= 0.0, **capture_truth(sky, view, t_s, jitter=aim)}
+            truth.append(tuple(row[c] for c in TRUTH_COLUMNS))
+            if task["truth_only"]:
+                continue
             celsius, colours = render(sky, view, t_s, tw, th, sun_el=sun_el, sun_az=sun_az, jitter=aim, rng=rng)
             start = int(rng.integers(0, noise.size - math.prod(half)))
             left = expose(colours, width // 2, height, noise[start:start + math.prod(half)].reshape(half))
             jpg = jpeg(np.concatenate([left, false_colour(celsius, width // 2, height)], axis=1))
             csv = fast_thermal_csv(celsius)
-            row = {"vsn": vsn, "ts_ns": ts_ns, "position": pos, "loop_num": loop_num, "sun_elevation": sun_el,
-                   "sun_azimuth": sun_az, "is_day": sun_el >= 0.0, **capture_truth(sky, view, t_s, jitter=aim)}
-            truth.append(tuple(row[c] for c in TRUTH_COLUMNS))
 
             fault, thermal_pos = draw_fault(seed, key, nominal_s, pos, task["fault_rate"])
             rgb_file, thermal_file = rgb_name(width, height, pos), thermal_name(thermal_pos, width=tw, height=th)
@@ -140,11 +142,13 @@ def _check(size, cloud_cover, wind_speed, fault_rate, days, interval_min, regime
 def generate(out, *, nodes=("W056",), start="2023-05-18", days: int = 1, interval_min: float = 5.0, seed: int = 0,
              size: str = "small", regime: str = "mixed", cloud_cover: float | None = None,
              wind_speed: float | None = None, evolution: bool = True, jitter_deg: float = JITTER_DEG,
-             fault_rate: float = 0.01, hours: float | None = None, workers: int = 1, progress: bool = True) -> dict:
+             fault_rate: float = 0.01, hours: float | None = None, truth_only: bool = False, workers: int = 1,
+             progress: bool = True) -> dict:
     """Write the synthetic raw layout under `out`; returns a summary (captures, files, faults per node).
 
     `cloud_cover` / `wind_speed` (None = the regime's draw) pin every day's low-layer cover (and drop cirrus) /
-    every layer's wind speed; `evolution=False` freezes cloud shapes, cover and wind within each day."""
+    every layer's wind speed; `evolution=False` freezes cloud shapes, cover and wind within each day;
+    `truth_only` writes truth.parquet (identical to a full run's) and no pictures: for weather statistics."""
     _check(size, cloud_cover, wind_speed, fault_rate, days, interval_min, regime, jitter_deg)
     start_date = dt.date.fromisoformat(str(start))
     step_ns = int(round(interval_min * 60e9))
@@ -158,7 +162,8 @@ def generate(out, *, nodes=("W056",), start="2023-05-18", days: int = 1, interva
         loops = [(k + 1, t0 + k * step_ns) for k in range(math.ceil((t1 - t0) / step_ns))]
         run = {"vsn": vsn, "seed": seed, "size": size, "regime": regime, "cloud_cover": cloud_cover,
                "wind_speed": wind_speed, "evolution": evolution, "jitter_deg": jitter_deg, "fault_rate": fault_rate,
-               "start": str(start_date), "days": days, "hours": hours, "interval_min": interval_min}
+               "start": str(start_date), "days": days, "hours": hours, "interval_min": interval_min,
+               "truth_only": truth_only}
         prepare_node_dir(out / vsn, run)
         tasks = [{**run, "out": str(out), "loops": loops[i:i + LOOPS_PER_TASK]}
                  for i in range(0, len(loops), LOOPS_PER_TASK)]
@@ -216,13 +221,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--jitter-deg", type=float, default=JITTER_DEG, help="pointing jitter per capture (σ, degrees)")
     ap.add_argument("--fault-rate", type=float, default=0.01, help="fraction of captures given a fault (0 = none)")
     ap.add_argument("--hours", type=float, default=None, help="stop after this many hours (quick looks)")
+    ap.add_argument("--truth-only", action="store_true", help="write truth.parquet only (for data.synthetic.stats)")
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes (1 = in-process)")
     args = ap.parse_args(argv)
     try:
         summary = generate(args.out, nodes=args.nodes, start=args.start, days=args.days, interval_min=args.interval_min,
                            seed=args.seed, size=args.size, regime=args.regime, cloud_cover=args.cloud_cover,
                            wind_speed=args.wind_speed, evolution=args.evolution == "on", jitter_deg=args.jitter_deg,
-                           fault_rate=args.fault_rate, hours=args.hours, workers=args.workers)
+                           fault_rate=args.fault_rate, hours=args.hours, truth_only=args.truth_only,
+                           workers=args.workers)
     except (ValueError, LookupError, FileExistsError) as e:
         ap.error(str(e))
     print(json.dumps({k: summary[k] for k in ("out", "captures", "files", "faults")}))

@@ -5,8 +5,8 @@ Regimes (typical values, see README "Synthetic sky" for where they come from):
 | regime        | layer(s)                          | mean cover | base km | wind m/s | lifetime of a 1 km structure |
 |---------------|-----------------------------------|------------|---------|----------|------------------------------|
 | clear         | a few small cumulus               | 0–0.06     | 1–2     | 2–10     | 10–20 min                    |
-| cumulus       | fair-weather cumulus (+ cirrus)   | 0.15–0.55  | 0.8–2   | 2–12     | 10–25 min                    |
-| stratocumulus | extensive deck (+ cirrus)         | 0.65–0.95  | 0.5–1.5 | 2–10     | 1–3 h                        |
+| cumulus       | fair-weather cumulus (+ cirrus)   | 0.15–0.55  | 1–2     | 2–12     | 10–25 min                    |
+| stratocumulus | extensive deck (+ cirrus)         | 0.65–0.95  | 0.6–2   | 2–10     | 1–3 h                        |
 | cirrus        | thin high sheet (+ clear low sky) | 0.3–0.8    | 7–10    | 10–30    | 40–120 min                   |
 | overcast      | stratus / nimbostratus            | 0.95–1     | 0.3–1.5 | 3–15     | 2–5 h                        |
 
@@ -29,8 +29,8 @@ import numpy as np
 REGIMES = ("clear", "cumulus", "stratocumulus", "cirrus", "overcast")
 # name: (cover range, base km range, wind m/s range, lifetime of a 1 km structure in minutes, outer scale km)
 LOW = {"clear": ((0.0, 0.06), (1.0, 2.0), (2.0, 10.0), (10.0, 20.0), 1.5),
-       "cumulus": ((0.15, 0.55), (0.8, 2.0), (2.0, 12.0), (10.0, 25.0), 2.0),
-       "stratocumulus": ((0.65, 0.95), (0.5, 1.5), (2.0, 10.0), (60.0, 180.0), 10.0),
+       "cumulus": ((0.15, 0.55), (1.0, 2.0), (2.0, 12.0), (10.0, 25.0), 2.0),
+       "stratocumulus": ((0.65, 0.95), (0.6, 2.0), (2.0, 10.0), (60.0, 180.0), 10.0),
        "cirrus": ((0.0, 0.05), (1.0, 2.0), (2.0, 10.0), (10.0, 20.0), 1.5),
        "overcast": ((0.95, 1.0), (0.3, 1.5), (3.0, 15.0), (120.0, 300.0), 10.0)}
 HIGH = ((0.3, 0.8), (7.0, 10.0), (10.0, 30.0), (40.0, 120.0), 10.0)
