@@ -33,7 +33,7 @@ from data.synthetic.field import sample_layer, threshold
 
 EDGE = 0.15  # opacity ramp width in units of the field's standard deviation
 RENDER_PX_DEG = 0.3  # optical colours are computed at ≈ this pitch, then resized: the field has no finer detail
-TRUTH_W, TRUTH_H = 56, 42  # truth and oracle grid over the thermal field of view
+TRUTH_W, TRUTH_H = 28, 21  # truth and oracle grid over the thermal field of view (1.7° pitch: cheap)
 LAPSE_K_PER_M = 6.5e-3
 LAYERS = ("low", "high")
 
