@@ -175,7 +175,8 @@ def test_clouds_reach_the_downwind_preset_after_the_upwind_one(tmp_path):
 
     def footprint(p):  # ground point under the image centre on the cloud layer
         a = math.radians(preset_azimuth_deg(p))
-        return truth.low_base_m.mean() / math.tan(math.radians(SKY_ELEVATION_DEG)) * np.array([math.sin(a), math.cos(a)])
+        dist = truth.low_base_m.mean() / math.tan(math.radians(SKY_ELEVATION_DEG))
+        return dist * np.array([math.sin(a), math.cos(a)])
 
     up, down = facing(toward + 180), facing(toward)
     expected_steps = (footprint(down) - footprint(up)) @ np.array([u, v]) / speed**2 / 120.0

@@ -10,7 +10,8 @@
 - Thermal: clear sky from `data.sky.clear_sky_celsius`; a low cloud radiates near the air temperature at its
   base (surface − 6.5 K/km, thicker = lower, warmer base); thin cirrus adds only 2–6 K over clear sky, below
   the cloud rule's margin (thermal cameras miss thin cirrus). The thermal image spans exactly `thermal_fov_box`
-  of the optical half: the field is computed once on the optical render grid and resampled for it.
+  of the optical half: each layer's field is computed once on a grid at twice the optical render pitch (the
+  field has no structure below 100 m) and interpolated to the optical render grid and to the thermal pixels.
 - Optical: sky by sun elevation (night, dusk glow facing the sun, blue day paler toward the horizon), cirrus as
   a bright white veil, low cloud white (thin) to grey (thick), horizon haze, sun glare; data.synthetic.camera
   then applies auto-exposure, noise and JPEG.
