@@ -138,7 +138,8 @@ class Weather:
             lay = [getattr(d, name) for d in self.days]
             c = np.array([la.cover for la in lay])
             cover = 1 / (1 + np.exp(-(blend(_logit(c)) + swing)))
-            cover = np.where(np.maximum(c[i], c[j]) <= 0.0, 0.0, np.where(np.minimum(c[i], c[j]) >= 1.0, 1.0, cover))
+            cover = np.where(np.minimum(c[i], c[j]) >= 1.0, 1.0, cover)
+            cover = np.where((c[i] <= 0.0) & ((w == 0.0) | (c[j] <= 0.0)), 0.0, cover)  # no layer: exactly none
             u = wob * blend(np.array([la.wind[0] for la in lay]))
             v = wob * blend(np.array([la.wind[1] for la in lay]))
             tau = np.exp(blend(np.log([la.tau_1km_s for la in lay])))
