@@ -92,9 +92,6 @@ def _logit(c: np.ndarray) -> np.ndarray:
     return np.log(c / (1 - c))
 
 
-FIELDS = ("cover", "u", "v", "base_m", "tau_1km_s", "outer_m", "dx", "dy", "age")
-
-
 class Weather:
     """Per-day regimes over a run's local days; every quantity is a smooth function of time t (s since EPOCH).
 
@@ -167,9 +164,6 @@ class Weather:
         """The layer at time t: day values blended across midnight, cover and wind wobbling within the day."""
         r = self._row(t)[(0 if name == "low" else 9):][:6]
         return Layer(float(r[0]), float(r[3]), (float(r[1]), float(r[2])), float(r[4]), float(r[5]))
-
-    def wind(self, name: str, t: float) -> tuple[float, float]:
-        return self.layer(name, t).wind
 
     def displacement(self, name: str, t: float) -> tuple[float, float]:
         r = self._row(t)[(0 if name == "low" else 9):]
