@@ -12,7 +12,8 @@ Regimes (typical values, see README "Synthetic sky" for where they come from):
 
 Cumulus and stratocumulus days carry a cirrus layer above with probability CIRRUS_ABOVE (each layer its own
 height and wind). `--regime mixed` deals the five regimes in shuffled blocks of five days (block = date
-ordinal // 5), so every run of ≥ 9 days (it holds a whole block) sees each regime: equal shares by design, not a site climatology.
+ordinal // 5), so every run of ≥ 9 days (it holds a whole block) sees each regime: equal shares by design,
+not a site climatology.
 
 Within a day the cover wanders slowly (logit ± 0.6, periods 5–31 h) and the wind by ±15 % (periods 7–41 h);
 across local midnight every quantity is blended over ±TRANSITION_S. `evolution=False` freezes both (cover and
