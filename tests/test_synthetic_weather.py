@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from data.synthetic import stats
 from data.synthetic.camera import EXPOSURE_TARGET, expose, exposure_gain
@@ -132,3 +133,7 @@ def test_stats_cli_writes_tables(tmp_path, capsys):
     groups = pd.read_csv(tmp_path / "stats/synthetic_stats_groups.csv")
     assert {"acf_15", "advect_skill_15", "cover_skill_60"} <= set(groups.columns) and "acf_5" not in groups
     assert json.loads((tmp_path / "stats/synthetic_stats.json").read_text())["interval_min"] == result["interval_min"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as err:
+        stats.main([str(tmp_path / "empty")])
+    assert err.value.code == 2 and "no synthetic node folders" in capsys.readouterr().err
