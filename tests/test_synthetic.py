@@ -24,8 +24,8 @@ from data.formats import (
     thermal_name,
 )
 from data.sky import SKY_ELEVATION_DEG, cloud_fraction, cloud_mask, preset_azimuth_deg
-from data.synthetic.generate import FAULTS, META_COLUMNS, day_spans, fast_thermal_csv, generate, main
-from data.synthetic.render import CLOUD_BASE_M
+from data.synthetic.generate import generate, main
+from data.synthetic.layout import FAULTS, META_COLUMNS, day_spans, fast_thermal_csv
 
 
 def _tree(root):
@@ -102,9 +102,10 @@ def test_night_is_dark_and_day_bright_on_both_sides_of_the_move(tiny_raw):
     truth["brightness"] = [_left_mean(node / "rgb" / f"{r.ts_ns}-768x256_position{r.position}.jpg")
                            for r in truth.itertuples()]
     day, night = truth[truth.sun_elevation > 6], truth[truth.sun_elevation < -6]
-    assert day.brightness.min() > 3 * night.brightness.max()
+    # auto-exposure lifts night frames up to GAIN_MAX (3×), so day and night differ less than in radiance
+    assert day.brightness.min() > 1.5 * night.brightness.max()
     threshold = (day.brightness.min() + night.brightness.max()) / 2
-    clear_cut = truth[truth.sun_elevation.abs() > 4]
+    clear_cut = truth[truth.sun_elevation.abs() > 8]  # auto-exposure brightens civil twilight as a camera does
     assert ((clear_cut.brightness > threshold) == [is_day("W056", t.floor("us")) for t in clear_cut.timestamp]).all()
     # Hours where only the node's location at that time gives the right answer.
     for when, expect in [("2023-05-19T11:00Z", True),   # Lemont: sun up; San Diego would be dark
@@ -117,11 +118,15 @@ def test_night_is_dark_and_day_bright_on_both_sides_of_the_move(tiny_raw):
 
 def test_thermal_cloud_rule_recovers_true_cloud_fraction(tiny_raw):
     node = tiny_raw / "W056"
-    truth = pd.read_parquet(node / "truth.parquet").iloc[::5]
-    measured = np.array([_thermal_cloud_fraction(node, r) for r in truth.itertuples()])
-    assert truth.cloud_fraction.std() > 0.15  # the sky varies between clear and overcast
-    assert np.abs(measured - truth.cloud_fraction).mean() < 0.04
-    assert np.corrcoef(measured, truth.cloud_fraction)[0, 1] > 0.97
+    truth = pd.read_parquet(node / "truth.parquet")
+    low_only = truth[truth.high_cover == 0].iloc[::4]  # thin cirrus is (realistically) nearly invisible in thermal
+    measured = np.array([_thermal_cloud_fraction(node, r) for r in low_only.itertuples()])
+    assert len(low_only) > 50 and low_only.cloud_fraction.std() > 0.15  # the sky varies, clear to overcast
+    assert np.abs(measured - low_only.cloud_fraction).mean() < 0.04
+    assert np.corrcoef(measured, low_only.cloud_fraction)[0, 1] > 0.97
+    cirrus = truth[(truth.cloud_fraction_high > 0.3) & (truth.cloud_fraction_low == 0)].iloc[::4]
+    seen = np.array([_thermal_cloud_fraction(node, r) for r in cirrus.itertuples()])
+    assert len(cirrus) >= 8 and seen.mean() < 0.3 * cirrus.cloud_fraction.mean()
 
 
 def test_rgb_and_thermal_show_the_same_clouds_pixel_aligned(tiny_raw):
@@ -129,7 +134,8 @@ def test_rgb_and_thermal_show_the_same_clouds_pixel_aligned(tiny_raw):
     correlates best with the thermal cloud mask at zero shift."""
     node = tiny_raw / "W056"
     truth = pd.read_parquet(node / "truth.parquet")
-    truth = truth[(truth.sun_elevation > 20) & truth.cloud_fraction.between(0.2, 0.8)].iloc[:30]
+    truth = truth[(truth.sun_elevation > 20) & truth.cloud_fraction.between(0.2, 0.8) & (truth.high_cover == 0)]
+    truth = truth.iloc[:30]
     left, top, right, bottom = thermal_fov_box(384, 256)
     scores = {}
     for r in truth.itertuples():
@@ -157,10 +163,10 @@ def test_clear_and_overcast_skies(tmp_path):
 
 def test_clouds_reach_the_downwind_preset_after_the_upwind_one(tmp_path):
     out = tmp_path / "wind"
-    generate(out, start="2023-06-01", days=1, hours=2, interval_min=2, wind_speed=10.0, fault_rate=0.0,
-             progress=False)
+    generate(out, start="2023-06-01", days=1, hours=5.5, interval_min=2, regime="stratocumulus", cloud_cover=0.5,
+             wind_speed=10.0, fault_rate=0.0, truth_only=True, progress=False)
     truth = pd.read_parquet(out / "W056/truth.parquet")
-    truth["measured"] = [_thermal_cloud_fraction(out / "W056", r) for r in truth.itertuples()]
+    truth = truth[truth.loop_num > 95].rename(columns={"cloud_fraction": "measured"})  # past the midnight blend
     u, v = truth.wind_u.mean(), truth.wind_v.mean()
     speed, toward = math.hypot(u, v), math.degrees(math.atan2(u, v)) % 360
 
@@ -169,10 +175,12 @@ def test_clouds_reach_the_downwind_preset_after_the_upwind_one(tmp_path):
 
     def footprint(p):  # ground point under the image centre on the cloud layer
         a = math.radians(preset_azimuth_deg(p))
-        return CLOUD_BASE_M / math.tan(math.radians(SKY_ELEVATION_DEG)) * np.array([math.sin(a), math.cos(a)])
+        dist = truth.low_base_m.mean() / math.tan(math.radians(SKY_ELEVATION_DEG))
+        return dist * np.array([math.sin(a), math.cos(a)])
 
     up, down = facing(toward + 180), facing(toward)
     expected_steps = (footprint(down) - footprint(up)) @ np.array([u, v]) / speed**2 / 120.0
+    assert truth.low_base_m.std() < 1.0  # one layer height all along
     series = truth.pivot(index="loop_num", columns="position", values="measured")
     x, y = series[up].to_numpy(), series[down].to_numpy()
 
