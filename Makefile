@@ -42,6 +42,7 @@ stage2: | $(STAMP)
 	$(PY) -m stage2_forecast.train --variant detr --preset quick stage1_run=$(RUNS)/stage1 run_dir=$(RUNS)/stage2/detr $(STAGE2_ARGS)
 	$(PY) -m stage2_forecast.train --variant jepa --preset quick stage1_run=$(RUNS)/stage1 run_dir=$(RUNS)/stage2/jepa $(STAGE2_ARGS)
 	$(PY) -m stage2_forecast.evaluate --stage1-run $(RUNS)/stage1 --runs $(RUNS)/stage2/detr $(RUNS)/stage2/jepa --out $(RUNS)/stage2
+	$(PY) -m stage2_forecast.report --runs $(RUNS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
