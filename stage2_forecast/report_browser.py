@@ -80,6 +80,7 @@ def check_report(html_path: str | Path, screenshot: str | Path) -> dict:
     if problems:
         raise ReportProblem(f"{html_path}: " + "; ".join(problems))
     return {"images": len(state["images"]), "sections": state["sections"], "height": state["height"],
+            "width": state["clientWidth"],
             "screenshot": str(screenshot)}
 
 
