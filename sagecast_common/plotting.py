@@ -28,10 +28,11 @@ def save_figure(fig, path: str | Path, *, dpi: int = 110) -> None:
     pyplot().close(fig)
 
 
-def figure_png(fig, *, dpi: int = 90) -> bytes:
-    """`fig` as PNG bytes (for embedding in HTML), then closed."""
+def figure_bytes(fig, *, fmt: str = "png", dpi: int = 90) -> bytes:
+    """`fig` as PNG or JPEG bytes (for embedding in HTML), then closed."""
     buf = io.BytesIO()
-    fig.savefig(buf, dpi=dpi, bbox_inches="tight", format="png")
+    extra = {"pil_kwargs": {"quality": 82}} if fmt == "jpeg" else {}
+    fig.savefig(buf, dpi=dpi, bbox_inches="tight", format=fmt, **extra)
     pyplot().close(fig)
     return buf.getvalue()
 

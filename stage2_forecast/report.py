@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sagecast_common.plotting import figure_png
+from sagecast_common.plotting import figure_bytes
 from sagecast_common.runio import atomic_write_text, environment_info
 from stage2_forecast import report_figures as figs
 from stage2_forecast import report_inputs as inputs
@@ -43,16 +43,7 @@ def esc(x) -> str:
 
 def fig_html(fig, caption: str, *, fmt: str = "png") -> str:
     """Embed a matplotlib figure (JPEG for photographs of the sky, PNG for line plots)."""
-    if fmt == "jpeg":
-        import io
-
-        buf = io.BytesIO()
-        fig.savefig(buf, dpi=90, bbox_inches="tight", format="jpeg", pil_kwargs={"quality": 82})
-        figs.pyplot().close(fig)
-        data = buf.getvalue()
-    else:
-        data = figure_png(fig)
-    return img_html(data, caption, mime=f"image/{fmt}")
+    return img_html(figure_bytes(fig, fmt=fmt), caption, mime=f"image/{fmt}")
 
 
 def img_html(data: bytes, caption: str, *, mime: str = "image/png") -> str:
