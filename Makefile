@@ -43,6 +43,7 @@ stage2: | $(STAMP)
 	$(BIN)/sagecast-stage2-train --variant detr --preset quick stage1_run=$(RUNS)/stage1 run_dir=$(RUNS)/stage2/detr $(STAGE2_ARGS)
 	$(BIN)/sagecast-stage2-train --variant jepa --preset quick stage1_run=$(RUNS)/stage1 run_dir=$(RUNS)/stage2/jepa $(STAGE2_ARGS)
 	$(BIN)/sagecast-stage2-evaluate --stage1-run $(RUNS)/stage1 --runs $(RUNS)/stage2/detr $(RUNS)/stage2/jepa --out $(RUNS)/stage2
+	$(BIN)/sagecast-report --runs $(RUNS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

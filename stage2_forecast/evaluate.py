@@ -33,7 +33,7 @@ from stage2_forecast import baselines, samples
 from stage2_forecast.bootstrap import day_sums, distinguishable, interval, replicate_totals
 from stage2_forecast.metrics import cf_block, per_day, retrieval_ranks, score, with_skill
 from stage2_forecast.plots import plot_skill
-from stage2_forecast.report_md import markdown
+from stage2_forecast.report_md import markdown, verdict_sentences
 from stage2_forecast.train import Config, load_run, needs_images
 
 # Day type by mean daytime cloud_fraction (prepared index): clear < 3/8 (≤ 2 oktas), overcast ≥ 6/8.
@@ -200,6 +200,7 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
         else:
             report["by_day_type"][group] = per
     out = Path(out_dir)
+    report["verdict"] = verdict_sentences(report)  # the plain sentences, also for the HTML report
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", markdown(report))
     plot_skill(report, out / "skill_vs_horizon.png")

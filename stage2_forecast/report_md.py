@@ -8,7 +8,7 @@ def _ci(m: dict, key: str, ci_key: str) -> str:
     return f"{m[key]:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def _sentences(report: dict) -> list[str]:
+def verdict_sentences(report: dict) -> list[str]:
     """One plain sentence per horizon: which differences the intervals can tell apart."""
     out = []
     for h in report["horizons_min"]:
@@ -37,7 +37,7 @@ def markdown(report: dict) -> str:
     if n_days < 2:
         lines += ["Only one evaluation day: the day bootstrap has nothing to resample, every interval below is a "
                   "point and no difference is called distinguishable. Evaluate on more days (`make compare`).", ""]
-    lines += [*_sentences(report), ""]
+    lines += [*verdict_sentences(report), ""]
     lines += ["| a | b | horizon | a − b (skill) | 95 % CI | distinguishable |", "|---|---|---|---|---|---|"]
     lines += [f"| {c['a']} | {c['b']} | {c['horizon']:g} | {c['diff']:+.3f} | [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | "
               f"{'yes' if c['distinguishable'] else 'no'} |" for c in report.get("comparisons", [])]

@@ -12,8 +12,8 @@ import torch
 @pytest.mark.slow
 def test_train_export_evaluate_on_tiny_synthetic(tiny_stage1_run, tiny_prepared):
     run = tiny_stage1_run
-    for name in ("ckpt.pt", "encoders.pt", "config.json", "env.json", "log.jsonl", "training_loss_two_panels.png",
-                 "learning_rate.png", "embeddings.parquet", "embeddings.json", "metrics.json",
+    for name in ("ckpt.pt", "encoders.pt", "config.json", "env.json", "log.jsonl", "training_loss.png",
+                 "embeddings.parquet", "embeddings.json", "metrics.json",
                  "probe_cloud_fraction.json", "embeddings_2d.png"):
         assert (run / name).stat().st_size > 0, name
     table = pd.read_parquet(run / "embeddings.parquet")

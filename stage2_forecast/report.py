@@ -1,0 +1,232 @@
+"""One self-contained HTML report of a run: data, stage 1, stage 2 and the verdict, images embedded.
+
+    python -m stage2_forecast.report --runs runs                     # -> runs/stage2/report.html
+    python -m stage2_forecast.report --prepared P --stage1 S1 --stage2 S2 --out report.html [--no-browser]
+
+Reads RUNS/prepared (index, arrays, report.json; RAW/<VSN>/truth.parquet when synthetic), RUNS/stage1
+(log-derived training_loss.png, metrics.json, embeddings, encoders.pt, ckpt.pt, config/env.json) and
+RUNS/stage2 (report.json, run folders with ckpt.pt). Anything absent is reported as "not available". Opens
+offline in any browser (images are base64 JPEG/PNG inside the file). When Debian's `chromium` and
+`chromium-driver` are installed it also checks the page in headless Chromium and writes a full-page
+screenshot next to it (OUT stem + `_screenshot.png`).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from sagecast_common.cli import fail, make_parser
+from sagecast_common.plots import figure_bytes
+from sagecast_common.runio import atomic_write_text, environment_info
+from stage2_forecast import report_figures as figs
+from stage2_forecast import report_inputs as inputs
+from stage2_forecast import report_stage1 as s1
+from stage2_forecast.plots import skill_figure
+
+NA = '<p class="na">not available</p>'
+CSS = """body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:0 16px;color:#222}
+img{max-width:100%;height:auto;display:block}figure{margin:12px 0}figcaption{font-size:90%;color:#555}
+table{border-collapse:collapse;font-size:90%;margin:8px 0}td,th{border:1px solid #ccc;padding:2px 6px}
+.wide{overflow-x:auto;max-width:100%}pre{white-space:pre-wrap;word-break:break-all;font-size:80%}
+.na{color:#a33;font-style:italic}section{border-top:2px solid #ddd;margin-top:24px}"""
+
+
+def esc(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def fig_html(fig, caption: str, *, fmt: str = "png") -> str:
+    """Embed a matplotlib figure (JPEG for photographs of the sky, PNG for line plots)."""
+    return img_html(figure_bytes(fig, fmt=fmt), caption, mime=f"image/{fmt}")
+
+
+def img_html(data: bytes, caption: str, *, mime: str = "image/png") -> str:
+    src = f"data:{mime};base64,{base64.b64encode(data).decode()}"
+    return f'<figure><img src="{src}" alt="{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>'
+
+
+def table_html(header: list, rows: list[list]) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<div class="wide"><table><tr>{head}</tr>{body}</table></div>'
+
+
+def num(x, fmt: str = ".3f") -> str:
+    return "—" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, fmt)
+
+
+def interval(ci) -> str:
+    return f"[{num(ci[0])}, {num(ci[1])}]" if isinstance(ci, list | tuple) and len(ci) == 2 else "—"
+
+
+def data_section(prepared: Path, index, rgb, thermal) -> str:
+    rep = inputs.read_json(prepared / "report.json") or {}
+    out = [f"<p>{len(index)} pairs ({int(index['is_day'].sum())} day, {int((~index['is_day']).sum())} night) "
+           f"from {esc(rep.get('raw', prepared))}; skipped {esc(rep.get('skipped_by_reason', 'not available'))}.</p>"]
+    for vsn in sorted(index["vsn"].unique()):
+        out.append(fig_html(figs.data_strip(index, rgb, thermal, vsn), f"{vsn}: captures across one day per sky "
+                            "preset (day chosen as the widest range of cloud fraction)", fmt="jpeg"))
+    out.append(fig_html(figs.day_night_timeline(index), "every capture by local solar time; colour = split"))
+    rows = []
+    for (vsn, lat, lon), g in index.groupby(["vsn", "lat", "lon"]):
+        for split in ("train", "val", "test"):
+            days = sorted(g.loc[g["split"] == split, "local_date"].astype(str).unique())
+            rows.append([vsn, f"{lat:.3f}, {lon:.3f}", split, len(days), ", ".join(days) or "none",
+                         int((g["split"] == split).sum())])
+    return "\n".join(out) + table_html(["node", "lat, lon", "split", "days", "dates", "pairs"], rows)
+
+
+def stage1_section(stage1: Path, prepared: Path, index, rgb, thermal) -> str:
+    out = ["<h3>Training</h3>"]
+    loss = stage1 / "training_loss.png"
+    out.append(img_html(loss.read_bytes(), "VICReg loss, weighted terms and learning rate over steps")
+               if loss.is_file() else NA)
+    metrics = inputs.read_json(stage1 / "metrics.json")
+    if metrics:
+        rows = []
+        for label, key in (("trained", "trained"), ("random init", "random_init")):
+            m = metrics.get(key, {})
+            r, p = m.get("retrieval", {}), m.get("probes", {}).get("cloud_fraction", {})
+            rows.append([label, num(r.get("rgb_to_thermal", {}).get("top1")), num(r.get("rgb_to_thermal", {})
+                        .get("top5")), num(r.get("thermal_to_rgb", {}).get("top5")), num(p.get("ridge_test_r2"))])
+        chance = metrics.get("trained", {}).get("retrieval", {}).get("chance_top5")
+        out.append(table_html(["encoders", "RGB→thermal top-1", "RGB→thermal top-5", "thermal→RGB top-5",
+                               "cloud-fraction ridge R²"], rows) + f"<p>chance top-5: {num(chance, '.4f')}</p>")
+    out.append("<h3>Embeddings: trained vs random init</h3>")
+    loaded = inputs.read_embeddings(stage1)
+    if loaded is None:
+        return "\n".join(out + [NA])
+    table, emb = loaded
+    keys = ["vsn", "timestamp", "position"]
+    table = table.merge(index[keys + ["row", "solar_hour", "cloud_fraction"]], on=keys, how="left")
+    day = np.flatnonzero(table["is_day"].to_numpy(bool) & table["row"].notna().to_numpy())
+    pick = day[s1.even_subsample(len(day), s1.PCA_ROWS)]
+    rows = table["row"].to_numpy()[pick].astype(np.int64)
+    random = s1.random_init_features(stage1, prepared, rows) if (stage1 / "encoders.pt").is_file() else None
+    out.append(fig_html(s1.pca_figure({b: v[pick] for b, v in emb.items()}, random,
+                                      table["solar_hour"].to_numpy()[pick]),
+                        f"PCA of backbone features, {len(pick)} daytime frames; random init = same architectures, "
+                        "seed 0" + ("" if random is not None else " (not available: no encoders.pt)")))
+    out.append("<h3>Retrieval examples (test split, projector space)</h3>")
+    pool = np.flatnonzero(table["is_day"].to_numpy(bool) & (table["split"] == "test").to_numpy()
+                          & table["cloud_fraction"].notna().to_numpy())
+    z = s1.project(stage1, {b: v[pool] for b, v in emb.items()}) if len(pool) > 3 else None
+    out.append(fig_html(s1.retrieval_figure(z, table.iloc[pool].astype({"row": np.int64}), rgb, thermal),
+                        f"RGB query against all {len(pool)} test daytime thermal frames (cosine)")
+               if z is not None else NA)
+    return "\n".join(out)
+
+
+def stage2_section(stage1: Path, stage2: Path, report: dict | None, truth, rgb) -> str:
+    if report is None:
+        return NA
+    out = [fig_html(skill_figure(report), "skill vs persistence by horizon; baselines dashed")]
+    rows = [[name, h, m.get("n", "—"), num(m.get("skill_vs_persistence")), interval(m.get("skill_ci")),
+             num(m.get("skill_vs_smart")), interval(m.get("skill_vs_smart_ci")), num(m.get("top1")),
+             num(m.get("cloud_fraction_mae"))]
+            for name, per_h in report.get("variants", {}).items() for h, m in per_h.items()]
+    out.append(table_html(["method", "horizon (min)", "n", "skill", "95 % interval", "skill vs smart persistence",
+                           "95 % interval", "top-1", "CF MAE"], rows))
+    fc = inputs.test_forecasts(stage1, inputs.stage2_runs(stage2))
+    if fc is None:
+        return "\n".join(out + ["<h3>Forecasts</h3>", NA])
+    h = int(np.argmin(np.abs(np.array(fc.horizons_min) - 15.0)))
+    horizon = fc.horizons_min[h]
+    out.append(f"<h3>Cloud fraction over each test day ({horizon:g}-minute forecasts)</h3>")
+    out.append(fig_html(figs.cloud_fraction_days(fc, h, truth), "forecast cloud fraction = the measured cloud "
+                        "fraction of the real frame nearest to the forecast embedding (same preset and day), mean "
+                        "over presets"))
+    methods = [m for m in fc.nn_scan if m != "persistence"]
+    out.append(f"<h3>Forecast strips (+{horizon:g} min)</h3>")
+    out.append(fig_html(figs.forecast_strips(fc, h, rgb, methods), "anchors: the largest change in cloud fraction "
+                        "from t to t+h (one slot per scan); d = distance of the forecast to that frame's "
+                        "standardised embedding", fmt="jpeg") if methods else NA)
+    return "\n".join(out)
+
+
+def verdict_section(prepared: Path, stage1: Path, stage2: Path, report: dict | None) -> str:
+    out = []
+    verdict = (report or {}).get("verdict") or (report or {}).get("verdicts")
+    sentences = [verdict] if isinstance(verdict, str) else list(verdict or [])
+    comparisons = (report or {}).get("comparisons") or []
+    sentences += [c["sentence"] for c in comparisons if isinstance(c, dict) and c.get("sentence")]
+    out.append("<ul>" + "".join(f"<li>{esc(s)}</li>" for s in sentences) + "</ul>" if sentences else NA)
+    if comparisons:
+        out.append(table_html(["a", "b", "horizon", "difference", "95 % interval", "distinguishable"],
+                              [[c.get("a"), c.get("b"), c.get("horizon"), num(c.get("diff")), interval(c.get("ci")),
+                                c.get("distinguishable", "—")] for c in comparisons]))
+    out.append("<h3>Provenance</h3>")
+    emb = inputs.read_json(stage1 / "embeddings.json") or {}
+    prep = inputs.read_json(prepared / "report.json") or {}
+    runs = {"stage1": stage1} | {f"stage2/{r.name}": r for r in inputs.stage2_runs(stage2)}
+    rows = [["report built at", environment_info().get("git_commit") or "unknown"]]
+    for name, run in runs.items():
+        env, cfg = inputs.read_json(run / "env.json") or {}, inputs.read_json(run / "config.json") or {}
+        rows.append([f"{name} git commit", env.get("git_commit", "not available")])
+        rows.append([f"{name} seed", cfg.get("seed", "not available")])
+    rows += [["prepare seed / split fractions", f"{prep.get('seed', '—')} / {prep.get('fractions', '—')}"],
+             ["data fingerprint (index.parquet)", emb.get("prepared_fingerprint", "not available")],
+             ["stage-1 encoders sha256", emb.get("checkpoint_sha256", "not available")]]
+    out.append(table_html(["what", "value"], rows))
+    for name, run in runs.items():
+        cfg = inputs.read_json(run / "config.json")
+        if cfg is not None:
+            out.append(f"<details><summary>{esc(name)} config.json</summary><pre>"
+                       f"{esc(json.dumps(cfg, indent=1, sort_keys=True))}</pre></details>")
+    return "\n".join(out)
+
+
+def build(*, prepared: Path, stage1: Path, stage2: Path, out: Path) -> Path:
+    """Write the report to `out` atomically; returns `out`."""
+    index = inputs.read_index(prepared)
+    rgb, thermal = (np.load(prepared / f"{k}.npy", mmap_mode="r") for k in ("rgb", "thermal"))
+    report = inputs.read_json(stage2 / "report.json")
+    truth = inputs.read_truth(prepared, sorted(index["vsn"].unique()))
+    sections = [("data", "1 Data", data_section(prepared, index, rgb, thermal)),
+                ("stage1", "2 Stage 1: RGB–thermal embeddings", stage1_section(stage1, prepared, index, rgb, thermal)),
+                ("stage2", "3 Stage 2: forecasts", stage2_section(stage1, stage2, report, truth, rgb)),
+                ("verdict", "4 Verdict", verdict_section(prepared, stage1, stage2, report))]
+    body = "\n".join(f'<section id="{sid}"><h2>{esc(title)}</h2>\n{content}</section>'
+                     for sid, title, content in sections)
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>sagecast report</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
+            f"<body><h1>sagecast report</h1>\n<p>{esc(prepared)} · {esc(stage1)} · {esc(stage2)}</p>\n{body}"
+            "</body></html>\n")
+    atomic_write_text(out, page)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = make_parser("sagecast-report", __doc__)
+    ap.add_argument("--runs", default="runs", help="RUNS folder holding prepared/, stage1/, stage2/")
+    for name in ("prepared", "stage1", "stage2"):
+        ap.add_argument(f"--{name}", help=f"{name} folder (default RUNS/{name})")
+    ap.add_argument("--out", help="report path (default STAGE2/report.html)")
+    ap.add_argument("--no-browser", action="store_true", help="skip the headless-Chromium check and screenshot")
+    args = ap.parse_args(argv)
+    dirs = {k: Path(getattr(args, k) or Path(args.runs) / k) for k in ("prepared", "stage1", "stage2")}
+    out = Path(args.out or dirs["stage2"] / "report.html")
+    try:
+        build(**dirs, out=out)
+    except FileNotFoundError as e:
+        fail(ap.prog, str(e))
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    if not args.no_browser:
+        from stage2_forecast.report_browser import BrowserMissing, ReportProblem, check_report
+
+        try:
+            result = check_report(out, out.with_name(out.stem + "_screenshot.png"))
+            print(f"checked in headless Chromium: {result['images']} images, screenshot {result['screenshot']}")
+        except BrowserMissing as e:
+            print(f"not checked in a browser: {e}")
+        except ReportProblem as e:
+            raise SystemExit(f"{ap.prog}: error: the report failed its browser check: {e}") from None
+
+
+if __name__ == "__main__":
+    main()
