@@ -75,10 +75,9 @@ def aligned_retrieval(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> dic
         return {"rgb_to_thermal": retrieval(zx, zy), "thermal_to_rgb": retrieval(zy, zx)}
 
     best, best_val = None, -1.0
+    widest = min(x["train"].shape[1], y["train"].shape[1])
     for reg in REGS:
-        for k in COMPONENTS:
-            if k > min(x["train"].shape[1], y["train"].shape[1]):
-                continue
+        for k in sorted({min(k, widest) for k in COMPONENTS}):
             align = fit_cca(x["train"], y["train"], reg=reg, k=k)
             r = score(align, "val")
             val = (r["rgb_to_thermal"]["top5"] + r["thermal_to_rgb"]["top5"]) / 2

@@ -188,6 +188,10 @@ def test_quick_preset_optimiser_step_moves_every_conv_weight():
     vicreg_loss(z_a, z_b)[0].backward()
     opt.step()
     change = relative_change(before, model)
-    conv = [v for n, v in change.items() if ".conv" in n or "conv1" in n]
-    # each element moves by at most lr (+ decay): the relative change is at most lr / rms(w), ~0.002/0.06
-    assert len(conv) > 10 and min(conv) > 1e-3 and max(conv) < 0.2
+    grads = dict(model.named_parameters())
+    conv = [v for n, v in change.items() if "conv" in n and grads[n].grad.abs().sum() > 0]
+    # each element moves by at most lr (+ decay): the relative change is at most lr / rms(w), ~0.002/0.06.
+    # convs behind a zero-initialised BN gamma (timm's zero_init_last) get no gradient yet: decay only
+    still = [v for n, v in change.items() if "conv" in n and grads[n].grad.abs().sum() == 0]
+    assert len(conv) >= 6 and min(conv) > 1e-3 and max(conv) < 0.2  # the stems, 3 convs per branch
+    assert len(still) >= 8 and all(v == pytest.approx(0.002 * 0.05, rel=1e-3) for v in still)
