@@ -59,8 +59,14 @@ def r2(y: np.ndarray, pred: np.ndarray) -> float:
 def ridge_path(x: np.ndarray, y: np.ndarray, alphas) -> dict[float, tuple[np.ndarray, np.ndarray]]:
     """Closed-form ridge on already standardised features for every alpha from one SVD (D may exceed N):
     {alpha: (coef, intercept)}; y may be (N,) or (N, T)."""
+    yc = y - y.mean(axis=0)
+    if x.shape[1] > x.shape[0]:  # the N×N Gram matrix is cheaper than the SVD: coef = X^T U (S² + a)^-1 U^T y
+        s2, u = np.linalg.eigh(x @ x.T)
+        uty = u.T @ yc
+        return {a: (x.T @ (u @ (uty / (s2 + a)[:, None] if uty.ndim == 2 else uty / (s2 + a))), y.mean(axis=0))
+                for a in alphas}
     u, sv, vt = np.linalg.svd(x, full_matrices=False)
-    uty = u.T @ (y - y.mean(axis=0))
+    uty = u.T @ yc
     return {a: (vt.T @ ((sv / (sv**2 + a))[:, None] * uty if uty.ndim == 2 else sv / (sv**2 + a) * uty),
                 y.mean(axis=0)) for a in alphas}
 
