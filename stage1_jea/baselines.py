@@ -27,9 +27,11 @@ REGS = (1e-3, 1e-2, 1e-1, 1.0)  # ridge on each covariance, relative to its mean
 COMPONENTS = (8, 16, 32, 64, 128)
 
 
-def _inv_sqrt(c: np.ndarray) -> np.ndarray:
+def _inv_sqrt_path(c: np.ndarray, regs) -> dict[float, np.ndarray]:
+    """(C + reg·mean eig·I)^-1/2 for every reg from one eigendecomposition (the eigenvectors are shared)."""
     w, v = np.linalg.eigh(c)
-    return (v / np.sqrt(np.maximum(w, 1e-12))) @ v.T
+    scale = max(float(w.mean()), 1e-12)
+    return {r: (v / np.sqrt(np.maximum(w + r * scale, 1e-12))) @ v.T for r in regs}
 
 
 @dataclass(frozen=True)
@@ -43,20 +45,28 @@ class Alignment:
         return (x - self.mean_x) @ self.wx, (y - self.mean_y) @ self.wy
 
 
-def fit_cca(x: np.ndarray, y: np.ndarray, *, reg: float, k: int) -> Alignment:
-    """Regularised CCA: whiten each side ((C + reg·mean eig·I)^-1/2), SVD of the whitened cross-covariance,
-    keep the k leading canonical pairs. Exact for y = x·A with A invertible: every canonical correlation is 1."""
+def cca_path(x: np.ndarray, y: np.ndarray, regs) -> dict[float, Alignment]:
+    """Regularised CCA for every reg, all canonical pairs (slice `wx[:, :k]` for the k leading ones): whiten
+    each side ((C + reg·mean eig·I)^-1/2), SVD of the whitened cross-covariance. Exact for y = x·A with A
+    invertible: every canonical correlation is 1."""
     if len(x) != len(y):
         raise ValueError(f"fit_cca: {len(x)} rows of x but {len(y)} of y")
     mx, my = x.mean(axis=0), y.mean(axis=0)
     xc, yc = (x - mx).astype(np.float64), (y - my).astype(np.float64)
     n = len(x) - 1
-    cxx, cyy, cxy = xc.T @ xc / n, yc.T @ yc / n, xc.T @ yc / n
-    ix = _inv_sqrt(cxx + reg * max(np.trace(cxx) / len(cxx), 1e-12) * np.eye(len(cxx)))
-    iy = _inv_sqrt(cyy + reg * max(np.trace(cyy) / len(cyy), 1e-12) * np.eye(len(cyy)))
-    u, _, vt = np.linalg.svd(ix @ cxy @ iy, full_matrices=False)
-    k = min(k, u.shape[1])
-    return Alignment(mx, my, ix @ u[:, :k], iy @ vt[:k].T)
+    ix, iy = _inv_sqrt_path(xc.T @ xc / n, regs), _inv_sqrt_path(yc.T @ yc / n, regs)
+    cxy = xc.T @ yc / n
+    out = {}
+    for r in regs:
+        u, _, vt = np.linalg.svd(ix[r] @ cxy @ iy[r], full_matrices=False)
+        out[r] = Alignment(mx, my, ix[r] @ u, iy[r] @ vt.T)
+    return out
+
+
+def fit_cca(x: np.ndarray, y: np.ndarray, *, reg: float, k: int) -> Alignment:
+    """Regularised CCA keeping the k leading canonical pairs (see `cca_path`)."""
+    a = cca_path(x, y, [reg])[reg]
+    return Alignment(a.mean_x, a.mean_y, a.wx[:, :k], a.wy[:, :k])
 
 
 def retrieval(query: np.ndarray, keys: np.ndarray, ks=(1, 5)) -> dict:
@@ -76,9 +86,9 @@ def aligned_retrieval(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> dic
 
     best, best_val = None, -1.0
     widest = min(x["train"].shape[1], y["train"].shape[1])
-    for reg in REGS:
+    for reg, full in cca_path(x["train"], y["train"], REGS).items():
         for k in sorted({min(k, widest) for k in COMPONENTS}):
-            align = fit_cca(x["train"], y["train"], reg=reg, k=k)
+            align = Alignment(full.mean_x, full.mean_y, full.wx[:, :k], full.wy[:, :k])
             r = score(align, "val")
             val = (r["rgb_to_thermal"]["top5"] + r["thermal_to_rgb"]["top5"]) / 2
             if val > best_val:
