@@ -4,8 +4,11 @@
     rgb, thermal = ds[0]                                    # (3, s, s), (1, s, s) float32, normalised
 
 Reads the memory-mapped `rgb.npy` / `thermal.npy` of a `python -m data.prepare` folder (nothing is decoded).
-Geometric augmentations - a random resized crop of the sky and a horizontal flip - use one box for both
-modalities (the arrays are pixel-aligned), so both views still look at the same sky. Photometric ones are
+Geometric augmentations: a random resized crop of the sky, then (`independent_crops=True`, the default) each
+modality's box jittered on its own - shifted and rescaled - while the two boxes keep an IoU >= MIN_CROP_IOU,
+so both views still look at mostly the same sky but their crop geometry differs. With one shared box (the
+arrays are pixel-aligned) both frames' elevation gradients match exactly, and VICReg's invariance term can be
+met by encoding crop geometry instead of clouds. The horizontal flip is shared. Photometric ones are
 per modality: colour jitter and blur for RGB, a global offset plus pixel noise in °C for thermal. Then both
 are normalised with the prepared folder's norm_stats.json (train split). Random draws come from a generator
 seeded by (seed, torch.initial_seed()), so they differ per DataLoader worker and epoch and are reproducible
@@ -26,6 +29,8 @@ from torchvision.transforms.v2 import functional as TF
 
 CROP_SCALE = (0.35, 1.0)  # share of the frame the random crop keeps
 CROP_RATIO = (3 / 4, 4 / 3)
+CROP_SHIFT, CROP_RESCALE = 0.2, (0.8, 1.25)  # per-modality jitter: shift (share of the box side), side scale
+MIN_CROP_IOU = 0.5  # the two modalities' boxes always overlap at least this much
 JITTER = {"brightness": 0.3, "contrast": 0.3, "saturation": 0.2, "hue": 0.02}  # kept mild: colour is signal
 P_JITTER, P_BLUR, BLUR_SIGMA = 0.8, 0.2, (0.1, 1.5)
 THERMAL_OFFSET_C, THERMAL_NOISE_C = 1.0, 0.2  # std of the global offset and of the per-pixel noise
@@ -60,7 +65,7 @@ def normalised_frames(prepared_dir, rows: np.ndarray) -> tuple[torch.Tensor, tor
 
 class PairedSkyDataset(torch.utils.data.Dataset):
     def __init__(self, prepared_dir, split: str | None, *, augment: bool = True, day_only: bool = True,
-                 crop_size: int | None = None, seed: int = 0):
+                 crop_size: int | None = None, seed: int = 0, independent_crops: bool = True):
         self.dir = Path(prepared_dir)
         if not (self.dir / "index.parquet").exists():
             raise FileNotFoundError(f"{self.dir} has no index.parquet: run python -m data.prepare first")
@@ -74,7 +79,7 @@ class PairedSkyDataset(torch.utils.data.Dataset):
         self.index = index.reset_index(drop=True)
         self.rows = self.index["row"].to_numpy()
         self.stats = NormStats.load(self.dir)
-        self.augment, self.seed = augment, seed
+        self.augment, self.seed, self.independent_crops = augment, seed, independent_crops
         self.size = int(np.load(self.dir / "rgb.npy", mmap_mode="r").shape[1])
         self.crop_size = crop_size or self.size
         self._arrays = self._gen = None
@@ -115,13 +120,36 @@ class PairedSkyDataset(torch.utils.data.Dataset):
                 return top, left, h, w
         return 0, 0, S, S
 
+    def jitter_box(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        """`box` shifted by up to CROP_SHIFT of its side and each side rescaled in CROP_RESCALE, inside the frame."""
+        top, left, h, w = box
+        S = self.size
+        h2 = min(S, max(1, round(h * self._uniform(*CROP_RESCALE))))
+        w2 = min(S, max(1, round(w * self._uniform(*CROP_RESCALE))))
+        cy = top + h / 2 + self._uniform(-CROP_SHIFT, CROP_SHIFT) * h
+        cx = left + w / 2 + self._uniform(-CROP_SHIFT, CROP_SHIFT) * w
+        top2 = min(max(0, round(cy - h2 / 2)), S - h2)
+        left2 = min(max(0, round(cx - w2 / 2)), S - w2)
+        return top2, left2, h2, w2
+
+    def crop_pair(self) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+        """(rgb box, thermal box): one random resized crop, each modality jittered, IoU >= MIN_CROP_IOU."""
+        box = self.crop_box()
+        if not self.independent_crops:
+            return box, box
+        for _ in range(10):
+            a, b = self.jitter_box(box), self.jitter_box(box)
+            if box_iou(a, b) >= MIN_CROP_IOU:
+                return a, b
+        return box, box  # rare (a tiny box); the shared box trivially keeps the bound
+
     def _augment(self, rgb: torch.Tensor, thermal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._gen is None:
             self._gen = torch.Generator().manual_seed(hash((self.seed, torch.initial_seed())) % 2**63)
-        top, left, h, w = self.crop_box()
+        box_rgb, box_thermal = self.crop_pair()
         out = [self.crop_size] * 2
-        rgb = TF.resized_crop(rgb, top, left, h, w, out, antialias=True)
-        thermal = TF.resized_crop(thermal, top, left, h, w, out, antialias=True)
+        rgb = TF.resized_crop(rgb, *box_rgb, out, antialias=True)
+        thermal = TF.resized_crop(thermal, *box_thermal, out, antialias=True)
         if self._uniform() < 0.5:
             rgb, thermal = rgb.flip(-1), thermal.flip(-1)
         if self._uniform() < P_JITTER:
@@ -139,3 +167,11 @@ class PairedSkyDataset(torch.utils.data.Dataset):
         offset = float(torch.randn((), generator=self._gen)) * THERMAL_OFFSET_C
         noise = torch.randn(thermal.shape, generator=self._gen) * THERMAL_NOISE_C
         return rgb.clamp_(0.0, 1.0), thermal + offset + noise
+
+
+def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Intersection over union of two (top, left, height, width) boxes."""
+    dy = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    dx = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = dy * dx
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)

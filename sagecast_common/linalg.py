@@ -24,17 +24,45 @@ def rankme(x: np.ndarray, eps: float = 1e-7) -> float:
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
+class RidgePath:
+    """Centred closed-form ridge for a whole grid of penalties from one eigendecomposition.
+
+    Primal (F x F) when there are at least as many rows as features, dual (N x N Gram matrix) otherwise, so wide
+    designs (grid features, T scans x P presets) stay cheap and no F x K coefficient matrix is needed to predict.
+    `alpha` is relative to the mean squared row norm of the centred features.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        x = np.asarray(x)
+        self.x_mean, self.y_mean = x.mean(axis=0), np.asarray(y, np.float64).mean(axis=0)
+        self.xc = x - self.x_mean
+        yc = np.asarray(y, np.float64) - self.y_mean
+        self.dual = len(x) < x.shape[1]
+        gram = (self.xc @ self.xc.T if self.dual else self.xc.T @ self.xc).astype(np.float64)
+        self.scale = max(float(np.trace(gram)) / len(x), 1e-12)
+        self.lam, self.u = np.linalg.eigh(gram)
+        self.uty = self.u.T @ (yc if self.dual else self.xc.T.astype(np.float64) @ yc)
+
+    def _solve(self, alpha: float) -> np.ndarray:
+        d = 1.0 / (self.lam + alpha * self.scale)
+        return self.u @ (self.uty * (d[:, None] if self.uty.ndim == 2 else d))
+
+    def coef(self, alpha: float) -> np.ndarray:
+        """w with y ≈ (x - x_mean) @ w + y_mean."""
+        w = self._solve(alpha)
+        return self.xc.T.astype(np.float64) @ w if self.dual else w
+
+    def predict(self, x: np.ndarray, alpha: float) -> np.ndarray:
+        xc = np.asarray(x) - self.x_mean
+        if self.dual:
+            return self.y_mean + (xc @ self.xc.T).astype(np.float64) @ self._solve(alpha)
+        return self.y_mean + xc.astype(np.float64) @ self._solve(alpha)
+
+
 def ridge_fit(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fit y ≈ (x - x_mean) @ w + y_mean; returns (x_mean, y_mean, w). x (N, F), y (N,) or (N, K)."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    xm, ym = x.mean(axis=0), y.mean(axis=0)
-    xc, yc = x - xm, y - ym
-    scale = alpha * max((xc**2).sum() / len(x), 1e-12)
-    if len(x) < x.shape[1]:
-        w = xc.T @ np.linalg.solve(xc @ xc.T + scale * np.eye(len(x)), yc)
-    else:
-        w = np.linalg.solve(xc.T @ xc + scale * np.eye(x.shape[1]), xc.T @ yc)
-    return xm, ym, w
+    path = RidgePath(x, y)
+    return path.x_mean, path.y_mean, path.coef(alpha)
 
 
 def ridge_predict(fit: tuple[np.ndarray, np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
@@ -43,11 +71,12 @@ def ridge_predict(fit: tuple[np.ndarray, np.ndarray, np.ndarray], x: np.ndarray)
 
 
 def ridge_on_val(x_train, y_train, x_val, y_val, *, alphas=ALPHAS):
-    """The fit whose alpha has the lowest val squared error; returns (alpha, fit). Ties go to the larger alpha."""
+    """The fit whose alpha has the lowest val squared error; returns (alpha, (x_mean, y_mean, w)). Ties go to
+    the larger alpha."""
+    path = RidgePath(x_train, y_train)
     best = None
     for alpha in sorted(alphas, reverse=True):
-        fit = ridge_fit(x_train, y_train, alpha)
-        err = float(((ridge_predict(fit, x_val) - y_val) ** 2).sum())
+        err = float(((path.predict(x_val, alpha) - y_val) ** 2).sum())
         if best is None or err < best[0]:
-            best = (err, alpha, fit)
-    return best[1], best[2]
+            best = (err, alpha)
+    return best[1], (path.x_mean, path.y_mean, path.coef(best[1]))

@@ -1,13 +1,18 @@
-"""Evaluate stage-1 embeddings: collapse checks, cross-modal retrieval, cloud-fraction probes, vs random init.
+"""Evaluate stage-1 embeddings against fair baselines: collapse, cross-modal retrieval, cloud-fraction probes.
 
     sagecast-stage1-evaluate --run runs/stage1 [--rows day|all]
 
-Reads RUN/embeddings.parquet (from `stage1_jea.export`) and the prepared index it names. Writes
-RUN/metrics.json, RUN/probe_cloud_fraction.json (the ridge probe stage 2 applies to forecast embeddings) and
-RUN/embeddings_2d.png. Cross-modal retrieval runs in projector space (the trained projectors from RUN/ckpt.pt
-applied to the exported features): two separate backbones' features share no coordinates. Every number is
-also computed for randomly initialised encoders and projectors of the same architectures (the floor).
-Probes are fitted on train, ridge alpha chosen on val, scored on test.
+Reads RUN/embeddings.parquet (from `stage1_jea.export`) and the prepared dir it names. Writes RUN/metrics.json,
+RUN/probe_cloud_fraction.json (the ridge probe stage 2 applies to forecast embeddings) and
+RUN/embeddings_2d.png. Three feature sets get the same measurements (`metrics.json` keys):
+  trained      the exported backbone features
+  random_init  randomly initialised encoders of the same architectures
+  raw_pixels   the prepared frames area-averaged to 8×8 per modality (`stage1_jea.baselines.raw_pixels`)
+Retrieval for all three: a regularised CCA fitted on train aligns the RGB and thermal features (reg and
+width picked on val), top-1/5 by cosine on test. The trained run is also scored in its own projector space
+(`retrieval_projector`). Probes (ridge, alpha picked on val; cosine kNN), fitted on train, R² on test: whole
+frame cloud fraction from the pooled features, and the layout probe - cloud fraction per region of a 2×2 grid
+of the thermal frame (data.sky's rule) - from the grid features (raw pixels: the 8×8 frames).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from sagecast_common.cli import make_parser, require, run_cli
 from sagecast_common.encoders import build_encoder
 from sagecast_common.linalg import rankme, ridge_on_val
 from sagecast_common.runio import atomic_write_json
+from stage1_jea.baselines import aligned_retrieval, raw_pixels, region_cloud_fraction, retrieval
 from stage1_jea.export import extract_features
 from stage1_jea.model import projector
 from stage1_jea.plots import plot_embeddings_2d
@@ -38,17 +44,9 @@ def collapse_stats(x: np.ndarray) -> dict:
             "std_min": float(std.min()), "dead_dims_frac": float((std < 1e-4 * max(std.max(), 1e-12)).mean())}
 
 
-def retrieval(query: np.ndarray, keys: np.ndarray, ks=(1, 5)) -> dict:
-    """Row i of `query` should find row i of `keys` (cosine); top-k accuracy."""
-    q = query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
-    k = keys / np.maximum(np.linalg.norm(keys, axis=1, keepdims=True), 1e-12)
-    sim = q @ k.T
-    rank = (sim > np.diag(sim)[:, None]).sum(axis=1)  # how many keys beat the true partner
-    return {f"top{n}": float((rank < n).mean()) for n in ks}
-
-
 def r2(y: np.ndarray, pred: np.ndarray) -> float:
-    return float(1 - ((y - pred) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-12))
+    """R² (for (N, T) targets: pooled over the T outputs, each around its own mean)."""
+    return float(1 - ((y - pred) ** 2).sum() / max(((y - y.mean(axis=0)) ** 2).sum(), 1e-12))
 
 
 def probes(x: dict[str, np.ndarray], y: dict[str, np.ndarray], k: int = 10) -> dict:
@@ -57,7 +55,7 @@ def probes(x: dict[str, np.ndarray], y: dict[str, np.ndarray], k: int = 10) -> d
     std = np.where(std > 1e-8, std, 1.0)
     xs = {s: (v - mean) / std for s, v in x.items()}
     alpha, (xm, ym, coef) = ridge_on_val(xs["train"], y["train"], xs["val"], y["val"])
-    intercept = float(ym - xm @ coef)
+    intercept = ym - xm @ coef  # (T,) for several targets (the layout probe), a scalar for one
     unit = {s: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12) for s, v in xs.items()}
     nearest = np.argsort(-(unit["test"] @ unit["train"].T), axis=1)[:, :k]
     return {"ridge_test_r2": r2(y["test"], xs["test"] @ coef + intercept), "ridge_alpha": alpha,
@@ -71,33 +69,29 @@ def project(emb: dict[str, np.ndarray], projectors: dict[str, torch.nn.Module]) 
     return {b: projectors[b].eval()(torch.from_numpy(x).float()).numpy() for b, x in emb.items()}
 
 
-def _projectors(run: Path, dims: dict[str, int], *, trained: bool, seed: int) -> dict[str, torch.nn.Module]:
+def _trained_projectors(run: Path, dims: dict[str, int]) -> dict[str, torch.nn.Module]:
     config = json.loads((run / "config.json").read_text())
-    torch.manual_seed(seed)
     heads = {b: projector(d, config["projector"]) for b, d in dims.items()}
-    if trained:
-        state = torch.load(run / "ckpt.pt", map_location="cpu", weights_only=True)["model"]
-        for b, head in heads.items():
-            head.load_state_dict({k.removeprefix(f"proj_{b}."): v for k, v in state.items()
-                                  if k.startswith(f"proj_{b}.")})
+    state = torch.load(run / "ckpt.pt", map_location="cpu", weights_only=True)["model"]
+    for b, head in heads.items():
+        head.load_state_dict({k.removeprefix(f"proj_{b}."): v for k, v in state.items() if k.startswith(f"proj_{b}.")})
     return heads
 
 
-def evaluate_features(emb: dict[str, np.ndarray], z: dict[str, np.ndarray], rows: pd.DataFrame) -> dict:
+def evaluate_features(feats: dict[str, np.ndarray], rows: pd.DataFrame, targets: dict[str, np.ndarray]) -> dict:
+    """Collapse stats, CCA-aligned retrieval (pooled "rgb"/"thermal"), whole-frame probes on the pooled
+    features and the layout probe (`targets["layout"]`) on the grid features."""
     split = rows["split"].to_numpy()
-    test = split == "test"
-    x = np.concatenate([emb["rgb"], emb["thermal"]], axis=1)
-    targets = {"cloud_fraction": rows["cloud_fraction"].to_numpy(np.float64)}
-    if "true_cloud_fraction" in rows:
-        targets["true_cloud_fraction"] = rows["true_cloud_fraction"].to_numpy(np.float64)
+    by_split = {b: {s: v[split == s] for s in ("train", "val", "test")} for b, v in feats.items()}
+    n_test = int((split == "test").sum())
+    pooled = np.concatenate([feats["rgb"], feats["thermal"]], axis=1)
+    grid = np.concatenate([feats["grid_rgb"], feats["grid_thermal"]], axis=1)
     return {
-        "rgb": collapse_stats(emb["rgb"]), "thermal": collapse_stats(emb["thermal"]),
-        "retrieval": {"n_test": int(test.sum()), "chance_top1": 1 / test.sum(), "chance_top5": 5 / test.sum(),
-                      "space": "projector outputs (cosine)",
-                      "rgb_to_thermal": retrieval(z["rgb"][test], z["thermal"][test]),
-                      "thermal_to_rgb": retrieval(z["thermal"][test], z["rgb"][test])},
-        "probes": {name: probes({s: x[split == s] for s in ("train", "val", "test")},
-                                {s: y[split == s] for s in ("train", "val", "test")})
+        "rgb": collapse_stats(feats["rgb"]), "thermal": collapse_stats(feats["thermal"]),
+        "retrieval": {"n_test": n_test, "chance_top1": 1 / n_test, "chance_top5": 5 / n_test,
+                      **aligned_retrieval(by_split["rgb"], by_split["thermal"])},
+        "probes": {name: probes({s: (grid if name == "layout" else pooled)[split == s] for s in by_split["rgb"]},
+                                {s: y[split == s] for s in by_split["rgb"]})
                    for name, y in targets.items()},
     }
 
@@ -105,13 +99,16 @@ def evaluate_features(emb: dict[str, np.ndarray], z: dict[str, np.ndarray], rows
 def _read_embeddings(run: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict]:
     info = json.loads((run / "embeddings.json").read_text())
     table = pq.read_table(run / "embeddings.parquet")
-    emb = {b: table.column(f"emb_{b}").combine_chunks().flatten().to_numpy().reshape(len(table), -1)
-           for b in ("rgb", "thermal")}
-    return table.drop(["emb_rgb", "emb_thermal"]).to_pandas(), emb, info
+    columns = {"rgb": "emb_rgb", "thermal": "emb_thermal", "grid_rgb": "grid_rgb", "grid_thermal": "grid_thermal"}
+    if "grid_rgb" not in table.column_names:
+        raise SystemExit(f"{run / 'embeddings.parquet'} has no grid columns: rerun python -m stage1_jea.export")
+    feats = {k: table.column(c).combine_chunks().flatten().to_numpy().reshape(len(table), -1)
+             for k, c in columns.items()}
+    return table.drop(list(columns.values())).to_pandas(), feats, info
 
 
-def _random_init_features(run: Path, prepared: Path, rows: pd.DataFrame, *, seed: int,
-                          batch_size: int) -> dict[str, np.ndarray]:
+def _random_init_features(run: Path, prepared: Path, rows: pd.DataFrame, *, seed: int, batch_size: int,
+                          grid: int) -> dict[str, np.ndarray]:
     from data import PairedSkyDataset
 
     specs = torch.load(run / "encoders.pt", map_location="cpu", weights_only=True)["meta"]["specs"]
@@ -121,7 +118,7 @@ def _random_init_features(run: Path, prepared: Path, rows: pd.DataFrame, *, seed
     where = dataset.index.reset_index(drop=True).reset_index().merge(rows[KEYS], on=KEYS, how="right")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return extract_features(encoders, Subset(dataset, where["index"].tolist()), batch_size=batch_size,
-                            device=device, desc="random-init features")
+                            device=device, desc="random-init features", grid=grid)
 
 
 def _true_cloud_fraction(prepared: Path, table: pd.DataFrame) -> pd.Series | None:
@@ -139,45 +136,66 @@ def _true_cloud_fraction(prepared: Path, table: pd.DataFrame) -> pd.Series | Non
 
 def evaluate(run: str | Path, *, rows: str = "day", batch_size: int = 256, seed: int = 0) -> dict:
     run = Path(run)
-    table, emb, info = _read_embeddings(run)
+    table, feats, info = _read_embeddings(run)
     prepared = Path(info["prepared_dir"])
     index = pd.read_parquet(prepared / "index.parquet")
-    table = table.merge(index[KEYS + ["cloud_fraction", "lon"]], on=KEYS, how="left", validate="one_to_one")
+    table = table.merge(index[KEYS + ["cloud_fraction", "lon", "row"]], on=KEYS, how="left", validate="one_to_one")
     truth = _true_cloud_fraction(prepared, table)
     if truth is not None:
         table["true_cloud_fraction"] = truth.to_numpy()
     keep = (table["is_day"].to_numpy(bool) if rows == "day" else np.ones(len(table), bool)) & \
         table["cloud_fraction"].notna().to_numpy()
     sel = table[keep].reset_index(drop=True)
-    emb = {b: v[keep] for b, v in emb.items()}
+    feats = {b: v[keep] for b, v in feats.items()}
     missing = [s for s in ("train", "val", "test") if not (sel["split"] == s).any()]
     if missing:
         raise SystemExit(f"no {rows} rows in split(s) {missing} of {prepared}: cannot fit/score probes")
-    dims = {b: x.shape[1] for b, x in emb.items()}
-    trained = evaluate_features(emb, project(emb, _projectors(run, dims, trained=True, seed=seed)), sel)
-    emb_random = _random_init_features(run, prepared, sel, seed=seed, batch_size=batch_size)
-    floor = evaluate_features(emb_random, project(emb_random, _projectors(run, dims, trained=False, seed=seed)), sel)
-    probe = trained["probes"]["cloud_fraction"].pop("_probe")
-    for result in (trained, floor):
+    targets = {"cloud_fraction": sel["cloud_fraction"].to_numpy(np.float64)}
+    if "true_cloud_fraction" in sel:
+        targets["true_cloud_fraction"] = sel["true_cloud_fraction"].to_numpy(np.float64)
+    g = info["grid"]["g"]
+    targets["layout"] = region_cloud_fraction(prepared, sel["row"].to_numpy(), grid=g)
+    pixels = raw_pixels(prepared, sel["row"].to_numpy(), size=8)
+    sets = {"trained": feats,
+            "random_init": _random_init_features(run, prepared, sel, seed=seed, batch_size=batch_size, grid=g),
+            "raw_pixels": {**pixels, "grid_rgb": pixels["rgb"], "grid_thermal": pixels["thermal"]}}
+    results = {name: evaluate_features(f, sel, targets) for name, f in sets.items()}
+    test = (sel["split"] == "test").to_numpy()
+    z = project({b: feats[b] for b in ("rgb", "thermal")}, _trained_projectors(run, {b: feats[b].shape[1]
+                                                                                        for b in ("rgb", "thermal")}))
+    results["trained"]["retrieval_projector"] = {
+        "space": "trained projector outputs (cosine)", "rgb_to_thermal": retrieval(z["rgb"][test], z["thermal"][test]),
+        "thermal_to_rgb": retrieval(z["thermal"][test], z["rgb"][test])}
+    cloud = results["trained"]["probes"]["cloud_fraction"]
+    probe = cloud["_probe"]
+    for result in results.values():
         for p in result["probes"].values():
             p.pop("_probe", None)
     atomic_write_json(run / "probe_cloud_fraction.json", {
         "features": "concat(emb_rgb, emb_thermal)", "feature_mean": probe["feature_mean"].tolist(),
         "feature_std": probe["feature_std"].tolist(), "coef": probe["coef"].tolist(),
-        "intercept": probe["intercept"], "test_r2": trained["probes"]["cloud_fraction"]["ridge_test_r2"],
-        "alpha": trained["probes"]["cloud_fraction"]["ridge_alpha"], "rows": rows})
-    metrics = {"rows": rows, "n": sel["split"].value_counts().to_dict(), "checkpoint_sha256": info["checkpoint_sha256"],
-               "embedding": "backbone features (not projector)", "trained": trained, "random_init": floor}
+        "intercept": float(probe["intercept"]), "test_r2": cloud["ridge_test_r2"], "alpha": cloud["ridge_alpha"],
+        "rows": rows})
+    metrics = {"rows": rows, "n": sel["split"].value_counts().to_dict(),
+               "checkpoint_sha256": info["checkpoint_sha256"],
+               "embedding": "backbone features (not projector)",
+               "layout_target": f"cloud fraction per cell of a {g}x{g} grid of the prepared thermal frame "
+                                "(data.sky.cloud_mask), row-major", **results}
     atomic_write_json(run / "metrics.json", metrics)
     ts = pd.to_datetime(sel["timestamp"], utc=True)
     solar_hour = ((ts.dt.hour + ts.dt.minute / 60 + sel["lon"].to_numpy() / 15) % 24).to_numpy()
-    plot_embeddings_2d(emb, sel["cloud_fraction"].to_numpy(), solar_hour, run / "embeddings_2d.png")
-    r, f = trained["retrieval"], floor["retrieval"]
-    print(f"retrieval top-5 rgb->thermal {r['rgb_to_thermal']['top5']:.3f} thermal->rgb "
-          f"{r['thermal_to_rgb']['top5']:.3f} (random init {f['rgb_to_thermal']['top5']:.3f}/"
-          f"{f['thermal_to_rgb']['top5']:.3f}, chance {r['chance_top5']:.4f}, n={r['n_test']}); cloud-fraction "
-          f"ridge R² {trained['probes']['cloud_fraction']['ridge_test_r2']:.3f} "
-          f"(random init {floor['probes']['cloud_fraction']['ridge_test_r2']:.3f}); wrote {run / 'metrics.json'}")
+    plot_embeddings_2d({b: feats[b] for b in ("rgb", "thermal")}, sel["cloud_fraction"].to_numpy(), solar_hour,
+                       run / "embeddings_2d.png")
+    print(f"test n={results['trained']['retrieval']['n_test']}, chance top-5 "
+          f"{results['trained']['retrieval']['chance_top5']:.4f}; CCA-aligned top-5 rgb->thermal/thermal->rgb, "
+          "cloud-fraction R², layout R²:")
+    for name, r in results.items():
+        ret, pr = r["retrieval"], r["probes"]
+        print(f"  {name:12s} {ret['rgb_to_thermal']['top5']:.3f}/{ret['thermal_to_rgb']['top5']:.3f}  "
+              f"{pr['cloud_fraction']['ridge_test_r2']:.3f}  {pr['layout']['ridge_test_r2']:.3f}")
+    rp = results["trained"]["retrieval_projector"]
+    print(f"  trained, projector space: {rp['rgb_to_thermal']['top5']:.3f}/{rp['thermal_to_rgb']['top5']:.3f}; "
+          f"wrote {run / 'metrics.json'}")
     return metrics
 
 

@@ -4,6 +4,8 @@
     h_rgb, h_thermal, z_rgb, z_thermal = model(rgb, thermal)   # h: (B, D) backbone, z: (B, P_dim) projector
 
 The backbones are what stage 1 exports (`encoders.pt`, embeddings); the projectors exist only for the loss.
+`pooled_and_grid(encoder, x, grid=2)` gives the exported pooled vector and the final feature map pooled to a
+grid (where in the frame things are, for stage 2).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from sagecast_common.encoders import build_encoder, encoder_kwargs
@@ -42,6 +46,19 @@ def projector(in_dim: int, dims: str) -> nn.Sequential:
 def feature_dim(encoder: nn.Module) -> int:
     """Width of a headless timm model's output: MobileNetV3/LCNet end in a wider conv head than num_features."""
     return getattr(encoder, "head_hidden_size", None) or encoder.num_features
+
+
+def pooled_and_grid(encoder: nn.Module, x: torch.Tensor, *, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, D) = encoder(x) and (B, g*g*C) = the final feature map adaptive-average-pooled to g×g, flattened
+    in (row, col, channel) order. ViT tokens (after the prefix tokens) are laid back on their patch grid."""
+    fmap = encoder.forward_features(x)
+    pooled = encoder.forward_head(fmap)
+    if fmap.ndim == 3:  # (B, tokens, C): drop class/register tokens, tokens are row-major patches
+        tokens = fmap[:, getattr(encoder, "num_prefix_tokens", 0):]
+        side = int(round(tokens.shape[1] ** 0.5))
+        fmap = rearrange(tokens, "b (h w) c -> b c h w", h=side, w=side)
+    cells = F.adaptive_avg_pool2d(fmap.float(), grid)  # (B, C, g, g)
+    return pooled, rearrange(cells, "b c gh gw -> b (gh gw c)")
 
 
 class TwoBranch(nn.Module):

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sagecast_common.linalg import RidgePath
 from stage2_forecast import samples
 from stage2_forecast.models import damped_anomaly
 
@@ -73,9 +74,10 @@ def _damped(batch: dict, damping: np.ndarray) -> np.ndarray:
 
 def ridge(b_train: dict, b_val: dict, b_eval: dict, *, context: bool,
           alphas=RIDGE_ALPHAS) -> tuple[np.ndarray, dict[int, float]]:
-    """Ridge (dual form, one eigendecomposition per horizon) from the last scan or the whole context to the
-    change of every preset; fitted on train samples whose anchor and target scans are complete, penalty
-    (relative to the mean squared feature norm) chosen per horizon on val. Returns (N, H, P, D) and alphas."""
+    """Ridge (sagecast_common.linalg.RidgePath: one eigendecomposition per horizon) from the last scan or the
+    whole context to the change of every preset; fitted on train samples whose anchor and target scans are
+    complete, penalty (relative to the mean squared feature norm) chosen per horizon on val. Returns (N, H, P, D)
+    and alphas."""
     def design(b):
         z = b["ctx_z"] if context else b["ctx_z"][:, :1]
         # float32 design (T·P·D columns can be tens of thousands); the small N × N algebra runs in float64
@@ -91,19 +93,14 @@ def ridge(b_train: dict, b_val: dict, b_eval: dict, *, context: bool,
         if r.sum() < 2:
             chosen[h] = None  # too few complete samples: the forecast stays persistence
             continue
-        xm = xtr[r].mean(0)
-        x, y = xtr[r] - xm, (ytr[r, h] - ztr[r]).reshape(r.sum(), -1)
-        gram = (x @ x.T).astype(np.float64)
-        lam, u = np.linalg.eigh(gram)
-        uty, scale = u.T @ (y - y.mean(0)), np.trace(gram) / len(x)
-        k_va, k_ev = ((xva - xm) @ x.T).astype(np.float64) @ u, ((xev - xm) @ x.T).astype(np.float64) @ u
+        path = RidgePath(xtr[r], (ytr[r, h] - ztr[r]).reshape(r.sum(), -1))
 
-        def fit(k, a, uty=uty, lam=lam, scale=scale, y=y):
-            return (y.mean(0) + k @ (uty / (lam + a * scale)[:, None])).reshape(len(k), *ztr.shape[1:])
+        def fit(x, a, path=path):
+            return path.predict(x, a).reshape(len(x), *ztr.shape[1:])
 
-        errors = [(((zva + fit(k_va, a) - yva[:, h]) ** 2).mean(-1) * mva[:, h]).sum() for a in alphas]
+        errors = [(((zva + fit(xva, a) - yva[:, h]) ** 2).mean(-1) * mva[:, h]).sum() for a in alphas]
         best = alphas[int(np.argmin(errors))] if mva[:, h].any() else alphas[2]
-        pred[:, h] = zev + fit(k_ev, best)
+        pred[:, h] = zev + fit(xev, best)
         chosen[h] = best
     return pred.astype(np.float32), chosen
 

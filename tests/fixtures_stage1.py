@@ -48,7 +48,8 @@ def write_fake_prepared(out, *, n: int = 48, size: int = 32, seed: int = 0) -> N
 class FakePairedSkyDataset(torch.utils.data.Dataset):
     """Minimal stand-in for data.PairedSkyDataset: contract signature, flips drawn from torch's global RNG."""
 
-    def __init__(self, prepared_dir, split, *, augment=True, day_only=True, crop_size=None, seed=0):
+    def __init__(self, prepared_dir, split, *, augment=True, day_only=True, crop_size=None, seed=0,
+                 independent_crops=True):
         from pathlib import Path
 
         prepared_dir = Path(prepared_dir)

@@ -72,7 +72,7 @@ def test_full_frames_are_exactly_the_normalised_arrays(square_prepared):
 
 def test_augmentation_crops_the_same_sky_in_both_modalities(square_prepared):
     torch.manual_seed(0)
-    ds = PairedSkyDataset(square_prepared, None, day_only=False, crop_size=20, seed=1)
+    ds = PairedSkyDataset(square_prepared, None, day_only=False, crop_size=20, seed=1, independent_crops=False)
     views = set()
     for i in range(len(ds)):
         for _ in range(4):
@@ -86,6 +86,32 @@ def test_augmentation_crops_the_same_sky_in_both_modalities(square_prepared):
             assert np.abs(centroid(hot) - centroid(bright)).max() < 1.0
             views.add(tuple(np.round(centroid(hot), 1)))
     assert len(views) > len(ds)  # the crops really vary
+
+
+def test_independent_crops_differ_but_keep_the_minimum_overlap(square_prepared):
+    from data.dataset import MIN_CROP_IOU, box_iou
+
+    assert box_iou((0, 0, 4, 4), (0, 2, 4, 4)) == pytest.approx(8 / 24)  # hand-computed: 2×4 of 4·4+4·4-8
+    assert box_iou((0, 0, 4, 4), (4, 4, 2, 2)) == 0.0
+    ds = PairedSkyDataset(square_prepared, "train", seed=3)
+    ds._gen = torch.Generator().manual_seed(0)
+    pairs = [ds.crop_pair() for _ in range(2000)]
+    ious = np.array([box_iou(a, b) for a, b in pairs])
+    assert ious.min() >= MIN_CROP_IOU == 0.5
+    assert (ious < 0.9).mean() > 0.5  # the boxes really differ: no shared crop geometry to match
+    for a, b in pairs:
+        for top, left, h, w in (a, b):
+            assert 0 <= top and 0 <= left and top + h <= S and left + w <= S and h > 0 and w > 0
+    # the warm/bright square lands at different places in the two views, but both still show it
+    torch.manual_seed(0)
+    offsets = []
+    for i in range(len(ds)):
+        rgb, thermal = ds[i]
+        grey = rgb.mean(0)
+        hot, bright = thermal[0] > 2.0, grey > grey.amin() + 0.5 * (grey.amax() - grey.amin())  # halfway
+        if hot.sum() >= 4 and bright.sum() >= 4:
+            offsets.append(np.abs(centroid(hot) - centroid(bright)).max())
+    assert offsets and max(offsets) > 1.0
 
 
 def test_loader_workers_and_distributed_sampler(square_prepared):

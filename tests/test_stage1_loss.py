@@ -140,3 +140,51 @@ def test_importing_the_package_does_no_work():
     code = "import sys, stage1_jea; assert 'torch' not in sys.modules; print(stage1_jea.vicreg_loss.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "vicreg_loss"
+
+
+def _one_step(name: str, *, lr: float, **kw) -> float:
+    """Relative change ||Δw|| / ||w|| of a Linear(4, 3) with every weight 0.5 after one optimiser step."""
+    from sagecast_common.schedule import set_lr
+    from stage1_jea.optim import relative_change
+
+    layer = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        layer.weight.fill_(0.5)
+    before = {"weight": layer.weight.detach().clone()}
+    opt = build_optimizer(layer, name=name, **kw)
+    set_lr(opt, lr)
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+    layer(x).pow(2).sum().backward()
+    assert (layer.weight.grad != 0).all()
+    opt.step()
+    return relative_change(before, layer)["weight"]
+
+
+def test_one_optimiser_step_moves_the_weights_by_a_known_relative_amount():
+    # AdamW's first step moves every element by lr (m/sqrt(v) = ±1): ||Δw|| = lr·√12, ||w|| = 0.5·√12
+    assert _one_step("adamw", lr=0.002, weight_decay=0.0) == pytest.approx(0.002 / 0.5, rel=1e-3)
+    # LARS scales the step to lr · eta · ||w|| (tiny weight decay aside): relative lr · eta
+    assert _one_step("lars", lr=0.075, weight_decay=1e-6, trust_coefficient=0.001) == pytest.approx(7.5e-5, rel=1e-3)
+    assert _one_step("lars", lr=0.2, weight_decay=1e-6, trust_coefficient=0.01) == pytest.approx(2e-3, rel=1e-3)
+
+
+def test_quick_preset_optimiser_step_moves_every_conv_weight():
+    from sagecast_common.schedule import set_lr
+    from stage1_jea.optim import relative_change
+
+    torch.manual_seed(0)
+    model = TwoBranch(specs=encoder_specs("resnet10t", "resnet10t", img_size=32), projector_dims="16-16")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = build_optimizer(model, name="adamw", weight_decay=0.05)
+    set_lr(opt, 0.008 * 64 / 256)  # the quick preset's peak lr
+    *_, z_a, z_b = model(torch.randn(8, 3, 32, 32), torch.randn(8, 1, 32, 32))
+    vicreg_loss(z_a, z_b)[0].backward()
+    opt.step()
+    change = relative_change(before, model)
+    grads = dict(model.named_parameters())
+    conv = [v for n, v in change.items() if "conv" in n and grads[n].grad.abs().sum() > 0]
+    # each element moves by at most lr (+ decay): the relative change is at most lr / rms(w), ~0.002/0.06.
+    # convs behind a zero-initialised BN gamma (timm's zero_init_last) get no gradient yet: decay only
+    still = [v for n, v in change.items() if "conv" in n and grads[n].grad.abs().sum() == 0]
+    assert len(conv) >= 6 and min(conv) > 1e-3 and max(conv) < 0.2  # the stems, 3 convs per branch
+    assert len(still) >= 8 and all(v == pytest.approx(0.002 * 0.05, rel=1e-3) for v in still)
