@@ -62,4 +62,4 @@ clean:
 COMPARE_ARGS ?=
 .PHONY: compare
 compare: | $(STAMP)
-	$(PY) -m stage2_forecast.compare --out $(RUNS)/compare $(COMPARE_ARGS)
+	$(BIN)/sagecast-compare --out $(RUNS)/compare $(COMPARE_ARGS)

@@ -10,13 +10,12 @@ Steps, each a separate process and skipped when its output exists (rerun to resu
   3. the same encoders exported on the held-out folder, into OUT/stage1_heldout.
   4. stage 2: each variant × each seed, one run dir OUT/stage2/<variant>_s<seed>.
   5. stage2_forecast.evaluate on the test split (OUT/report) and on every held-out day (OUT/report_heldout),
-     with the synthetic oracles when the raw folders have them.
+     with the synthetic oracles when the raw folders have them; the HTML report OUT/report/report.html.
 Writes OUT/timings.json (seconds per step), the measured pieces behind README's time estimate.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import shutil
@@ -25,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from sagecast_common.cli import make_parser
 from sagecast_common.runio import atomic_write_json
 
 
@@ -40,23 +40,24 @@ def step(name: str, done: Path, cmd: list[str], timings: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = make_parser("sagecast-compare", __doc__)
     ap.add_argument("--out", required=True, help="everything goes under this folder")
-    ap.add_argument("--node", default="W056")
+    ap.add_argument("--node", default="W056", help="node VSN of both skies (its registry locations)")
     ap.add_argument("--start", default="2023-06-01", help="first local date of the training sky")
     ap.add_argument("--days", type=int, default=20, help="whole days of the training sky")
     ap.add_argument("--heldout-start", default="2023-08-01", help="first local date of the held-out sky")
-    ap.add_argument("--heldout-days", type=int, default=4)
+    ap.add_argument("--heldout-days", type=int, default=4, help="whole days of the held-out sky")
     ap.add_argument("--heldout-seed", type=int, default=1, help="synthetic seed of the held-out sky")
-    ap.add_argument("--interval-min", type=float, default=5.0)
+    ap.add_argument("--interval-min", type=float, default=5.0, help="minutes between scan loops")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="stage-2 seeds per variant")
-    ap.add_argument("--variants", nargs="+", default=["detr", "jepa"])
+    ap.add_argument("--variants", nargs="+", default=["detr", "jepa"], choices=("detr", "jepa"),
+                    help="stage-2 variants to train")
     ap.add_argument("--synthetic", default="", help="extra data.synthetic arguments (quoted)")
     # Two stage-1 epochs instead of the quick preset's five keep the whole comparison within an hour on 2 cores
     # (README "Comparing the variants" has the measured pieces); pass --stage1 epochs=5 for the preset's.
     ap.add_argument("--stage1", nargs="*", default=["epochs=2"], help="stage-1 key=value overrides")
     ap.add_argument("--stage2", nargs="*", default=[], help="extra stage-2 key=value overrides")
-    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates of each report")
     args = ap.parse_args(argv)
     out, py, timings = Path(args.out), sys.executable, {}
     skies = {"train": (args.start, args.days, 0), "heldout": (args.heldout_start, args.heldout_days, args.heldout_seed)}
@@ -95,6 +96,10 @@ def main(argv: list[str] | None = None) -> None:
         step(name, out / name / "report.json",
              [py, "-m", "stage2_forecast.evaluate", "--stage1-run", str(s1), "--runs", *runs, "--out", str(out / name),
               "--raw", str(out / raw), "--n-boot", str(args.n_boot), *extra], timings)
+    step("report_html", out / "report" / "report.html",
+         [py, "-m", "stage2_forecast.report", "--prepared", str(out / "prepared_train"), "--stage1", str(s1),
+          "--stage2", str(out / "stage2"), "--report-dir", str(out / "report"), "--out",
+          str(out / "report" / "report.html")], timings)
     atomic_write_json(out / "timings.json", {**_previous(out), **timings})
     print(f"[compare] done: {out / 'report' / 'report.md'} and {out / 'report_heldout' / 'report.md'}")
 

@@ -181,11 +181,12 @@ def verdict_section(prepared: Path, stage1: Path, stage2: Path, report: dict | N
     return "\n".join(out)
 
 
-def build(*, prepared: Path, stage1: Path, stage2: Path, out: Path) -> Path:
-    """Write the report to `out` atomically; returns `out`."""
+def build(*, prepared: Path, stage1: Path, stage2: Path, out: Path, report_dir: Path | None = None) -> Path:
+    """Write the report to `out` atomically; returns `out`. report.json is read from `report_dir` (default
+    `stage2`: `make compare` keeps its runs and its reports in separate folders)."""
     index = inputs.read_index(prepared)
     rgb, thermal = (np.load(prepared / f"{k}.npy", mmap_mode="r") for k in ("rgb", "thermal"))
-    report = inputs.read_json(stage2 / "report.json")
+    report = inputs.read_json(Path(report_dir or stage2) / "report.json")
     truth = inputs.read_truth(prepared, sorted(index["vsn"].unique()))
     sections = [("data", "1 Data", data_section(prepared, index, rgb, thermal)),
                 ("stage1", "2 Stage 1: RGB–thermal embeddings", stage1_section(stage1, prepared, index, rgb, thermal)),
@@ -206,13 +207,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", default="runs", help="RUNS folder holding prepared/, stage1/, stage2/")
     for name in ("prepared", "stage1", "stage2"):
         ap.add_argument(f"--{name}", help=f"{name} folder (default RUNS/{name})")
+    ap.add_argument("--report-dir", help="folder with report.json (default STAGE2)")
     ap.add_argument("--out", help="report path (default STAGE2/report.html)")
     ap.add_argument("--no-browser", action="store_true", help="skip the headless-Chromium check and screenshot")
     args = ap.parse_args(argv)
     dirs = {k: Path(getattr(args, k) or Path(args.runs) / k) for k in ("prepared", "stage1", "stage2")}
     out = Path(args.out or dirs["stage2"] / "report.html")
     try:
-        build(**dirs, out=out)
+        build(**dirs, out=out, report_dir=Path(args.report_dir) if args.report_dir else None)
     except FileNotFoundError as e:
         fail(ap.prog, str(e))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
