@@ -131,7 +131,8 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
     batch = {s: samples.gather(fit, w, np.arange(len(w)), day_only=base.day_only, clim=clim) for s, w in wins.items()}
     b = samples.gather(table, test, np.arange(len(test)), day_only=base.day_only, clim=clim)
     true, mask = b["tgt_z"].numpy(), b["tgt_mask"].numpy()
-    found, fitted = baselines.forecasts(batch["train"], batch["val"], b)
+    damping = baselines.fit_damping_by_day(fit, wins["train"], day_only=base.day_only)
+    found, fitted = baselines.forecasts(batch["train"], batch["val"], b, damping=damping)
     preds = {k: [v] for k, v in found.items()}
     for _, cfg, model, _ in loaded:
         twin = samples.build_windows(table, split=split, context_scans=cfg.context_scans, **kw)

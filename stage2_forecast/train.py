@@ -110,8 +110,7 @@ def load_data(cfg: Config):
               tolerance_min=cfg.tolerance_min, day_only=cfg.day_only, day_anchors=cfg.day_anchors)
     wins = {s: samples.build_windows(table, split=s, **kw) for s in ("train", "val", "test")}
     clim = baselines.fit_climatology(table, day_only=cfg.day_only)
-    train = samples.gather(table, wins["train"], np.arange(len(wins["train"])), day_only=cfg.day_only, clim=clim)
-    return table, mean, std, wins, clim, baselines.fit_damping(train)
+    return table, mean, std, wins, clim, baselines.fit_damping_by_day(table, wins["train"], day_only=cfg.day_only)
 
 
 def build_model(cfg: Config, mean, std, damping=None) -> nn.Module:

@@ -42,6 +42,22 @@ def test_smart_persistence_and_damped_anomaly_on_a_hand_made_series():
     np.testing.assert_allclose(flat["climatology"], [2, 8, 8])
 
 
+def test_damping_is_cross_fitted_by_day_by_hand():
+    # Two days with scans at solar 9:50, 9:55 (bin 9), 10:00, 10:05 (bin 10).
+    hours = [9 + 50 / 60, 9 + 55 / 60, 10.0, 10 + 5 / 60] * 2
+    table = series_table([1.0, 3.0, 6.0, 10.0, 3.0, 5.0, 4.0, 2.0], hours)
+    table.day[:8] = [1, 1, 1, 1, 2, 2, 2, 2]
+    table.time_ns[4:8] += 86_400 * 10**9
+    win = samples.build_windows(table, horizons_min=(5.0,), context_scans=1, step_min=5.0, split="train")
+    assert list(win.anchor) == [0, 1, 2, 4, 5, 6]
+    # day 1 against day 2's climatology (bin 9: 4, bin 10: 3): x = [-3, -1, 3], y = [-1, 3, 7] -> Σxy 21, Σx² 19
+    # day 2 against day 1's (bin 9: 2, bin 10: 8):             x = [1, 3, -4],  y = [3, -4, -6] -> Σxy 15, Σx² 26
+    assert baselines.fit_damping_by_day(table, win)[0, 0] == pytest.approx(36 / 45)
+    # in-sample (both days' climatology: bin 9: 3, bin 10: 5.5) the anomalies look short-lived: Σxy 4.5, Σx² 10.5
+    in_sample = samples.gather(table, win, np.arange(len(win)), clim=baselines.fit_climatology(table))
+    assert baselines.fit_damping(in_sample)[0, 0] == pytest.approx(4.5 / 10.5)
+
+
 def test_no_night_anchors_by_default():
     # Scans 0-3 are night captures (before sunrise); their 5-60 min targets are daytime.
     table = series_table(np.arange(20.0), np.full(20, 6.0), is_day=np.arange(20) >= 4)
