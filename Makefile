@@ -42,7 +42,7 @@ stage2: | $(STAMP)
 	@test -f $(RUNS)/stage1/embeddings.parquet || { echo "no $(RUNS)/stage1/embeddings.parquet: run 'make stage1' first"; exit 2; }
 	$(BIN)/sagecast-stage2-train --variant detr --preset quick stage1_run=$(RUNS)/stage1 run_dir=$(RUNS)/stage2/detr $(STAGE2_ARGS)
 	$(BIN)/sagecast-stage2-train --variant jepa --preset quick stage1_run=$(RUNS)/stage1 run_dir=$(RUNS)/stage2/jepa $(STAGE2_ARGS)
-	$(BIN)/sagecast-stage2-evaluate --stage1-run $(RUNS)/stage1 --runs $(RUNS)/stage2/detr $(RUNS)/stage2/jepa --out $(RUNS)/stage2
+	$(BIN)/sagecast-stage2-evaluate --stage1-run $(RUNS)/stage1 --runs $(RUNS)/stage2/detr $(RUNS)/stage2/jepa --out $(RUNS)/stage2 --raw $(RUNS)/raw
 	$(BIN)/sagecast-report --runs $(RUNS)
 
 test: $(STAMP)
