@@ -184,43 +184,51 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
                             pin_memory=cuda)
         net.train()
         t0, pairs = time.perf_counter(), 0
-        bar = progress(_batches(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=env.is_main,
+        batches = _batches(loader)
+        bar = progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=env.is_main,
                        initial=batches_done, total=steps_per_epoch)
         stopped = False
-        for rgb, thermal in bar:
-            lr = lr_at(step, total_steps=total_steps, warmup_steps=warmup_steps, peak=peak_lr,
-                       final_ratio=cfg.final_lr_ratio)
-            set_lr(optimizer, lr)
-            rgb = rgb.to(device, non_blocking=True, memory_format=memory_format)
-            thermal = thermal.to(device, non_blocking=True, memory_format=memory_format)
-            with autocast:
-                h_rgb, h_thermal, z_rgb, z_thermal = net(rgb, thermal)
-            loss, terms = vicreg_loss(z_rgb.float(), z_thermal.float(), sim=cfg.sim_coeff, std=cfg.std_coeff,
-                                      cov=cfg.cov_coeff)
-            # one all-reduce carries the loss (finite check, logging) and any rank's stop signal
-            shared = torch.stack([loss.detach(), torch.tensor(float(stop.requested), device=device)])
-            if env.distributed:
-                torch_dist.all_reduce(shared)
-            mean_loss = shared[0].item() / env.world_size
-            if not np.isfinite(mean_loss):
-                values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-                raise RuntimeError(f"non-finite loss at step {step} (epoch {epoch + 1}): {values}. "
-                                   f"{run / 'ckpt.pt'} still holds the last good checkpoint; lower base_lr.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step, batches_done, pairs = step + 1, batches_done + 1, pairs + per_rank * env.world_size
-            if step % cfg.log_every == 0 or batches_done == steps_per_epoch:
-                rate = pairs / (time.perf_counter() - t0)
-                stds = [h.detach().float().std(dim=0).mean().item() for h in (h_rgb, h_thermal)]
-                logger.log({"step": step, "epoch": epoch + 1, "loss": mean_loss,
-                            **{k: v.item() for k, v in terms.items()}, "lr": lr, "emb_std": sum(stds) / 2,
-                            "emb_std_rgb": stds[0], "emb_std_thermal": stds[1], "pairs_per_s": rate})
-                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2g}", pps=f"{rate:.0f}")
-            stopped = shared[1].item() > 0  # some rank was asked to stop: all save this step together
-            if stopped:
-                break
-        bar.close()
+        try:
+            for rgb, thermal in bar:
+                lr = lr_at(step, total_steps=total_steps, warmup_steps=warmup_steps, peak=peak_lr,
+                           final_ratio=cfg.final_lr_ratio)
+                set_lr(optimizer, lr)
+                rgb = rgb.to(device, non_blocking=True, memory_format=memory_format)
+                thermal = thermal.to(device, non_blocking=True, memory_format=memory_format)
+                with autocast:
+                    h_rgb, h_thermal, z_rgb, z_thermal = net(rgb, thermal)
+                loss, terms = vicreg_loss(z_rgb.float(), z_thermal.float(), sim=cfg.sim_coeff, std=cfg.std_coeff,
+                                          cov=cfg.cov_coeff)
+                # one all-reduce carries the loss (finite check, logging) and any rank's stop signal
+                shared = torch.stack([loss.detach(), torch.tensor(float(stop.requested), device=device)])
+                if env.distributed:
+                    torch_dist.all_reduce(shared)
+                mean_loss = shared[0].item() / env.world_size
+                if not np.isfinite(mean_loss):
+                    values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+                    raise RuntimeError(f"non-finite loss at step {step} (epoch {epoch + 1}): {values}. "
+                                       f"{run / 'ckpt.pt'} still holds the last good checkpoint; lower base_lr.")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step, batches_done, pairs = step + 1, batches_done + 1, pairs + per_rank * env.world_size
+                if step % cfg.log_every == 0 or batches_done == steps_per_epoch:
+                    rate = pairs / (time.perf_counter() - t0)
+                    stds = [h.detach().float().std(dim=0).mean().item() for h in (h_rgb, h_thermal)]
+                    logger.log({"step": step, "epoch": epoch + 1, "loss": mean_loss,
+                                **{k: v.item() for k, v in terms.items()}, "lr": lr, "emb_std": sum(stds) / 2,
+                                "emb_std_rgb": stds[0], "emb_std_thermal": stds[1], "pairs_per_s": rate})
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2g}", pps=f"{rate:.0f}")
+                stopped = shared[1].item() > 0  # some rank was asked to stop: all save this step together
+                if stopped:
+                    break
+        finally:
+            # End the workers now, through the loader's own shutdown. Left to garbage collection, a loop left
+            # early (stop signal, error) can keep them until interpreter exit, where multiprocessing terminate()s
+            # them with SIGTERM — which they ignore — and then waits for them forever: a preempted job would hang
+            # instead of exiting 75.
+            bar.close()
+            batches.close()
         if stopped or stop.requested:
             checkpoint()
             if env.is_main:
