@@ -155,8 +155,7 @@ def verdict_section(prepared: Path, stage1: Path, stage2: Path, report: dict | N
     sentences = [verdict] if isinstance(verdict, str) else list(verdict or [])
     comparisons = (report or {}).get("comparisons") or []
     sentences += [c["sentence"] for c in comparisons if isinstance(c, dict) and c.get("sentence")]
-    items = "".join(f"<li>{esc(s.replace('**', ''))}</li>" for s in sentences)  # report.md's bold markers
-    out.append(f"<ul>{items}</ul>" if sentences else NA)
+    out.append("<ul>" + "".join(f"<li>{esc(s)}</li>" for s in sentences) + "</ul>" if sentences else NA)
     if comparisons:
         out.append(table_html(["a", "b", "horizon", "difference", "95 % interval", "distinguishable"],
                               [[c.get("a"), c.get("b"), c.get("horizon"), num(c.get("diff")), interval(c.get("ci")),

@@ -17,7 +17,7 @@ def verdict_sentences(report: dict) -> list[str]:
             continue
         yes = [f"{c['a']} − {c['b']} = {c['diff']:+.3f}" for c in rows if c["distinguishable"]]
         no = [f"{c['a']} − {c['b']}" for c in rows if not c["distinguishable"]]
-        text = f"- **{h:g} min**: "
+        text = f"{h:g} min: "
         text += ("distinguishable from 0: " + "; ".join(yes) + ". ") if yes else "no difference is distinguishable. "
         text += ("Inside the noise: " + ", ".join(no) + ".") if no and yes else ""
         out.append(text.rstrip())
@@ -37,7 +37,8 @@ def markdown(report: dict) -> str:
     if n_days < 2:
         lines += ["Only one evaluation day: the day bootstrap has nothing to resample, every interval below is a "
                   "point and no difference is called distinguishable. Evaluate on more days (`make compare`).", ""]
-    lines += [*verdict_sentences(report), ""]
+    lines += [f"- **{head}**: {rest}" for head, _, rest in (v.partition(": ") for v in verdict_sentences(report))]
+    lines += [""]
     lines += ["| a | b | horizon | a − b (skill) | 95 % CI | distinguishable |", "|---|---|---|---|---|---|"]
     lines += [f"| {c['a']} | {c['b']} | {c['horizon']:g} | {c['diff']:+.3f} | [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | "
               f"{'yes' if c['distinguishable'] else 'no'} |" for c in report.get("comparisons", [])]
