@@ -3,7 +3,7 @@
     python -m benchmarks.run_all --only stage1
     python -m benchmarks.bench_stage1 --gpu [--out gpu_stage1.md]   # GPU rows only, random tensors, < ~5 min
 
-CPU (always): the quick preset's model (resnet10t ×2, 1024-1024-1024 projector, 64 px, batch 64) on a small
+CPU (always): the quick preset's model (resnet10t ×2, its projector, 64 px, batch 64) on a small
 synthetic prepared set made here with `data.synthetic` + `data.prepare`: training steps with DataLoader
 workers=1 vs 0 (baseline), and export batched under no_grad vs one pair at a time with autograd on (baseline).
 GPU (when CUDA is available): the full preset's model (resnet50 ×2, 8192 projector, 224 px, LARS eta 0.01)
@@ -32,6 +32,7 @@ from stage1_jea.export import extract_features
 from stage1_jea.loss import vicreg_loss
 from stage1_jea.model import TwoBranch, encoder_specs
 from stage1_jea.optim import build_optimizer
+from stage1_jea.train import PRESETS
 
 
 def _make_prepared(tmp: Path) -> Path:
@@ -80,7 +81,7 @@ def _cpu_rows() -> list[tuple[str, str, float]]:
         specs = encoder_specs("resnet10t", "resnet10t", img_size=64)
         for workers in (0, 1):
             torch.manual_seed(0)
-            model = TwoBranch(specs=specs, projector_dims="1024-1024-1024")
+            model = TwoBranch(specs=specs, projector_dims=PRESETS["quick"]["projector"])
             loader = DataLoader(Subset(train_set, range(64 * 7)), batch_size=64, num_workers=workers)
             rate = _train_rate(model, build_optimizer(model, name="adamw", weight_decay=0.05), loader,
                                device=torch.device("cpu"))

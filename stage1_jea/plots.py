@@ -25,6 +25,25 @@ def plot_training(records: list[dict], run: Path) -> None:
     ax2.plot(step, [r["lr"] for r in records], color="tab:gray")
     ax2.set(title="learning rate", xlabel="step", ylabel="lr")
     save_figure(fig, run / "training_loss.png")
+    plot_variance_check(step, records, run)
+
+
+def plot_variance_check(step: list[int], records: list[dict], run: Path) -> None:
+    """`training_loss_two_panels.png`: the weighted terms on a linear scale | the variance term against its start
+    (a falling variance term means the projector outputs spread out instead of contracting)."""
+    plt = pyplot()
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    for key in ("inv", "var", "cov"):
+        ax0.plot(step, [r[key] for r in records], label=key)
+    ax0.set(title="weighted VICReg terms", xlabel="step", ylabel="term")
+    ax0.legend()
+    var = [r["var"] for r in records]
+    ax1.plot(step, var, color="tab:orange")
+    ax1.axhline(var[0], color="tab:gray", linestyle="--", label=f"first logged: {var[0]:.2f}")
+    ax1.set(title=f"variance term: {var[0]:.2f} at step {step[0]} → {var[-1]:.2f} at step {step[-1]}",
+            xlabel="step", ylabel="25 × mean hinge (max 25)")
+    ax1.legend()
+    save_figure(fig, run / "training_loss_two_panels.png")
 
 
 def plot_embeddings_2d(emb: dict[str, np.ndarray], cloud_fraction: np.ndarray, hour: np.ndarray,

@@ -5,7 +5,8 @@
 
 Steps, each a separate process and skipped when its output exists (rerun to resume):
   1. data.synthetic: --days whole days of W056 (seed 0, the training sky) and --heldout-days of a sky the
-     training never sees (--heldout-seed, other dates); data.prepare both.
+     training never sees (--heldout-seed, other dates); data.prepare both, the training sky with --fractions
+     (more test days than the prepare default's 15 %: the intervals resample whole test days).
   2. stage 1 (quick preset) on the training folder; export; stage1_jea.evaluate (the cloud-fraction probe).
   3. the same encoders exported on the held-out folder, into OUT/stage1_heldout.
   4. stage 2: each variant × each seed, one run dir OUT/stage2/<variant>_s<seed>.
@@ -44,7 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True, help="everything goes under this folder")
     ap.add_argument("--node", default="W056", help="node VSN of both skies (its registry locations)")
     ap.add_argument("--start", default="2023-06-01", help="first local date of the training sky")
-    ap.add_argument("--days", type=int, default=20, help="whole days of the training sky")
+    ap.add_argument("--days", type=int, default=22, help="whole days of the training sky")
+    ap.add_argument("--fractions", default="0.5,0.15,0.35",
+                    help="train,val,test share of the training sky's days (22 days: 10 / 5 / 7)")
     ap.add_argument("--heldout-start", default="2023-08-01", help="first local date of the held-out sky")
     ap.add_argument("--heldout-days", type=int, default=4, help="whole days of the held-out sky")
     ap.add_argument("--heldout-seed", type=int, default=1, help="synthetic seed of the held-out sky")
@@ -68,8 +71,9 @@ def main(argv: list[str] | None = None) -> None:
               str(days), "--interval-min", str(args.interval_min), "--seed", str(seed), "--size", "small",
               *shlex.split(args.synthetic)], timings)
         (raw / ".complete").touch()
+        split = ["--fractions", args.fractions] if sky == "train" else []
         step(f"prepare_{sky}", prepared / "index.parquet",
-             [py, "-m", "data.prepare", "--raw", str(raw), "--out", str(prepared), "--size", "64"], timings)
+             [py, "-m", "data.prepare", "--raw", str(raw), "--out", str(prepared), "--size", "64", *split], timings)
     s1, s1_held = out / "stage1", out / "stage1_heldout"
     step("stage1_train", s1 / "encoders.pt", [py, "-m", "stage1_jea.train", "--preset", "quick",
                                               f"prepared={out / 'prepared_train'}", f"run_dir={s1}", *args.stage1],

@@ -56,7 +56,7 @@ def test_resume_is_bitwise_identical_and_writes_run_files(fake_data, tmp_path):
     log = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
     assert {"step", "epoch", "loss", "inv", "var", "cov", "lr", "emb_std", "pairs_per_s"} <= set(log[0])
-    for name in ("config.json", "env.json", "training_loss.png"):
+    for name in ("config.json", "env.json", "training_loss.png", "training_loss_two_panels.png"):
         assert (straight / name).stat().st_size > 0, name
     encoders, meta = load_encoders(straight / "encoders.pt")
     assert set(encoders) == {"rgb", "thermal"} and meta["img_size"] == 32 and "rgb_mean" in meta["norm_stats"]
