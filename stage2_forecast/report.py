@@ -151,10 +151,8 @@ def stage2_section(stage1: Path, stage2: Path, report: dict | None, truth, rgb) 
 
 def verdict_section(prepared: Path, stage1: Path, stage2: Path, report: dict | None) -> str:
     out = []
-    verdict = (report or {}).get("verdict") or (report or {}).get("verdicts")
-    sentences = [verdict] if isinstance(verdict, str) else list(verdict or [])
+    sentences = list((report or {}).get("verdict") or [])  # evaluate's plain sentences, one per horizon
     comparisons = (report or {}).get("comparisons") or []
-    sentences += [c["sentence"] for c in comparisons if isinstance(c, dict) and c.get("sentence")]
     out.append("<ul>" + "".join(f"<li>{esc(s)}</li>" for s in sentences) + "</ul>" if sentences else NA)
     if comparisons:
         out.append(table_html(["a", "b", "horizon", "difference", "95 % interval", "distinguishable"],

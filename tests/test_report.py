@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -44,6 +45,8 @@ def test_report_has_the_four_sections_images_and_stays_small(fake_runs, tmp_path
     assert len(images) == 6 and images.count("jpeg") == 2
     assert page.count("not available") >= 2  # training_loss.png and the retrieval examples
     assert len(page.encode()) < 10e6
+    verdict = json.loads((fake_runs / "stage2" / "report.json").read_text())["verdict"]
+    assert verdict and all(html.escape(sentence, quote=True) in page for sentence in verdict)
 
 
 def test_optional_keys_are_shown_and_text_is_escaped(fake_runs, tmp_path):
@@ -52,7 +55,8 @@ def test_optional_keys_are_shown_and_text_is_escaped(fake_runs, tmp_path):
     rep = json.loads((root / "stage2" / "report.json").read_text())
     rep["variants"]["detr"]["15"]["skill_ci"] = [0.125, 0.25]
     rep["comparisons"] = [{"a": "detr", "b": "persistence", "horizon": 15, "diff": 0.01, "ci": [-0.5, 0.75],
-                           "distinguishable": False, "sentence": "detr <b>ties</b> persistence at 15 min"}]
+                           "distinguishable": False}]
+    rep["verdict"] = ["15 min: detr <b>ties</b> persistence at 15 min"]
     (root / "stage2" / "report.json").write_text(json.dumps(rep))
     page = build(root, tmp_path)
     assert "[0.125, 0.250]" in page and "[-0.500, 0.750]" in page
