@@ -158,33 +158,39 @@ def cloud_fraction(table: samples.ScanTable, win: samples.Windows) -> dict[str, 
 
 
 def oracle_cloud_fraction(table: samples.ScanTable, win: samples.Windows, raw_dir: str | Path | None,
-                          horizons_min) -> tuple[dict[str, np.ndarray], str]:
-    """data.synthetic's cloud-fraction oracles as ceilings, (N, H, P) each, and a one-line status.
+                          horizons_min) -> tuple[dict[str, np.ndarray], np.ndarray | None, str]:
+    """data.synthetic's cloud-fraction oracles as ceilings: ({name: (N, H, P)}, truth at the targets, status).
 
-    Reads RAW/<VSN>/truth.parquet columns oracle_{advect,cover}_cf_{h} (the oracle's forecast made at the
-    anchor capture, keyed by vsn/timestamp/position); absent files or columns give no oracle and the reason.
+    Reads RAW/<VSN>/truth.parquet: oracle_{advect,cover}_cf_{h} (the oracle's forecast made at the anchor
+    capture, keyed by vsn/timestamp/position) and `cloud_fraction`, the generator's true cloud fraction (both
+    layers, cirrus included). The oracles forecast that truth, not the thermal camera's measured cloud fraction
+    (which misses thin cirrus), so they are scored against it: the second value is the truth at each target
+    capture, and `cf_truth_persistence` (the truth at the anchor) is their persistence in the same units.
+    Absent files or columns give no oracle, None and the reason.
     """
     if raw_dir is None:
-        return {}, "no raw dir given (oracles exist only for data.synthetic output)"
+        return {}, None, "no raw dir given (oracles exist only for data.synthetic output)"
     index = pd.read_parquet(Path(table.prepared_dir) / "index.parquet",
                             columns=["vsn", "timestamp", "position", "row"])
-    names = [f"oracle_{kind}_cf_{h:g}" for kind in ("advect", "cover") for h in horizons_min]
+    names = ["cloud_fraction"] + [f"oracle_{kind}_cf_{h:g}" for kind in ("advect", "cover") for h in horizons_min]
     files = [Path(raw_dir) / vsn / "truth.parquet" for vsn in index["vsn"].unique()]
     truths = [pd.read_parquet(f) for f in files if f.exists()]
     if not truths:
-        return {}, f"no {raw_dir}/<VSN>/truth.parquet (not data.synthetic output)"
+        return {}, None, f"no {raw_dir}/<VSN>/truth.parquet (not data.synthetic output)"
     truth = pd.concat(truths)
-    have = [c for c in names if c in truth.columns]
-    if not have:
-        return {}, f"truth.parquet in {raw_dir} has no oracle_*_cf_<h> columns for horizons {list(horizons_min)}"
+    have = [c for c in names[1:] if c in truth.columns]
+    if not have or "cloud_fraction" not in truth.columns:
+        return {}, None, (f"truth.parquet in {raw_dir} has no cloud_fraction or oracle_*_cf_<h> columns for horizons "
+                          f"{list(horizons_min)}")
     truth["timestamp"] = pd.to_datetime(truth["timestamp"], utc=True).astype(index["timestamp"].dtype)
-    joined = index.merge(truth[["vsn", "timestamp", "position", *have]], how="left")
+    joined = index.merge(truth[["vsn", "timestamp", "position", "cloud_fraction", *have]], how="left")
     by_row = np.full((int(index["row"].max()) + 2, len(names)), np.nan)
     by_row[joined["row"].to_numpy()] = joined.reindex(columns=names).to_numpy(float)
     rows = table.rows[win.anchor]  # (N, P), -1 = missing → the all-NaN last row
-    out = {}
+    target = by_row[table.rows[win.tgt], 0]  # (N, H, P)
+    out = {"cf_truth_persistence": np.broadcast_to(by_row[rows, 0][:, None, :], target.shape)}
     for kind in ("advect", "cover"):
         cols = [names.index(f"oracle_{kind}_cf_{h:g}") for h in horizons_min]
         if any(names[c] in have for c in cols):
             out[f"cf_oracle_{kind}"] = np.stack([by_row[rows, c] for c in cols], axis=1)
-    return out, f"oracles from {raw_dir}: {', '.join(have)}"
+    return out, target, f"oracles from {raw_dir}: {', '.join(have)}, scored against its cloud_fraction"

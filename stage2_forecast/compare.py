@@ -12,6 +12,8 @@ Steps, each a separate process and skipped when its output exists (rerun to resu
   4. stage 2: each variant × each seed, one run dir OUT/stage2/<variant>_s<seed>.
   5. stage2_forecast.evaluate on the test split (OUT/report) and on every held-out day (OUT/report_heldout),
      with the synthetic oracles when the raw folders have them; the HTML report OUT/report/report.html.
+`--features grid` trains and reports stage 2 on the exported 2×2 feature grids instead (OUT/stage2_grid,
+OUT/report_grid, OUT/report_grid_heldout), reusing steps 1–3 of a finished comparison.
 Writes OUT/timings.json (seconds per step), the measured pieces behind README's time estimate.
 """
 
@@ -55,6 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="stage-2 seeds per variant")
     ap.add_argument("--variants", nargs="+", default=["detr", "jepa"], choices=("detr", "jepa"),
                     help="stage-2 variants to train")
+    ap.add_argument("--features", default="both", choices=("both", "grid"),
+                    help="stage-2 inputs: pooled vectors of both modalities, or their 2x2 feature grids (then the "
+                         "runs go to stage2_grid/ and the reports to report_grid/, report_grid_heldout/; the data "
+                         "and stage-1 steps are shared, so this reuses a finished default comparison)")
     ap.add_argument("--synthetic", default="", help="extra data.synthetic arguments (quoted)")
     # Two stage-1 epochs instead of the quick preset's five keep the whole comparison within an hour on 2 cores
     # (README "Comparing the variants" has the measured pieces); pass --stage1 epochs=5 for the preset's.
@@ -87,25 +93,27 @@ def main(argv: list[str] | None = None) -> None:
             shutil.copy2(s1 / name, s1_held / name)
     step("stage1_export_heldout", s1_held / "embeddings.parquet",
          [py, "-m", "stage1_jea.export", "--run", str(s1_held), "--prepared", str(out / "prepared_heldout")], timings)
-    runs = []
+    runs, tag = [], "" if args.features == "both" else f"_{args.features}"
     for variant in args.variants:
         for seed in args.seeds:
-            run = out / "stage2" / f"{variant}_s{seed}"
+            run = out / f"stage2{tag}" / f"{variant}_s{seed}"
             runs.append(str(run))
-            step(f"stage2_{variant}_s{seed}", run / "loss.png",
+            step(f"stage2{tag}_{variant}_s{seed}", run / "loss.png",
                  [py, "-m", "stage2_forecast.train", "--variant", variant, "--preset", "quick",
-                  f"stage1_run={s1}", f"run_dir={run}", f"seed={seed}", *args.stage2], timings)
-    for name, extra, raw in (("report", [], "raw_train"),
-                             ("report_heldout", ["--eval-stage1-run", str(s1_held)], "raw_heldout")):
+                  f"stage1_run={s1}", f"run_dir={run}", f"seed={seed}", f"features={args.features}",
+                  *args.stage2], timings)
+    for name, extra, raw in ((f"report{tag}", [], "raw_train"),
+                             (f"report{tag}_heldout", ["--eval-stage1-run", str(s1_held)], "raw_heldout")):
         step(name, out / name / "report.json",
              [py, "-m", "stage2_forecast.evaluate", "--stage1-run", str(s1), "--runs", *runs, "--out", str(out / name),
               "--raw", str(out / raw), "--n-boot", str(args.n_boot), *extra], timings)
-    step("report_html", out / "report" / "report.html",
+    report = out / f"report{tag}"
+    step(f"report{tag}_html", report / "report.html",
          [py, "-m", "stage2_forecast.report", "--prepared", str(out / "prepared_train"), "--stage1", str(s1),
-          "--stage2", str(out / "stage2"), "--report-dir", str(out / "report"), "--out",
-          str(out / "report" / "report.html")], timings)
+          "--stage2", str(out / f"stage2{tag}"), "--report-dir", str(report), "--out", str(report / "report.html")],
+         timings)
     atomic_write_json(out / "timings.json", {**_previous(out), **timings})
-    print(f"[compare] done: {out / 'report' / 'report.md'} and {out / 'report_heldout' / 'report.md'}")
+    print(f"[compare] done: {report / 'report.md'} and {out / f'report{tag}_heldout' / 'report.md'}")
 
 
 def _previous(out: Path) -> dict:

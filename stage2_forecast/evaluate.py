@@ -151,8 +151,8 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
     cf_true = table.cloud[test.tgt]  # (N, H, P) measured cloud_fraction of the target capture
     cf = {k: [cloud(p) for p in v] for k, v in preds.items()} if use_probe else {}
     scalar = baselines.cloud_fraction(table, test)
-    oracles, oracle_note = baselines.oracle_cloud_fraction(table, test, raw_dir, base.horizons_min)
-    cf.update({k: [v] for k, v in {**scalar, **oracles}.items()})
+    oracles, cf_truth, oracle_note = baselines.oracle_cloud_fraction(table, test, raw_dir, base.horizons_min)
+    cf.update({k: [v] for k, v in scalar.items()})
     day_ords, day_idx = np.unique(table.day[test.anchor], return_inverse=True)
     daytime = table.present & table.is_day
     day_cloud = np.array([np.nanmean(table.cloud[table.day == d][daytime[table.day == d]]) for d in day_ords])
@@ -197,6 +197,9 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
         if group == "all":
             report["variants"], report["comparisons"] = per, comparisons(point, reps, hkeys, preds, len(day_ords))
             report["cloud_fraction"] = cf_block(cf, cf_true, m, day_idx, len(day_ords), hkeys, n_boot)
+            if oracles:  # in the generator's true cloud fraction, the quantity the oracles forecast
+                report["cloud_fraction_truth"] = cf_block({k: [v] for k, v in oracles.items()}, cf_truth, m,
+                                                          day_idx, len(day_ords), hkeys, n_boot)
             report["per_day"] = per_day(sq, mask, day_idx, day_ords, day_cloud, types, hkeys)
         else:
             report["by_day_type"][group] = per

@@ -55,12 +55,14 @@ def markdown(report: dict) -> str:
                 vs_smart = _ci(m, "skill_vs_smart", "skill_vs_smart_ci")
                 lines.append(f"| {method} | {h} | {m['n']} | {m['mse']:.3f} | {skill} | {vs_smart} | "
                              + " | ".join(cells) + " |")
-    lines += ["", "## Cloud fraction MAE", "", f"Oracles: {report['oracles']}.", "",
-              "| method | " + " | ".join(f"{h:g} min" for h in report["horizons_min"]) + " |",
-              "|---|" + "---|" * len(report["horizons_min"])]
-    for method, per_h in report.get("cloud_fraction", {}).items():
-        lines.append(f"| {method} | " + " | ".join(f"{m['mae']:.3f} [{m['mae_ci'][0]:.3f}, {m['mae_ci'][1]:.3f}]"
-                                                  for m in per_h.values()) + " |")
+    lines += ["", "## Cloud fraction MAE", "", "Against the measured cloud fraction of the target capture (the "
+              "thermal cloud mask of data.prepare); forecasts through the stage-1 probe.", ""]
+    lines += _mae_table(report, report.get("cloud_fraction", {}))
+    lines += ["", "## Synthetic oracles (generator's true cloud fraction)", "", f"Oracles: {report['oracles']}. "
+              "Scored against the generator's true cloud fraction (both layers: thin cirrus counts, which the "
+              "thermal mask above misses), so compare them with `cf_truth_persistence` here, not with the "
+              "table above.", ""]
+    lines += _mae_table(report, report.get("cloud_fraction_truth", {}))
     methods = list(report["variants"])
     lines += ["", "## Per day (skill at each horizon)", "",
               "| day | type | mean CF | samples | " + " | ".join(methods) + " |",
@@ -76,3 +78,12 @@ def markdown(report: dict) -> str:
               f"{report['n_test_days']}. Fitted damping a_h (mean over dims): {report['damping_mean']}. RankMe of "
               "forecasts: " + ", ".join(f"{k} {v:.1f}" for k, v in report["rankme"].items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _mae_table(report: dict, block: dict) -> list[str]:
+    lines = ["| method | " + " | ".join(f"{h:g} min" for h in report["horizons_min"]) + " |",
+             "|---|" + "---|" * len(report["horizons_min"])]
+    for method, per_h in block.items():
+        lines.append(f"| {method} | " + " | ".join(f"{m['mae']:.3f} [{m['mae_ci'][0]:.3f}, {m['mae_ci'][1]:.3f}]"
+                                                  for m in per_h.values()) + " |")
+    return lines if block else lines + ["| (none) |" + " |" * len(report["horizons_min"])]

@@ -33,6 +33,9 @@ def test_compare_runs_every_step_and_resumes(tmp_path, capsys):
             for row in report["variants"][method].values():
                 lo, hi = row["skill_ci"]
                 assert lo <= row["skill_vs_persistence"] <= hi
+        # the synthetic oracles are scored against the generator's truth, apart from the measured cloud fraction
+        assert {"cf_oracle_advect", "cf_oracle_cover", "cf_truth_persistence"} <= set(report["cloud_fraction_truth"])
+        assert not any(name.startswith("cf_oracle") for name in report["cloud_fraction"])
         pairs = {(c["a"], c["b"]) for c in report["comparisons"]}
         assert ("detr", "jepa") in pairs
     assert (out / "report" / "report.html").stat().st_size > 0
@@ -44,3 +47,11 @@ def test_compare_runs_every_step_and_resumes(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "stage1_train: done" in printed and "report_html: done" in printed
     assert " -m " not in printed  # no step command was launched
+
+    compare.main([*argv, "--features", "grid", "--seeds", "0"])  # reuses data and stage 1; new stage-2 runs only
+    printed = capsys.readouterr().out
+    assert "stage1_train: done" in printed and "stage2_grid_detr_s0: " in printed
+    assert sorted(p.name for p in (out / "stage2_grid").iterdir()) == ["detr_s0", "jepa_s0"]
+    grid_cfg = json.loads((out / "stage2_grid" / "detr_s0" / "config.json").read_text())
+    assert grid_cfg["features"] == "grid"
+    assert (out / "report_grid" / "report.json").exists() and (out / "report_grid_heldout" / "report.json").exists()

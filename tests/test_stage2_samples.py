@@ -104,20 +104,26 @@ def test_grid_features_read_the_exported_grids_or_name_the_export(fake_stage1_ru
     assert (table.emb[table.present][:, g * g * c:] == -1.0).all()
 
 
-def test_synthetic_oracles_join_on_the_anchor_capture(table, tmp_path):
+def test_synthetic_oracles_join_on_the_anchor_capture_and_are_scored_against_the_truth(table, tmp_path):
     import pandas as pd
 
     from stage2_forecast import baselines
 
     win = samples.build_windows(table, horizons_min=(5.0, 15.0), context_scans=1, split="test")
-    assert baselines.oracle_cloud_fraction(table, win, None, (5.0, 15.0))[0] == {}
+    assert baselines.oracle_cloud_fraction(table, win, None, (5.0, 15.0))[:2] == ({}, None)
     index = pd.read_parquet(f"{table.prepared_dir}/index.parquet")
     (tmp_path / "W056").mkdir()
     truth = index[["vsn", "timestamp", "position"]].assign(oracle_advect_cf_5=index["row"] / 1000.0)
     truth.to_parquet(tmp_path / "W056" / "truth.parquet")
-    found, note = baselines.oracle_cloud_fraction(table, win, tmp_path, (5.0, 15.0))
-    assert set(found) == {"cf_oracle_advect"} and "oracle_advect_cf_5" in note
-    rows = table.rows[win.anchor]
+    found, target, note = baselines.oracle_cloud_fraction(table, win, tmp_path, (5.0, 15.0))
+    assert (found, target) == ({}, None) and "no cloud_fraction" in note  # nothing to score the oracle against
+    truth.assign(cloud_fraction=index["row"] / 100.0).to_parquet(tmp_path / "W056" / "truth.parquet")
+    found, target, note = baselines.oracle_cloud_fraction(table, win, tmp_path, (5.0, 15.0))
+    assert set(found) == {"cf_oracle_advect", "cf_truth_persistence"} and "oracle_advect_cf_5" in note
+    rows, tgt_rows = table.rows[win.anchor], table.rows[win.tgt]  # (N, P), (N, H, P)
     oracle = found["cf_oracle_advect"]
     np.testing.assert_allclose(oracle[:, 0][rows >= 0], rows[rows >= 0] / 1000.0)
     assert np.isnan(oracle[:, 0][rows < 0]).all() and np.isnan(oracle[:, 1]).all()  # no 15-min column
+    np.testing.assert_allclose(target[tgt_rows >= 0], tgt_rows[tgt_rows >= 0] / 100.0)  # truth at t + h
+    for h in range(2):  # persistence of the truth: the anchor's value at every horizon
+        np.testing.assert_allclose(found["cf_truth_persistence"][:, h][rows >= 0], rows[rows >= 0] / 100.0)
