@@ -33,13 +33,19 @@ def test_embedding_colour_bar_says_local_solar_hour_and_clears_the_next_panel(ca
     assert first_bar.x1 < right.x0, "the colour bar's labels run into the next panel"
 
 
-def test_stage1_loss_figure_has_the_learning_rate_as_a_panel(captured, tmp_path):
-    records = [{"step": s, "loss": 30 - s, "inv": 1.0, "var": 2.0, "cov": 0.5, "lr": 0.1 * s} for s in range(5)]
+def test_stage1_loss_figures_have_the_learning_rate_and_the_variance_term_against_its_start(captured, tmp_path):
+    records = [{"step": s, "loss": 30 - s, "inv": 1.0, "var": 20.0 - s, "cov": 0.5, "lr": 0.1 * s}
+               for s in range(5)]
     stage1_plots.plot_training(records, tmp_path)
-    (fig, path), = captured
+    (fig, path), (fig2, path2) = captured
     assert path.name == "training_loss.png"
     assert [ax.get_title() for ax in fig.axes] == ["VICReg loss", "weighted terms", "learning rate"]
     assert fig.axes[2].lines[0].get_ydata().tolist() == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+    assert path2.name == "training_loss_two_panels.png" and len(fig2.axes) == 2
+    var_ax = fig2.axes[1]
+    assert var_ax.get_title() == "variance term: 20.00 at step 0 → 16.00 at step 4"
+    assert list(var_ax.lines[0].get_ydata()) == [20.0, 19.0, 18.0, 17.0, 16.0]
+    assert list(var_ax.lines[1].get_ydata()) == [20.0, 20.0]  # the dashed start level
 
 
 def test_skill_plot_dashes_baselines_ticks_horizons_and_draws_intervals():
