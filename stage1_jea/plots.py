@@ -18,10 +18,8 @@ def plot_training(records: list[dict], run: Path) -> None:
     fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(14, 3.8), layout="constrained")
     ax0.plot(step, [r["loss"] for r in records])
     ax0.set(title="VICReg loss", xlabel="step", ylabel="loss")
-    for key in ("inv", "var", "cov"):
-        ax1.plot(step, [r[key] for r in records], label=key)
+    _plot_terms(ax1, step, records)
     ax1.set(title="weighted terms", xlabel="step", yscale="log")
-    ax1.legend()
     ax2.plot(step, [r["lr"] for r in records], color="tab:gray")
     ax2.set(title="learning rate", xlabel="step", ylabel="lr")
     save_figure(fig, run / "training_loss.png")
@@ -33,10 +31,8 @@ def plot_variance_check(step: list[int], records: list[dict], run: Path) -> None
     (a falling variance term means the projector outputs spread out instead of contracting)."""
     plt = pyplot()
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
-    for key in ("inv", "var", "cov"):
-        ax0.plot(step, [r[key] for r in records], label=key)
+    _plot_terms(ax0, step, records)
     ax0.set(title="weighted VICReg terms", xlabel="step", ylabel="term")
-    ax0.legend()
     var = [r["var"] for r in records]
     ax1.plot(step, var, color="tab:orange")
     ax1.axhline(var[0], color="tab:gray", linestyle="--", label=f"first logged: {var[0]:.2f}")
@@ -44,6 +40,12 @@ def plot_variance_check(step: list[int], records: list[dict], run: Path) -> None
             xlabel="step", ylabel="25 × mean hinge (max 25)")
     ax1.legend()
     save_figure(fig, run / "training_loss_two_panels.png")
+
+
+def _plot_terms(ax, step: list[int], records: list[dict]) -> None:
+    for key in ("inv", "var", "cov"):
+        ax.plot(step, [r[key] for r in records], label=key)
+    ax.legend()
 
 
 def plot_embeddings_2d(emb: dict[str, np.ndarray], cloud_fraction: np.ndarray, hour: np.ndarray,
