@@ -53,10 +53,13 @@ class RidgePath:
         return self.xc.T.astype(np.float64) @ w if self.dual else w
 
     def predict(self, x: np.ndarray, alpha: float) -> np.ndarray:
+        return self.predict_path(x, (alpha,))[0]
+
+    def predict_path(self, x: np.ndarray, alphas) -> list[np.ndarray]:
+        """predict(x, a) for every a in `alphas`, projecting x on the eigenvectors once: (x·U) diag(d_a) (U'y)."""
         xc = np.asarray(x) - self.x_mean
-        if self.dual:
-            return self.y_mean + (xc @ self.xc.T).astype(np.float64) @ self._solve(alpha)
-        return self.y_mean + xc.astype(np.float64) @ self._solve(alpha)
+        xu = ((xc @ self.xc.T).astype(np.float64) if self.dual else xc.astype(np.float64)) @ self.u
+        return [self.y_mean + (xu / (self.lam + a * self.scale)) @ self.uty for a in alphas]
 
 
 def ridge_fit(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -74,9 +77,9 @@ def ridge_on_val(x_train, y_train, x_val, y_val, *, alphas=ALPHAS):
     """The fit whose alpha has the lowest val squared error; returns (alpha, (x_mean, y_mean, w)). Ties go to
     the larger alpha."""
     path = RidgePath(x_train, y_train)
-    best = None
-    for alpha in sorted(alphas, reverse=True):
-        err = float(((path.predict(x_val, alpha) - y_val) ** 2).sum())
+    best, order = None, sorted(alphas, reverse=True)
+    for alpha, pred in zip(order, path.predict_path(x_val, order), strict=True):
+        err = float(((pred - y_val) ** 2).sum())
         if best is None or err < best[0]:
             best = (err, alpha)
     return best[1], (path.x_mean, path.y_mean, path.coef(best[1]))

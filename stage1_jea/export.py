@@ -37,7 +37,9 @@ def extract_features(encoders: dict[str, torch.nn.Module], dataset, *, batch_siz
     {"grid_rgb": (N, g*g*C_rgb), "grid_thermal": (N, g*g*C_thermal)} (see `model.pooled_and_grid`)."""
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-    memory_format = torch.channels_last if cuda else torch.contiguous_format
+    # channels_last on the CPU too: oneDNN convolutions in that layout ran resnet10t inference 1.66x faster
+    # on 64-px frames (BENCHMARKS.md); training saw no gain, so stage1_jea.train keeps it GPU-only.
+    memory_format = torch.channels_last
     for module in encoders.values():
         module.to(device, memory_format=memory_format).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=cuda)

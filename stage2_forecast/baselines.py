@@ -125,11 +125,11 @@ def ridge(b_train: dict, b_val: dict, b_eval: dict, *, context: bool,
         path = RidgePath(xtr[r], (ytr[r, h] - ztr[r]).reshape(r.sum(), -1))
 
         def fit(x, a, path=path):
-            return path.predict(x, a).reshape(len(x), *ztr.shape[1:])
+            return [p.reshape(len(x), *ztr.shape[1:]) for p in path.predict_path(x, a)]
 
-        errors = [(((zva + fit(xva, a) - yva[:, h]) ** 2).mean(-1) * mva[:, h]).sum() for a in alphas]
+        errors = [(((zva + f - yva[:, h]) ** 2).mean(-1) * mva[:, h]).sum() for f in fit(xva, alphas)]
         best = alphas[int(np.argmin(errors))] if mva[:, h].any() else alphas[2]
-        pred[:, h] = zev + fit(xev, best)
+        pred[:, h] = zev + fit(xev, [best])[0]
         chosen[h] = best
     return pred.astype(np.float32), chosen
 

@@ -17,11 +17,13 @@ def retrieval_ranks(pred, table: samples.ScanTable, win: samples.Windows, mask, 
     for p in range(mask.shape[2]):
         ok = table.present[scans, p] & (table.is_day[scans, p] if day_only else True)
         for day in np.unique(table.day[win.tgt][mask[:, :, p]]):
-            cand = table.z[scans[ok & (table.day[scans] == day)], p]  # (C, D)
+            cand = table.z[scans[ok & (table.day[scans] == day)], p].astype(np.float64)  # (C, D)
             n, h = np.nonzero(mask[:, :, p] & (table.day[win.tgt] == day))
-            d = ((pred[n, h, p, None] - cand[None]) ** 2).sum(-1)  # (M, C)
-            d_true = ((pred[n, h, p] - table.z[win.tgt[n, h], p]) ** 2).sum(-1)
-            ranks[n, h, p] = (d < d_true[:, None] - 1e-9).sum(1)
+            e = pred[n, h, p].astype(np.float64)  # (M, D)
+            e2, c2 = (e * e).sum(1)[:, None], (cand * cand).sum(1)[None]
+            d = e2 - 2.0 * e @ cand.T + c2  # (M, C) squared distances, one matrix product instead of (M, C, D)
+            d_true = ((e - table.z[win.tgt[n, h], p]) ** 2).sum(-1)
+            ranks[n, h, p] = (d < d_true[:, None] - 1e-9 * (1.0 + e2 + c2)).sum(1)  # rounding of the expansion
     return ranks
 
 
