@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sagecast_common.linalg import RidgePath
+from sagecast_common.linalg import RidgePath, ridge_leave_group_out
 from stage2_forecast import samples
 from stage2_forecast.models import damped_anomaly
 
@@ -132,6 +132,36 @@ def ridge(b_train: dict, b_val: dict, b_eval: dict, *, context: bool,
         pred[:, h] = zev + fit(xev, [best])[0]
         chosen[h] = best
     return pred.astype(np.float32), chosen
+
+
+def ridge_start(table: samples.ScanTable, wins: dict[str, samples.Windows], *,
+                day_only: bool = True) -> tuple[dict[str, np.ndarray], dict[int, float | None]]:
+    """The forecast the learned variants start from with residual_base=ridge: {"train", "val"} → (N, H, P, D).
+
+    val: exactly the "ridge" baseline (fitted on all train windows, penalty per horizon chosen on val), which is
+    also what evaluation adds to a variant's output on any other windows. train: cross-fitted by day with those
+    penalties, each day's forecast from a ridge fitted on the other train days (as the damping is): an
+    in-sample ridge with more columns (P·D) than rows nearly interpolates its own targets, which would teach
+    the network that the start needs no correction. One day alone is fitted in-sample.
+    """
+    b_train, b_val = (samples.gather(table, wins[s], np.arange(len(wins[s])), day_only=day_only)
+                      for s in ("train", "val"))
+    val, alphas = ridge(b_train, b_val, b_val, context=False)
+    x = b_train["ctx_z"][:, 0].flatten(1).double().numpy()
+    z, y = b_train["ctx_z"][:, 0].numpy(), b_train["tgt_z"].double().numpy()
+    days = table.day[wins["train"].anchor]
+    full = b_train["ctx_mask"][:, 0].all(1).numpy()
+    train, gram = np.repeat(z[:, None], y.shape[1], axis=1), x @ x.T
+    for h, alpha in alphas.items():
+        if alpha is None:
+            continue  # too few complete samples: the start stays persistence, as in `ridge`
+        change = (y[:, h] - z).reshape(len(z), -1)
+        fit = full & b_train["tgt_mask"][:, h].all(1).numpy()
+        if len(np.unique(days)) > 1:
+            train[:, h] += ridge_leave_group_out(gram, change, days, fit, alpha).reshape(z.shape)
+        else:
+            train[:, h] += RidgePath(x[fit], change[fit]).predict(x, alpha).reshape(z.shape)
+    return {"train": train.astype(np.float32), "val": val}, alphas
 
 
 def forecasts(b_train: dict, b_val: dict, b_eval: dict,

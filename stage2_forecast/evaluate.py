@@ -42,11 +42,16 @@ LEARNED = ("detr", "jepa")
 
 
 @torch.no_grad()
-def predict(model, cfg: Config, table, win, clim, *, batch_size: int = 64) -> np.ndarray:
+def predict(model, cfg: Config, table, win, clim, *, base: np.ndarray | None = None,
+            batch_size: int = 64) -> np.ndarray:
+    """Forecasts (N, H, P, D) on `win`; `base` is the ridge forecast on `win` a residual_base=ridge run adds to."""
+    if cfg.residual and cfg.residual_base == "ridge" and base is None:
+        raise ValueError(f"{cfg.run_dir} starts from the ridge forecast: pass base= (baselines.ridge on these windows)")
     out = []
     for start in range(0, len(win), batch_size):
         idx = np.arange(start, min(start + batch_size, len(win)))
-        out.append(model(samples.gather(table, win, idx, day_only=cfg.day_only, clim=clim, images=needs_images(cfg))))
+        out.append(model(samples.gather(table, win, idx, day_only=cfg.day_only, clim=clim, images=needs_images(cfg),
+                                        base=base)))
     return torch.cat(out).numpy()
 
 
@@ -136,7 +141,10 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
     preds = {k: [v] for k, v in found.items()}
     for _, cfg, model, _ in loaded:
         twin = samples.build_windows(table, split=split, context_scans=cfg.context_scans, **kw)
-        preds.setdefault(cfg.variant, []).append(predict(model, cfg, table, twin, clim))
+        if not np.array_equal(twin.anchor, test.anchor):
+            raise ValueError(f"{cfg.run_dir}: its windows differ from the baselines' ({len(twin)} vs {len(test)})")
+        # a residual_base=ridge run adds its output to this very ridge forecast (the one it was trained from)
+        preds.setdefault(cfg.variant, []).append(predict(model, cfg, table, twin, clim, base=found["ridge"]))
     probe_path = Path(stage1_run) / "probe_cloud_fraction.json"
     probe = json.loads(probe_path.read_text()) if probe_path.exists() else None
     use_probe = probe is not None and len(probe["coef"]) == true.shape[-1]

@@ -7,11 +7,13 @@
   predictor sees those tokens plus mask tokens carrying Δt and the preset, and predictions are read at the
   mask tokens (facebookresearch/ijepa predictor).
 
-Both predict in standardised target space. With `residual=True` each output adds the damped-anomaly forecast
-clim(t+h) + a_h·(z(t) − clim(t)) of the same preset (train diurnal climatology from the batch, a per-(horizon,
-dimension) damping a_h initialised at its closed-form least-squares value, `baselines.fit_damping`), so a
-freshly built model (zero-initialised head) *is* the strongest linear baseline and training learns what the
-network adds to it.
+Both predict in standardised target space. With `residual=True` each output adds a linear forecast fitted in
+closed form on train, so a freshly built model (zero-initialised head) *is* that baseline and training learns
+what the network adds to it. `base="damped"`: the damped-anomaly forecast clim(t+h) + a_h·(z(t) − clim(t)) of
+the same preset (train diurnal climatology from the batch, a per-(horizon, dimension) damping a_h initialised
+at its closed-form least-squares value and trained on, `baselines.fit_damping_by_day`). `base="ridge"`: the
+batch's `base`, the ridge forecast from the last scan of all presets (`baselines.ridge_start`; a fixed input,
+P·D × P·D coefficients per horizon are too many to hold as weights).
 """
 
 from __future__ import annotations
@@ -85,9 +87,9 @@ class DetrForecaster(nn.Module):
 
     def __init__(self, *, dim: int, n_presets: int, horizons_min: tuple[float, ...], width: int = 128,
                  depth: int = 2, heads: int = 4, dropout: float = 0.1, residual: bool = True,
-                 damping: torch.Tensor | None = None):
+                 damping: torch.Tensor | None = None, base: str = "damped"):
         super().__init__()
-        self.residual = residual
+        self.residual, self.base = residual, _check_base(base)
         self.register_buffer("horizons", torch.tensor(horizons_min, dtype=torch.float32), persistent=False)
         self.enc = Encodings(width=width, n_presets=n_presets)
         self.proj = nn.Linear(dim, width)
@@ -95,7 +97,7 @@ class DetrForecaster(nn.Module):
         self.queries = nn.Parameter(torch.randn(len(horizons_min), n_presets, width) * 0.02)
         self.decoder = nn.ModuleList(QueryDecoderLayer(width=width, heads=heads, dropout=dropout) for _ in range(depth))
         self.head = _zero_head(width, dim)
-        self.damping = _damping(damping, len(horizons_min), dim)
+        self.damping = _damping(damping, len(horizons_min), dim).requires_grad_(residual and self.base == "damped")
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ctx = batch["ctx_z"]
@@ -111,7 +113,13 @@ class DetrForecaster(nn.Module):
         for layer in self.decoder:
             tgt = layer(tgt, query_pos, memory, pad)
         out = rearrange(self.head(tgt), "b (h p) d -> b h p d", p=P)
-        return out + _residual(batch, ctx[:, 0], self.damping) if self.residual else out
+        return out + _residual(batch, ctx[:, 0], self.damping, self.base) if self.residual else out
+
+
+def _check_base(base: str) -> str:
+    if base not in ("damped", "ridge"):
+        raise ValueError(f"base={base!r}: expected damped or ridge")
+    return base
 
 
 def _damping(init: torch.Tensor | None, H: int, D: int) -> nn.Parameter:
@@ -131,7 +139,12 @@ def damped_anomaly(now: torch.Tensor, now_mask: torch.Tensor, clim_now: torch.Te
     return clim_tgt + anomaly[:, None] * damping[None, :, None, :]
 
 
-def _residual(batch: dict[str, torch.Tensor], now: torch.Tensor, damping: torch.Tensor) -> torch.Tensor:
+def _residual(batch: dict[str, torch.Tensor], now: torch.Tensor, damping: torch.Tensor, base: str) -> torch.Tensor:
+    if base == "ridge":
+        if "base" not in batch:
+            raise ValueError("residual_base=ridge needs the ridge forecast in the batch: samples.gather(..., "
+                             "base=baselines.ridge_start(...)[0][split])")
+        return batch["base"]
     if "clim_now" not in batch:
         raise ValueError("residual forecasters need the climatology in the batch: samples.gather(..., clim=clim)")
     return damped_anomaly(now, batch["ctx_mask"][:, 0], batch["clim_now"], batch["clim_tgt"], damping)
@@ -156,9 +169,10 @@ class JepaForecaster(nn.Module):
     def __init__(self, *, encoders: nn.ModuleDict, mean: torch.Tensor, std: torch.Tensor, n_presets: int,
                  horizons_min: tuple[float, ...], img_size: int | None = None, width: int = 64, depth: int = 2,
                  heads: int = 4, dropout: float = 0.1, residual: bool = True, finetune: bool = False,
-                 damping: torch.Tensor | None = None):
+                 damping: torch.Tensor | None = None, base: str = "damped"):
         super().__init__()
         self.encoders, self.img_size, self.residual, self.finetune = encoders, img_size, residual, finetune
+        self.base = _check_base(base)
         self.encoders.requires_grad_(finetune)
         self.register_buffer("mean", mean.float())
         self.register_buffer("std", std.float())
@@ -169,7 +183,7 @@ class JepaForecaster(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(width))
         self.predictor = _encoder(width, depth, heads, dropout)
         self.head = _zero_head(width, dim)
-        self.damping = _damping(damping, len(horizons_min), dim)
+        self.damping = _damping(damping, len(horizons_min), dim).requires_grad_(residual and self.base == "damped")
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -199,4 +213,4 @@ class JepaForecaster(nn.Module):
         pad = torch.cat([~batch["ctx_mask"][:, 0], torch.zeros(B, H * P, dtype=torch.bool, device=z.device)], 1)
         x = self.predictor(torch.cat([ctx_tokens, masks], dim=1), src_key_padding_mask=pad)
         out = rearrange(self.head(x[:, P:]), "b (h p) d -> b h p d", h=H)
-        return out + _residual(batch, z, self.damping) if self.residual else out
+        return out + _residual(batch, z, self.damping, self.base) if self.residual else out

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stage2_forecast import samples
+from stage2_forecast import baselines, samples
 
 
 def read_json(path: Path) -> dict | None:
@@ -111,10 +111,16 @@ def test_forecasts(stage1: Path, run_dirs: list[Path]) -> Forecasts | None:
     b = samples.gather(table, win, np.arange(len(win)), day_only=base.day_only)
     H = len(base.horizons_min)
     preds = {"persistence": np.repeat(b["ctx_z"][:, None, 0].numpy(), H, axis=1)}
+    ridge = None
+    if any(cfg.residual and cfg.residual_base == "ridge" for cfg, _, _ in loaded):  # the forecast those runs start from
+        fit = {s: samples.build_windows(table, context_scans=base.context_scans, **{**kw, "split": s})
+               for s in ("train", "val")}
+        ridge = baselines.ridge(*(samples.gather(table, w, np.arange(len(w)), day_only=base.day_only)
+                                  for w in fit.values()), b, context=False)[0]
     for run, (cfg, model, stats) in zip(run_dirs, loaded, strict=True):
         name = cfg.variant if cfg.variant not in preds else run.name
         preds[name] = predict(model, cfg, table, samples.build_windows(table, context_scans=cfg.context_scans, **kw),
-                              stats["clim"])
+                              stats["clim"], base=ridge)
     mask = b["tgt_mask"].numpy()
     decoded = {name: nearest_frames(pred, table, win, mask) for name, pred in preds.items()}
     return Forecasts(table=table, win=win, horizons_min=tuple(base.horizons_min), mask=mask,

@@ -221,11 +221,14 @@ def hour_bin(solar_hour: np.ndarray) -> np.ndarray:
 
 
 def gather(table: ScanTable, win: Windows, idx: np.ndarray, *, day_only: bool = True, clim: np.ndarray | None = None,
-           images: bool = False, target_images: bool = False) -> dict[str, torch.Tensor]:
+           images: bool = False, target_images: bool = False,
+           base: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """One batch: context (B,T,P,D) + mask, targets (B,H,P,D) + mask, conditioning, optional images.
 
     With `clim` (P, 24, D), the train diurnal climatology (baselines.fit_climatology), the batch also holds
     clim_now (B,P,D) at the anchor's solar hour and clim_tgt (B,H,P,D) at each target scan's solar hour.
+    With `base` (N, H, P, D) for all of `win` (baselines.ridge_start), the batch holds base (B,H,P,D): the
+    forecast a residual_base=ridge model adds its output to.
     """
     a, c, g = win.anchor[idx], win.ctx[idx], win.tgt[idx]
     t = table.time_ns
@@ -243,6 +246,10 @@ def gather(table: ScanTable, win: Windows, idx: np.ndarray, *, day_only: bool = 
         P = clim.shape[0]
         batch["clim_now"] = torch.from_numpy(clim[np.arange(P), hour_bin(table.solar_hour[a])[:, None]])
         batch["clim_tgt"] = torch.from_numpy(clim[np.arange(P), hour_bin(table.solar_hour[g])[..., None]])
+    if base is not None:
+        if len(base) != len(win):
+            raise ValueError(f"base has {len(base)} rows for {len(win)} windows")
+        batch["base"] = torch.from_numpy(np.ascontiguousarray(base[idx]))
     if images:
         batch.update({f"{k}": v for k, v in load_images(table.prepared_dir, table.rows[a]).items()})
     if target_images:

@@ -11,9 +11,10 @@ latest and the best-on-val weights), loss.png, lr.png (tensorboard=true: also RU
 The same discipline as stage 1, from sagecast_common: one lr schedule, equal batch counts on every rank,
 SIGTERM/SIGUSR1 → checkpoint at the current step and exit 75, a resume over changed data or schedule refused
 unless force_schedule=true, resume bitwise at epoch boundaries (mid-epoch: the epoch's remaining samples).
-The residual starts from the damped-anomaly baseline fitted in closed form on train (stage2_forecast.baselines);
-the best-on-val weights start as that untrained model and training stops after `patience` epochs without a
-better val MSE, so a run never ends worse on val than the baseline it starts from.
+The residual starts from a baseline fitted in closed form on train (stage2_forecast.baselines): the damped
+anomaly, or with residual_base=ridge the ridge on the last scan. The best-on-val weights start as that untrained
+model and training stops after `patience` epochs without a better val MSE, so a run never ends worse on val
+than the baseline it starts from.
 """
 
 from __future__ import annotations
@@ -73,7 +74,10 @@ class Config:
     vc_weight: float = option(1.0, "variance-covariance weight on the online encoder's embeddings (target=ema)",
                               ge=0)
     finetune: bool = option(False, "jepa: fine-tune the stage-1 encoders")
-    residual: bool = option(True, "predict the change from the current embedding")
+    residual: bool = option(True, "add the output to a closed-form linear forecast fitted on train")
+    residual_base: Literal["damped", "ridge"] = option(
+        "damped", "that forecast: damped = damped anomaly (trainable damping) | ridge = ridge on the last scan of "
+        "all presets (the stronger baseline in README; fixed)")
     width: int = option(128, "transformer width (detr)", ge=1)
     depth: int = option(2, "transformer layers", ge=1)
     heads: int = option(4, "attention heads", ge=1)
@@ -119,14 +123,14 @@ def build_model(cfg: Config, mean, std, damping=None) -> nn.Module:
     if cfg.variant == "detr":
         return DetrForecaster(dim=mean.numel(), n_presets=len(SKY_PRESETS), horizons_min=cfg.horizons_min,
                               width=cfg.width, depth=cfg.depth, heads=cfg.heads, dropout=cfg.dropout,
-                              residual=cfg.residual, damping=damping)
+                              residual=cfg.residual, damping=damping, base=cfg.residual_base)
     if cfg.variant == "jepa":
         modules, meta = load_encoders(Path(cfg.stage1_run) / "encoders.pt")
         names = [column.split("_", 1)[1] for column in samples.FEATURES[cfg.features]]
         return JepaForecaster(encoders=nn.ModuleDict({n: modules[n] for n in names}), mean=mean, std=std,
                               n_presets=len(SKY_PRESETS), horizons_min=cfg.horizons_min, img_size=meta.get("img_size"),
                               width=cfg.jepa_width, depth=cfg.depth, heads=cfg.heads, dropout=cfg.dropout,
-                              residual=cfg.residual, finetune=cfg.finetune, damping=damping)
+                              residual=cfg.residual, finetune=cfg.finetune, damping=damping, base=cfg.residual_base)
     raise UserError(f"variant={cfg.variant!r}: expected detr or jepa")
 
 
@@ -141,6 +145,13 @@ def load_run(run_dir: str | Path, *, best: bool = True) -> tuple[Config, nn.Modu
     return cfg, model.eval(), {k: ckpt[k].numpy() for k in ("mean", "std", "clim")}
 
 
+def residual_starts(cfg: Config, table, wins) -> dict[str, np.ndarray]:
+    """{"train", "val"} ridge forecasts for residual_base=ridge (baselines.ridge_start), else {}."""
+    if not (cfg.residual and cfg.residual_base == "ridge"):
+        return {}
+    return baselines.ridge_start(table, wins, day_only=cfg.day_only)[0]
+
+
 def needs_images(cfg: Config) -> bool:
     """Images are decoded only when encoders run: fine-tuning, or EMA targets. Frozen = cached embeddings."""
     return cfg.variant == "jepa" and (cfg.finetune or cfg.target == "ema")
@@ -151,13 +162,13 @@ def to_device(batch, device):
 
 
 @torch.no_grad()
-def evaluate_loss(model, table, win, cfg, device, clim) -> dict[str, float]:
+def evaluate_loss(model, table, win, cfg, device, clim, base=None) -> dict[str, float]:
     """Validation MSE of the model and of persistence on the same valid slots."""
     model.eval()
     err = per = n = 0.0
     for start in range(0, len(win), cfg.batch_size):
         b = to_device(samples.gather(table, win, np.arange(start, min(start + cfg.batch_size, len(win))),
-                                     day_only=cfg.day_only, clim=clim, images=needs_images(cfg)), device)
+                                     day_only=cfg.day_only, clim=clim, images=needs_images(cfg), base=base), device)
         m = b["tgt_mask"].float()
         err += (((model(b) - b["tgt_z"]) ** 2).mean(-1) * m).sum().item()
         per += (((b["ctx_z"][:, None, 0] - b["tgt_z"]) ** 2).mean(-1) * m).sum().item()
@@ -188,6 +199,7 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
     seed_everything(cfg.seed + env.rank)
     run, per_rank = Path(cfg.run_dir), cfg.batch_size // env.world_size
     table, mean, std, wins, clim, damping = load_data(cfg)
+    starts = residual_starts(cfg, table, wins)
     n_train = len(wins["train"])
     shard = lambda epoch: rank_shard(n_train, rank=env.rank, world_size=env.world_size, seed=cfg.seed, epoch=epoch)
     steps_per_epoch = -(-len(shard(0)) // per_rank)  # equal shares, so the same count on every rank
@@ -205,8 +217,9 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
     schedule = {"total_steps": total, "steps_per_epoch": steps_per_epoch, "train_samples": n_train,
                 **{k: getattr(cfg, k) for k in SCHEDULE_KEYS}}
     step, epoch, batches_done, best_epoch, best_model = 0, 0, 0, 0, copy.deepcopy(model.state_dict())
-    # The untrained model (= the damped-anomaly baseline) is the first candidate for the best weights.
-    best_val = evaluate_loss(model, table, wins["val"], cfg, device, clim)["val_mse"] if len(wins["val"]) else 0.0
+    # The untrained model (= the baseline it starts from) is the first candidate for the best weights.
+    best_val = (evaluate_loss(model, table, wins["val"], cfg, device, clim, starts.get("val"))["val_mse"]
+                if len(wins["val"]) else 0.0)
     log = JsonlLogger(run / "log.jsonl", enabled=env.is_main, tensorboard=cfg.tensorboard)
     if (run / "ckpt.pt").exists():  # auto-resume; a broken checkpoint raises rather than restarting silently
         ckpt = load_checkpoint(run / "ckpt.pt", map_location=device)
@@ -246,7 +259,7 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
             set_lr(opt, lr)
             batch = to_device(samples.gather(table, wins["train"], np.asarray(order[b * per_rank:(b + 1) * per_rank]),
                                              day_only=cfg.day_only, clim=clim, images=needs_images(cfg),
-                                             target_images=ema is not None), device)
+                                             target_images=ema is not None, base=starts.get("train")), device)
             pred = ddp(batch)
             target = batch["tgt_z"]
             if ema is not None:
@@ -281,7 +294,7 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
                 print(f"signal received: saved {run / 'ckpt.pt'} at step {step}; rerun to resume", flush=True)
             return {"step": step, "epoch": epoch, "total_steps": total, "best_val_mse": best_val, "interrupted": True}
         epoch, batches_done = epoch + 1, 0
-        val = evaluate_loss(model, table, wins["val"], cfg, device, clim) if len(wins["val"]) else {}
+        val = evaluate_loss(model, table, wins["val"], cfg, device, clim, starts.get("val")) if len(wins["val"]) else {}
         if val.get("val_mse", 0.0) < best_val or not len(wins["val"]):
             best_val, best_epoch, best_model = val.get("val_mse", 0.0), epoch, copy.deepcopy(model.state_dict())
         checkpoint()

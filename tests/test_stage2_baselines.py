@@ -90,3 +90,45 @@ def test_bootstrap_resamples_seeds_and_pairs_days():
     # Same day draws for a and b: a − b per replicate is 2 × (number of draws) ± the seed draw, never below 0.
     assert (reps["a"] >= reps["b"]).all() and reps["a"].std() > 0
     assert bootstrap.distinguishable([0.1, 0.2]) and not bootstrap.distinguishable([-0.1, 0.2])
+
+
+def test_ridge_start_is_cross_fitted_by_day_by_hand():
+    # Three train days and a val day of 6 scans; one preset, one dimension, so the centred ridge on the last
+    # scan is a slope: Σxc·yc / (Σxc² (1 + alpha/n)) (RidgePath's penalty is alpha × mean squared row norm).
+    z = np.random.default_rng(0).normal(size=24)
+    table = series_table(z, list(9 + np.arange(6) * 5 / 60) * 4)
+    table.day[:24] = np.repeat([1, 2, 3, 4], 6)
+    table.time_ns[:24] += np.repeat(np.arange(4), 6) * 86_400 * 10**9
+    table.split[:24] = np.repeat(["train", "train", "train", "val"], 6)
+    kw = dict(horizons_min=(5.0,), context_scans=1, step_min=5.0)
+    wins = {s: samples.build_windows(table, split=s, **kw) for s in ("train", "val")}
+    starts, alphas = baselines.ridge_start(table, wins)
+    alpha, (train, val) = alphas[0], (wins[s] for s in ("train", "val"))
+    x = table.z[train.anchor, 0, 0].astype(np.float64)
+    y = table.z[train.tgt[:, 0], 0, 0] - x
+    days = table.day[train.anchor]
+    assert len(train) == 15 and starts["train"].shape == (15, 1, 1, 1)
+    for d in (1, 2, 3):  # each day's start comes from a ridge fitted on the other two days only
+        fit = days != d
+        xc, yc = x[fit] - x[fit].mean(), y[fit] - y[fit].mean()
+        slope = (xc @ yc) / ((xc @ xc) * (1 + alpha / fit.sum()))
+        expected = x[~fit] + y[fit].mean() + slope * (x[~fit] - x[fit].mean())
+        np.testing.assert_allclose(starts["train"][~fit, 0, 0, 0], expected, rtol=1e-5)
+    # val: the "ridge" baseline itself, fitted on all train days
+    b_train, b_val = (samples.gather(table, w, np.arange(len(w))) for w in (train, val))
+    np.testing.assert_allclose(starts["val"], baselines.ridge(b_train, b_val, b_val, context=False)[0])
+
+
+def test_leave_group_out_ridge_matches_refitting_each_fold():
+    from sagecast_common.linalg import RidgePath, ridge_leave_group_out
+
+    rng = np.random.default_rng(1)
+    for n, f in ((60, 200), (80, 10)):  # the dual (wide) and the primal case of RidgePath
+        x, y = rng.normal(size=(n, f)), rng.normal(size=(n, 3))
+        groups, fit = np.repeat(np.arange(4), n // 4), rng.random(n) > 0.2
+        out = ridge_leave_group_out(x @ x.T, y, groups, fit, 0.1)
+        for g in range(4):
+            path = RidgePath(x[fit & (groups != g)], y[fit & (groups != g)])
+            np.testing.assert_allclose(out[groups == g], path.predict(x[groups == g], 0.1), atol=1e-9)
+    with pytest.raises(ValueError, match="fewer than 2 rows"):
+        ridge_leave_group_out(np.eye(3), np.ones((3, 1)), np.array([0, 1, 1]), np.array([True, False, False]), 1.0)

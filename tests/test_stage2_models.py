@@ -39,6 +39,20 @@ def test_untrained_model_is_the_damped_anomaly_baseline(data, variant):
 
 
 @pytest.mark.parametrize("variant", ["detr", "jepa"])
+def test_untrained_model_with_the_ridge_start_is_the_batch_base(data, variant):
+    run, table, mean, std, batch, damping = data
+    torch.manual_seed(0)
+    model = build_model(Config(variant=variant, stage1_run=str(run), width=32, jepa_width=32, residual_base="ridge"),
+                        mean, std, damping).eval()
+    assert not model.damping.requires_grad  # unused: a DDP run would stop on a parameter without a gradient
+    base = torch.randn_like(batch["tgt_z"])
+    with torch.no_grad():
+        torch.testing.assert_close(model({**batch, "base": base}), base)
+        with pytest.raises(ValueError, match="ridge forecast in the batch"):
+            model(batch)
+
+
+@pytest.mark.parametrize("variant", ["detr", "jepa"])
 def test_one_step_lowers_the_loss_on_a_fixed_batch(data, variant):
     run, table, mean, std, batch, damping = data
     torch.manual_seed(0)

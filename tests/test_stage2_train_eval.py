@@ -186,3 +186,27 @@ def test_ema_update_follows_parameters_and_batchnorm_buffers():
         expected = before[k] * 0.75 + target * 0.25 if v.is_floating_point() else target
         torch.testing.assert_close(v, expected.to(v.dtype))
     assert not torch.equal(ema[1].running_mean, before["1.running_mean"])
+
+
+def test_ridge_start_trains_and_evaluates_from_the_ridge_forecast(fake_stage1_run, tmp_path):
+    from stage2_forecast import baselines
+
+    cfg = tiny(fake_stage1_run, tmp_path / "detr", residual_base="ridge", epochs=1)
+    train.main(cfg)
+    ckpt = torch.load(tmp_path / "detr" / "ckpt.pt", weights_only=True)
+    # Its first best-on-val candidate is the untrained model, i.e. the ridge forecast on val.
+    table, _, _, wins, _, _ = train.load_data(cfg)
+    b = samples.gather(table, wins["val"], np.arange(len(wins["val"])))
+    start = baselines.ridge_start(table, wins)[0]["val"]
+    m = b["tgt_mask"].numpy()
+    ridge_val = (((start - b["tgt_z"].numpy()) ** 2).mean(-1) * m).sum() / m.sum()
+    assert ckpt["best_val"] <= ridge_val + 1e-6
+    # Evaluation adds the run's output to the same ridge: an untrained copy scores exactly the ridge baseline.
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    ckpt["best_model"] = train.build_model(cfg, ckpt["mean"], ckpt["std"]).state_dict()
+    torch.save(ckpt, untrained / "ckpt.pt")
+    report = evaluate.evaluate(fake_stage1_run, [untrained], tmp_path / "out", n_boot=20)
+    for h in ("5", "15"):
+        assert report["variants"]["detr"][h]["mse"] == pytest.approx(report["variants"]["ridge"][h]["mse"], rel=1e-5)
+        assert report["variants"]["detr"][h]["mse"] != pytest.approx(report["variants"]["damped_anomaly"][h]["mse"])
