@@ -32,14 +32,17 @@ COLUMNS = ("vsn", "timestamp", "position", "split", "is_day")
 
 @torch.no_grad()
 def extract_features(encoders: dict[str, torch.nn.Module], dataset, *, batch_size: int, device: torch.device,
-                     num_workers: int = 0, desc: str = "export", grid: int = 2) -> dict[str, np.ndarray]:
+                     num_workers: int = 0, desc: str = "export", grid: int = 2,
+                     channels_last: bool = True) -> dict[str, np.ndarray]:
     """Backbone features float32, in dataset order: pooled {"rgb": (N, D_rgb), "thermal": (N, D_thermal)} and
-    {"grid_rgb": (N, g*g*C_rgb), "grid_thermal": (N, g*g*C_thermal)} (see `model.pooled_and_grid`)."""
+    {"grid_rgb": (N, g*g*C_rgb), "grid_thermal": (N, g*g*C_thermal)} (see `model.pooled_and_grid`).
+
+    channels_last on the CPU too: oneDNN convolutions in that layout run resnet10t inference on 64-px frames
+    markedly faster (BENCHMARKS.md, stage 1 export rows); training saw no gain, so stage1_jea.train keeps it
+    GPU-only."""
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-    # channels_last on the CPU too: oneDNN convolutions in that layout ran resnet10t inference 1.66x faster
-    # on 64-px frames (BENCHMARKS.md); training saw no gain, so stage1_jea.train keeps it GPU-only.
-    memory_format = torch.channels_last
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     for module in encoders.values():
         module.to(device, memory_format=memory_format).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=cuda)
