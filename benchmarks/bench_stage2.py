@@ -94,7 +94,8 @@ def run() -> str:
         damping = baselines.fit_damping(samples.gather(table, win, np.arange(len(win)), clim=clim))
         rows = []
         for variant in ("detr", "jepa"):
-            cfg = Config(variant=variant, stage1_run=str(stage1), width=96, jepa_width=64, dropout=0.0)
+            cfg = Config(variant=variant, stage1_run=str(stage1), width=96, jepa_width=64, dropout=0.0,
+                         residual_base="damped")
             model = build_model(cfg, mean, std, damping).train()
             opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
             bs = 32

@@ -96,7 +96,9 @@ def _persist(batch: dict) -> np.ndarray:
     return np.repeat(batch["ctx_z"][:, None, 0].numpy(), H, axis=1)
 
 
-def _damped(batch: dict, damping: np.ndarray) -> np.ndarray:
+def damped_forecast(batch: dict, damping: np.ndarray) -> np.ndarray:
+    """clim(t+h) + a_h·(z(t) − clim(t)) on a batch with clim (numpy): damping 1 = smart persistence, 0 =
+    climatology."""
     return damped_anomaly(batch["ctx_z"][:, 0], batch["ctx_mask"][:, 0], batch["clim_now"], batch["clim_tgt"],
                           torch.as_tensor(damping)).numpy()
 
@@ -170,9 +172,9 @@ def forecasts(b_train: dict, b_val: dict, b_eval: dict,
     given, e.g. by fit_damping_by_day) and the ridge penalties."""
     damping = fit_damping(b_train) if damping is None else damping
     preds = {"persistence": _persist(b_eval),
-             "smart_persistence": _damped(b_eval, np.ones_like(damping)),
-             "damped_anomaly": _damped(b_eval, damping),
-             "climatology": _damped(b_eval, np.zeros_like(damping))}
+             "smart_persistence": damped_forecast(b_eval, np.ones_like(damping)),
+             "damped_anomaly": damped_forecast(b_eval, damping),
+             "climatology": damped_forecast(b_eval, np.zeros_like(damping))}
     preds["ridge"], alpha = ridge(b_train, b_val, b_eval, context=False)
     preds["ridge_context"], alpha_ctx = ridge(b_train, b_val, b_eval, context=True)
     return preds, {"damping": damping, "ridge_alpha": alpha, "ridge_context_alpha": alpha_ctx}

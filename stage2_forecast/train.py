@@ -20,6 +20,7 @@ than the baseline it starts from.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -75,9 +76,9 @@ class Config:
                               ge=0)
     finetune: bool = option(False, "jepa: fine-tune the stage-1 encoders")
     residual: bool = option(True, "add the output to a closed-form linear forecast fitted on train")
-    residual_base: Literal["damped", "ridge"] = option(
-        "damped", "that forecast: damped = damped anomaly (trainable damping) | ridge = ridge on the last scan of "
-        "all presets (the stronger baseline in README; fixed)")
+    residual_base: Literal["auto", "damped", "ridge"] = option(
+        "auto", "that forecast: damped = damped anomaly (trainable damping) | ridge = ridge on the last scan of "
+        "all presets (fixed) | auto = the one with the lower val MSE (config.json records the choice)")
     width: int = option(128, "transformer width (detr)", ge=1)
     depth: int = option(2, "transformer layers", ge=1)
     heads: int = option(4, "attention heads", ge=1)
@@ -117,20 +118,26 @@ def load_data(cfg: Config):
     return table, mean, std, wins, clim, baselines.fit_damping_by_day(table, wins["train"], day_only=cfg.day_only)
 
 
+def _base(cfg: Config) -> str:
+    if cfg.residual and cfg.residual_base == "auto":
+        raise ValueError("residual_base=auto is resolved on val before the model is built (residual_starts)")
+    return cfg.residual_base if cfg.residual else "damped"
+
+
 def build_model(cfg: Config, mean, std, damping=None) -> nn.Module:
     mean, std = torch.as_tensor(mean), torch.as_tensor(std)
     damping = None if damping is None else torch.as_tensor(damping)
     if cfg.variant == "detr":
         return DetrForecaster(dim=mean.numel(), n_presets=len(SKY_PRESETS), horizons_min=cfg.horizons_min,
                               width=cfg.width, depth=cfg.depth, heads=cfg.heads, dropout=cfg.dropout,
-                              residual=cfg.residual, damping=damping, base=cfg.residual_base)
+                              residual=cfg.residual, damping=damping, base=_base(cfg))
     if cfg.variant == "jepa":
         modules, meta = load_encoders(Path(cfg.stage1_run) / "encoders.pt")
         names = [column.split("_", 1)[1] for column in samples.FEATURES[cfg.features]]
         return JepaForecaster(encoders=nn.ModuleDict({n: modules[n] for n in names}), mean=mean, std=std,
                               n_presets=len(SKY_PRESETS), horizons_min=cfg.horizons_min, img_size=meta.get("img_size"),
                               width=cfg.jepa_width, depth=cfg.depth, heads=cfg.heads, dropout=cfg.dropout,
-                              residual=cfg.residual, finetune=cfg.finetune, damping=damping, base=cfg.residual_base)
+                              residual=cfg.residual, finetune=cfg.finetune, damping=damping, base=_base(cfg))
     raise UserError(f"variant={cfg.variant!r}: expected detr or jepa")
 
 
@@ -139,17 +146,32 @@ def load_run(run_dir: str | Path, *, best: bool = True) -> tuple[Config, nn.Modu
     by default. The climatology travels with the run: a held-out evaluation uses the training one."""
     path = require(Path(run_dir) / "ckpt.pt", made_by=f"{PROG} run_dir={run_dir}", what="stage-2 checkpoint")
     ckpt = load_checkpoint(path)
-    cfg = build_config(Config, ckpt["config"])
+    # runs from before residual_base existed started from the damped anomaly
+    cfg = build_config(Config, {"residual_base": "damped", **ckpt["config"]})
     model = build_model(cfg, ckpt["mean"], ckpt["std"])
     load_state(model, ckpt["best_model" if best else "model"], path=path)
     return cfg, model.eval(), {k: ckpt[k].numpy() for k in ("mean", "std", "clim")}
 
 
-def residual_starts(cfg: Config, table, wins) -> dict[str, np.ndarray]:
-    """{"train", "val"} ridge forecasts for residual_base=ridge (baselines.ridge_start), else {}."""
-    if not (cfg.residual and cfg.residual_base == "ridge"):
-        return {}
-    return baselines.ridge_start(table, wins, day_only=cfg.day_only)[0]
+def residual_starts(cfg: Config, table, wins, clim, damping) -> tuple[Config, dict[str, np.ndarray]]:
+    """The config with residual_base resolved, and the {"train", "val"} ridge forecasts when it is ridge.
+
+    auto compares the two starts on val, the split early stopping and the ridge penalty already use: the
+    learned variants should start from the strongest linear baseline, and which one that is depends on the
+    data (on `make compare` the ridge; on the quick default's 2 train days, see README).
+    """
+    if not cfg.residual or cfg.residual_base == "damped":
+        return cfg, {}
+    starts = baselines.ridge_start(table, wins, day_only=cfg.day_only)[0]
+    if cfg.residual_base == "auto":
+        b = samples.gather(table, wins["val"], np.arange(len(wins["val"])), day_only=cfg.day_only, clim=clim)
+        m, true = b["tgt_mask"].numpy(), b["tgt_z"].numpy()
+        mse = {name: float((((pred - true) ** 2).mean(-1) * m).sum() / max(m.sum(), 1))
+               for name, pred in (("ridge", starts["val"]), ("damped", baselines.damped_forecast(b, damping)))}
+        chosen = "ridge" if mse["ridge"] < mse["damped"] else "damped"
+        print(f"residual_base=auto: {chosen} (val MSE ridge {mse['ridge']:.4f}, damped anomaly {mse['damped']:.4f})")
+        cfg = dataclasses.replace(cfg, residual_base=chosen)
+    return cfg, starts if cfg.residual_base == "ridge" else {}
 
 
 def needs_images(cfg: Config) -> bool:
@@ -199,7 +221,7 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
     seed_everything(cfg.seed + env.rank)
     run, per_rank = Path(cfg.run_dir), cfg.batch_size // env.world_size
     table, mean, std, wins, clim, damping = load_data(cfg)
-    starts = residual_starts(cfg, table, wins)
+    cfg, starts = residual_starts(cfg, table, wins, clim, damping)
     n_train = len(wins["train"])
     shard = lambda epoch: rank_shard(n_train, rank=env.rank, world_size=env.world_size, seed=cfg.seed, epoch=epoch)
     steps_per_epoch = -(-len(shard(0)) // per_rank)  # equal shares, so the same count on every rank

@@ -24,7 +24,8 @@ def data(fake_stage1_run):
 def test_untrained_model_is_the_damped_anomaly_baseline(data, variant):
     run, table, mean, std, batch, damping = data
     torch.manual_seed(0)
-    model = build_model(Config(variant=variant, stage1_run=str(run), width=32, jepa_width=32), mean, std,
+    model = build_model(Config(variant=variant, stage1_run=str(run), width=32, jepa_width=32,
+                               residual_base="damped"), mean, std,
                         damping).eval()
     with torch.no_grad():
         out = model(batch)
@@ -33,7 +34,7 @@ def test_untrained_model_is_the_damped_anomaly_baseline(data, variant):
     # For jepa this also checks that the frozen stage-1 encoders reproduce the exported embeddings.
     preds, fitted = baselines.forecasts(batch, batch, batch)
     np.testing.assert_allclose(fitted["damping"], baselines.fit_damping(batch))
-    expected = baselines._damped(batch, damping)
+    expected = baselines.damped_forecast(batch, damping)
     assert np.abs(expected - preds["persistence"]).max() > 0.1  # the baseline is not plain persistence
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-4, rtol=1e-4)
 
@@ -50,13 +51,16 @@ def test_untrained_model_with_the_ridge_start_is_the_batch_base(data, variant):
         torch.testing.assert_close(model({**batch, "base": base}), base)
         with pytest.raises(ValueError, match="ridge forecast in the batch"):
             model(batch)
+    with pytest.raises(ValueError, match="resolved on val"):  # auto is the training loop's choice to make
+        build_model(Config(variant=variant, stage1_run=str(run), residual_base="auto"), mean, std, damping)
 
 
 @pytest.mark.parametrize("variant", ["detr", "jepa"])
 def test_one_step_lowers_the_loss_on_a_fixed_batch(data, variant):
     run, table, mean, std, batch, damping = data
     torch.manual_seed(0)
-    model = build_model(Config(variant=variant, stage1_run=str(run), width=32, jepa_width=32, dropout=0.0),
+    model = build_model(Config(variant=variant, stage1_run=str(run), width=32, jepa_width=32, dropout=0.0,
+                               residual_base="damped"),
                         mean, std, damping).train()
     encoders = list(model.encoders.parameters()) if variant == "jepa" else []
     frozen = [p.clone() for p in encoders]

@@ -25,9 +25,10 @@ def test_resume_continues_where_the_checkpoint_stopped(fake_stage1_run, tmp_path
 
     def dies_in_epoch_two(*a, **kw):
         calls[0] += 1
-        # 1 train gather for the baseline fit, 3 val batches for the untrained model, epoch 1 = 3 train + 3 val
-        # batches: call 12 is the 2nd batch of epoch 2
-        if calls[0] == 12:
+        # 1 train gather for the damping fit, 2 for the ridge start (train, val), 1 for the auto choice on val,
+        # 3 val batches for the untrained model, epoch 1 = 3 train + 3 val batches: call 15 is the 2nd batch of
+        # epoch 2
+        if calls[0] == 15:
             raise KeyboardInterrupt
         return real_gather(*a, **kw)
 
@@ -210,3 +211,19 @@ def test_ridge_start_trains_and_evaluates_from_the_ridge_forecast(fake_stage1_ru
     for h in ("5", "15"):
         assert report["variants"]["detr"][h]["mse"] == pytest.approx(report["variants"]["ridge"][h]["mse"], rel=1e-5)
         assert report["variants"]["detr"][h]["mse"] != pytest.approx(report["variants"]["damped_anomaly"][h]["mse"])
+
+
+def test_auto_start_is_the_baseline_with_the_lower_val_mse(fake_stage1_run, tmp_path):
+    from stage2_forecast import baselines
+
+    train.main(tiny(fake_stage1_run, tmp_path / "detr", epochs=1))  # residual_base=auto, the default
+    saved = json.loads((tmp_path / "detr" / "config.json").read_text())["residual_base"]
+    cfg = tiny(fake_stage1_run, tmp_path / "x")
+    table, _, _, wins, clim, damping = train.load_data(cfg)
+    b = samples.gather(table, wins["val"], np.arange(len(wins["val"])), clim=clim)
+    m, true = b["tgt_mask"].numpy(), b["tgt_z"].numpy()
+    mse = {name: (((pred - true) ** 2).mean(-1) * m).sum() / m.sum() for name, pred in
+           (("ridge", baselines.ridge_start(table, wins)[0]["val"]), ("damped", baselines.damped_forecast(b, damping)))}
+    assert mse["ridge"] != pytest.approx(mse["damped"], rel=1e-3)
+    assert saved == min(mse, key=mse.get)
+    assert train.load_run(tmp_path / "detr")[0].residual_base == saved  # evaluation rebuilds the chosen start
