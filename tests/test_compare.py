@@ -22,7 +22,7 @@ def test_compare_runs_every_step_and_resumes(tmp_path, capsys):
     compare.main(argv)
 
     prepared = json.loads((out / "prepared_train" / "report.json").read_text())
-    assert prepared["fractions"] == [0.5, 0.15, 0.35]
+    assert prepared["fractions"] == [0.15, 0.1, 0.75]
     assert all(len(prepared["splits"][s]["days"]) >= 1 for s in ("train", "val", "test"))
     runs = sorted(p.name for p in (out / "stage2").iterdir())
     assert runs == ["detr_s0", "detr_s1", "jepa_s0", "jepa_s1"]
