@@ -1,6 +1,6 @@
 """Evaluate stage-1 embeddings against fair baselines: collapse, cross-modal retrieval, cloud-fraction probes.
 
-    sagecast-stage1-evaluate --run runs/stage1 [--rows day|all]
+    sagecast-stage1-evaluate --run runs/stage1 [--rows day|all] [--every N]
 
 Reads RUN/embeddings.parquet (from `stage1_jea.export`) and the prepared dir it names. Writes RUN/metrics.json,
 RUN/probe_cloud_fraction.json (the ridge probe stage 2 applies to forecast embeddings) and
@@ -13,6 +13,8 @@ width picked on val), top-1/5 by cosine on test. The trained run is also scored 
 (`retrieval_projector`). Probes (ridge, alpha picked on val; cosine kNN), fitted on train, R² on test: whole
 frame cloud fraction from the pooled features, and the layout probe - cloud fraction per region of a 2×2 grid
 of the thermal frame (data.sky's rule) - from the grid features (raw pixels: the 8×8 frames).
+--every N keeps every N-th capture of each (node, preset) in time order, for all three feature sets alike: the
+random-init forward pass and the raw-pixel reads dominate the cost on long datasets (`make compare` uses 3).
 """
 
 from __future__ import annotations
@@ -134,7 +136,16 @@ def _true_cloud_fraction(prepared: Path, table: pd.DataFrame) -> pd.Series | Non
     return merged["cloud_fraction"] if merged["cloud_fraction"].notna().all() else None
 
 
-def evaluate(run: str | Path, *, rows: str = "day", batch_size: int = 256, seed: int = 0) -> dict:
+def thin(table: pd.DataFrame, every: int) -> np.ndarray:
+    """Mask keeping every `every`-th row of each (vsn, position) in timestamp order (the first one included)."""
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    order = table.sort_values(["vsn", "position", "timestamp"], kind="stable")
+    rank = order.groupby(["vsn", "position"], sort=False).cumcount().reindex(table.index)
+    return (rank.to_numpy() % every) == 0
+
+
+def evaluate(run: str | Path, *, rows: str = "day", batch_size: int = 256, seed: int = 0, every: int = 1) -> dict:
     run = Path(run)
     table, feats, info = _read_embeddings(run)
     prepared = Path(info["prepared_dir"])
@@ -145,6 +156,7 @@ def evaluate(run: str | Path, *, rows: str = "day", batch_size: int = 256, seed:
         table["true_cloud_fraction"] = truth.to_numpy()
     keep = (table["is_day"].to_numpy(bool) if rows == "day" else np.ones(len(table), bool)) & \
         table["cloud_fraction"].notna().to_numpy()
+    keep &= thin(table, every)
     sel = table[keep].reset_index(drop=True)
     feats = {b: v[keep] for b, v in feats.items()}
     missing = [s for s in ("train", "val", "test") if not (sel["split"] == s).any()]
@@ -175,8 +187,8 @@ def evaluate(run: str | Path, *, rows: str = "day", batch_size: int = 256, seed:
         "features": "concat(emb_rgb, emb_thermal)", "feature_mean": probe["feature_mean"].tolist(),
         "feature_std": probe["feature_std"].tolist(), "coef": probe["coef"].tolist(),
         "intercept": float(probe["intercept"]), "test_r2": cloud["ridge_test_r2"], "alpha": cloud["ridge_alpha"],
-        "rows": rows})
-    metrics = {"rows": rows, "n": sel["split"].value_counts().to_dict(),
+        "rows": rows, "every": every})
+    metrics = {"rows": rows, "every": every, "n": sel["split"].value_counts().to_dict(),
                "checkpoint_sha256": info["checkpoint_sha256"],
                "embedding": "backbone features (not projector)",
                "layout_target": f"cloud fraction per cell of a {g}x{g} grid of the prepared thermal frame "
@@ -206,12 +218,16 @@ def main(argv: list[str] | None = None) -> None:
                     help="rows to evaluate: daytime only (as trained) or all")
     ap.add_argument("--batch-size", type=int, default=256, help="for the random-init features")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random-init encoders")
+    ap.add_argument("--every", type=int, default=1,
+                    help="keep every N-th capture of each (node, preset) in time order (default: all)")
     args = ap.parse_args(argv)
+    if args.every < 1:
+        ap.error(f"--every must be >= 1, got {args.every}")
 
     def run() -> None:
         require(Path(args.run) / "embeddings.parquet", what="stage-1 embeddings",
                 made_by=f"sagecast-stage1-export --run {args.run}")
-        evaluate(args.run, rows=args.rows, batch_size=args.batch_size, seed=args.seed)
+        evaluate(args.run, rows=args.rows, batch_size=args.batch_size, seed=args.seed, every=args.every)
 
     run_cli(run, prog=ap.prog)
 

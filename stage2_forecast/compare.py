@@ -31,15 +31,20 @@ from sagecast_common.cli import make_parser
 from sagecast_common.runio import atomic_write_json
 
 
-def step(name: str, done: Path, cmd: list[str], timings: dict) -> None:
-    """Run one step in its own process unless `done` exists; record its wall time."""
+def step(name: str, done: Path, cmd: list[str], timings: Path) -> None:
+    """Run one step in its own process unless `done` exists; add its wall time to the `timings` JSON file.
+
+    The file is rewritten after every step, so a comparison stopped halfway keeps the times of what it finished.
+    """
     if done.exists():
         print(f"[compare] {name}: done ({done})", flush=True)
         return
     print(f"[compare] {name}: {shlex.join(cmd)}", flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
-    timings[name] = round(time.perf_counter() - t0, 1)
+    seconds = round(time.perf_counter() - t0, 1)
+    previous = json.loads(timings.read_text()) if timings.exists() else {}
+    atomic_write_json(timings, {**previous, name: seconds})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,9 +73,14 @@ def main(argv: list[str] | None = None) -> None:
     # (README "Comparing the variants" has the measured pieces); pass --stage1 epochs=5 for the preset's.
     ap.add_argument("--stage1", nargs="*", default=["epochs=2"], help="stage-1 key=value overrides")
     ap.add_argument("--stage2", nargs="*", default=[], help="extra stage-2 key=value overrides")
+    ap.add_argument("--probe-every", type=int, default=3,
+                    help="stage1_jea.evaluate --every: the stage-1 probes and their baselines on every N-th capture "
+                         "(default 3, i.e. 15-minute cadence; its random-init forward pass was the slowest step)")
     ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates of each report")
     args = ap.parse_args(argv)
-    out, py, timings = Path(args.out), sys.executable, {}
+    out, py = Path(args.out), sys.executable
+    out.mkdir(parents=True, exist_ok=True)
+    timings = out / "timings.json"
     skies = {"train": (args.start, args.days, 0), "heldout": (args.heldout_start, args.heldout_days, args.heldout_seed)}
     for sky, (start, days, seed) in skies.items():
         raw, prepared = out / f"raw_{sky}", out / f"prepared_{sky}"
@@ -87,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
                                               f"prepared={out / 'prepared_train'}", f"run_dir={s1}", *args.stage1],
          timings)
     step("stage1_export", s1 / "embeddings.parquet", [py, "-m", "stage1_jea.export", "--run", str(s1)], timings)
-    step("stage1_probe", s1 / "probe_cloud_fraction.json", [py, "-m", "stage1_jea.evaluate", "--run", str(s1)],
+    step("stage1_probe", s1 / "probe_cloud_fraction.json", [py, "-m", "stage1_jea.evaluate", "--run", str(s1),
+                                                                    "--every", str(args.probe_every)],
          timings)
     s1_held.mkdir(parents=True, exist_ok=True)
     for name in ("encoders.pt", "config.json", "probe_cloud_fraction.json"):  # the same encoders, another sky
@@ -114,13 +125,7 @@ def main(argv: list[str] | None = None) -> None:
          [py, "-m", "stage2_forecast.report", "--prepared", str(out / "prepared_train"), "--stage1", str(s1),
           "--stage2", str(out / f"stage2{tag}"), "--report-dir", str(report), "--out", str(report / "report.html")],
          timings)
-    atomic_write_json(out / "timings.json", {**_previous(out), **timings})
     print(f"[compare] done: {report / 'report.md'} and {out / f'report{tag}_heldout' / 'report.md'}")
-
-
-def _previous(out: Path) -> dict:
-    path = out / "timings.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 if __name__ == "__main__":

@@ -124,6 +124,29 @@ def test_evaluate_writes_metrics_and_a_probe_that_reproduces_its_r2(trained_fake
     assert 1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum() == pytest.approx(probe["test_r2"], abs=1e-6)
 
 
+def test_thin_keeps_every_nth_capture_per_preset_in_time_order():
+    # two presets, rows shuffled: preset 1 at t = 0..4 and preset 2 at t = 0..2, listed out of order
+    table = pd.DataFrame({"vsn": ["W1"] * 8, "position": [1, 2, 1, 1, 2, 1, 2, 1],
+                          "timestamp": [4, 2, 0, 2, 0, 1, 1, 3]})
+    kept = table[evaluate.thin(table, 2)]
+    assert sorted(zip(kept["position"], kept["timestamp"], strict=True)) == [(1, 0), (1, 2), (1, 4), (2, 0), (2, 2)]
+    assert evaluate.thin(table, 1).all()
+    with pytest.raises(ValueError, match="every must be >= 1"):
+        evaluate.thin(table, 0)
+
+
+def test_evaluate_every_thins_all_feature_sets_alike(trained_fake_run):
+    run = trained_fake_run
+    export.export(run, batch_size=16, device="cpu")
+    saved = evaluate.evaluate(run, batch_size=16, every=2)
+    assert saved["every"] == 2
+    n = saved["n"]
+    assert sum(n.values()) < 40  # the unthinned run has 27 + 7 + 6 rows
+    for kind in ("trained", "random_init", "raw_pixels"):
+        assert saved[kind]["retrieval"]["n_test"] == n["test"]
+    assert json.loads((run / "probe_cloud_fraction.json").read_text())["every"] == 2
+
+
 def test_cca_alignment_recovers_a_known_linear_map():
     from stage1_jea.baselines import aligned_retrieval, fit_cca
 
