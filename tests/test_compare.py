@@ -55,3 +55,18 @@ def test_compare_runs_every_step_and_resumes(tmp_path, capsys):
     grid_cfg = json.loads((out / "stage2_grid" / "detr_s0" / "config.json").read_text())
     assert grid_cfg["features"] == "grid"
     assert (out / "report_grid" / "report.json").exists() and (out / "report_grid_heldout" / "report.json").exists()
+
+
+def test_a_stopped_comparison_keeps_the_times_of_finished_steps(tmp_path):
+    import subprocess
+    import sys
+
+    timings = tmp_path / "timings.json"
+    compare.step("first", tmp_path / "first.done", [sys.executable, "-c", "pass"], timings)
+    with pytest.raises(subprocess.CalledProcessError):
+        compare.step("second", tmp_path / "second.done", [sys.executable, "-c", "raise SystemExit(3)"], timings)
+    saved = json.loads(timings.read_text())
+    assert set(saved) == {"first"} and saved["first"] >= 0
+    (tmp_path / "first.done").touch()
+    compare.step("first", tmp_path / "first.done", [sys.executable, "-c", "raise SystemExit(3)"], timings)  # skipped
+    assert json.loads(timings.read_text()) == saved
