@@ -46,7 +46,7 @@ stage2: | $(STAMP)
 	$(BIN)/sagecast-report --runs $(RUNS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
