@@ -45,11 +45,12 @@ def main() -> None:
 
 
 def _read_sections(path: Path) -> dict[str, str]:
+    """BENCHMARKS.md split at its `<!-- name -->` markers; a rerun replaces only the bench_* sections it ran."""
     if not path.exists():
         return {}
     sections, key, buf = {}, None, []
     for line in path.read_text().splitlines():
-        if line.startswith("<!-- bench_") and line.endswith("-->"):
+        if line.startswith("<!-- ") and line.endswith("-->"):  # bench_* sections and hand-written ones alike
             if key:
                 sections[key] = "\n".join(buf).strip()
             key, buf = line[5:-4].strip(), []
