@@ -1,9 +1,9 @@
 """A stand-in for SAGE's data API, file storage and manifest service on 127.0.0.1 (tests, offline trials).
 
-    python -m data.synthetic --out /tmp/raw --nodes W056 --start 2023-05-18 --days 1
-    python -m tests.sage_double --root /tmp/raw --port 8765 --user me --token secret
+    python -m data.synthetic --out runs/double/raw --nodes W056 --start 2023-05-18 --days 1
+    python -m tests.sage_double --root runs/double/raw --port 8765 --user me --token secret
     SAGE_USER=me SAGE_TOKEN=secret python -m data.sage.download --vsn W056 --start 2023-05-18 --end 2023-05-19 \
-        --out /tmp/got --endpoint http://127.0.0.1:8765/api/v1/query --storage-url http://127.0.0.1:8765
+        --out runs/double/got --endpoint http://127.0.0.1:8765/api/v1/query --storage-url http://127.0.0.1:8765
 
 Routes: `POST /api/v1/query` with the real API's rules (body <= 4096 bytes, unknown fields -> 400, `start`
 required, bare filter keys, `|` / `*` / exact values, `( ) $ { }` refused, head/tail per series, NDJSON in
