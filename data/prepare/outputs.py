@@ -5,8 +5,8 @@ temporary name (`Staging`); then the commit removes the old record, renames the 
 writes the new record last, atomically, naming what it covers: the row count, the sizes of rgb.npy and
 thermal.npy, the sizes and SHA-256 of the small files, the number and digest of the pair files. A kill
 before the commit leaves the old complete folder; a kill during it leaves a folder without a record, which
-`require_complete` (the one reader check: PairedSkyDataset, stage 1, export, jobs, compare) refuses with the
-command that repairs it. `remove_stale_temps` deletes what a killed run left behind (the `.rgb.npy.*.tmp`
+`require_complete`, the one check every reader makes (PairedSkyDataset among them), refuses with the command
+that repairs it. `remove_stale_temps` deletes what a killed run left behind (the `.rgb.npy.*.tmp`
 arrays are as large as the dataset) before a run starts.
 
     from data.prepare.outputs import require_complete
