@@ -209,14 +209,3 @@ def test_a_corrupt_registry_is_one_line_exit_2_for_prepare_and_nodes(grown, tmp_
         nodes.main(["show", "W056", "--registry", str(registry)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and str(registry) in err
-
-
-def test_a_raw_file_name_with_a_control_character_is_skipped_not_paired(tmp_path):
-    raw, out = tmp_path / "raw", tmp_path / "out"
-    capture(raw, NOON, 1)
-    bad = capture(raw, NOON + pd.Timedelta(minutes=5), 5)
-    for path in (raw / "W056").glob(f"*/{bad}-*"):
-        path.rename(path.with_name(path.name.replace("_position5", "\n_position5")))
-    report = run(raw, out)
-    assert report["pairs"] == 1 and report["skipped_by_reason"].get("bad_name") == 2
-    assert all(len(p.read_text().splitlines()) == 2 for p in (out / "pairs").rglob("*.txt"))

@@ -6,9 +6,9 @@ Two layouts are read, also side by side in one folder:
       `rgb_20230521-095736_W057_6144x2048_position10.jpg`: a capture is (VSN, UTC second).
 Within a capture, an RGB JPG and a thermal celsius CSV with the same position (and custom-mode image
 number) form a pair. Files that cannot be paired, or are not images (plot JPGs, `.raw`, `uint.csv`, `.nc`),
-come back as `Skip` records with a reason (also names whose timestamp lies outside PLAUSIBLE_YEARS or that
-hold a control character, and entries that cannot be read, such as symlink loops); a capture whose RGB and
-thermal positions disagree yields `BadPair`s (two plugins drove the camera at once) - listed, never used, never deleted.
+come back as `Skip` records with a reason (also names whose timestamp lies outside PLAUSIBLE_YEARS, and
+entries that cannot be read, such as symlink loops); a capture whose RGB and thermal positions disagree yields
+`BadPair`s (two plugins drove the camera at once) - listed, never used, never deleted.
 """
 
 from __future__ import annotations
@@ -75,9 +75,6 @@ def scan_raw(raw: Path) -> tuple[list[RawFile], list[Skip]]:
     candidates += [(p, "b") for sub in ORIGINAL_DIRS for p in _listdir(raw / sub, raw, skipped)]
     for path, layout in candidates:
         rel, stored = path.relative_to(raw).as_posix(), path.name
-        if any(ord(c) < 32 or ord(c) == 127 for c in stored):  # a newline would break the two-line pair files
-            skipped.append(Skip(rel, "bad_name", "control character in the file name"))
-            continue
         if layout == "a":
             parsed = split_ts_name(stored)
             if parsed is None:
