@@ -4,6 +4,7 @@
     data/synthetic/  the synthetic sky in the download's exact formats (python -m data.synthetic)
     data/prepare/    raw uploads → index + arrays (python -m data.prepare): pairing, image decoding, CSV parser
     formats.py, sky.py, dataset.py   shared by all of them: file names and formats, sky geometry, the Dataset
+    folder_lock.py   one writer per output folder (flock; the second one exits 2 naming the first one's PID)
 """
 
 from data.formats import read_thermal_csv

@@ -10,7 +10,9 @@ so both views still look at mostly the same sky but their crop geometry differs.
 arrays are pixel-aligned) both frames' elevation gradients match exactly, and VICReg's invariance term can be
 met by encoding crop geometry instead of clouds. The horizontal flip is shared. Photometric ones are
 per modality: colour jitter and blur for RGB, a global offset plus pixel noise in °C for thermal. Then both
-are normalised with the prepared folder's norm_stats.json (train split). Random draws come from a generator
+are normalised with the prepared folder's norm_stats.json (train split). The folder must be complete
+(data.prepare.outputs.require_complete: its complete.json matches its files), else a one-line UserError
+names the command that repairs it; so does any file that cannot be read. Random draws come from a generator
 seeded by (seed, torch.initial_seed()), so they differ per DataLoader worker and epoch and are reproducible
 under torch.manual_seed. Memmaps open lazily in each process, so DataLoader workers and DistributedSampler
 work as usual.
@@ -26,6 +28,9 @@ import numpy as np
 import pandas as pd
 import torch
 from torchvision.transforms.v2 import functional as TF
+
+from data.prepare.outputs import repair_command, require_complete
+from sagecast_common.cli import UserError
 
 CROP_SCALE = (0.35, 1.0)  # share of the frame the random crop keeps
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -46,18 +51,34 @@ class NormStats:
 
     @classmethod
     def load(cls, prepared_dir) -> NormStats:
-        return cls(json.loads((Path(prepared_dir) / "norm_stats.json").read_text()))
+        path = Path(prepared_dir) / "norm_stats.json"
+        try:
+            return cls(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise UserError(f"{path} is unreadable ({type(e).__name__}); {_fix(prepared_dir)}") from None
 
     def normalise(self, rgb: torch.Tensor, thermal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """rgb in 0..1, thermal in °C → standardised."""
         return (rgb - self.rgb_mean) / self.rgb_std, (thermal - self.thermal_mean) / self.thermal_std
 
 
+def _fix(prepared_dir) -> str:
+    return f"rerun `{repair_command(Path(prepared_dir))}` (incremental: decoded pairs are reused)"
+
+
+def open_array(path: Path) -> np.ndarray:
+    """A prepared .npy memory-mapped, or a one-line UserError naming it (truncated, not an array, ...)."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as e:
+        raise UserError(f"{path} is not a readable array ({type(e).__name__}: {e}); {_fix(path.parent)}") from None
+
+
 def normalised_frames(prepared_dir, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Full frames for array rows (N,), batched: what PairedSkyDataset(augment=False) returns, stacked."""
     prepared = Path(prepared_dir)
-    rgb = np.load(prepared / "rgb.npy", mmap_mode="r")[rows]
-    thermal = np.load(prepared / "thermal.npy", mmap_mode="r")[rows]
+    rgb = open_array(prepared / "rgb.npy")[rows]
+    thermal = open_array(prepared / "thermal.npy")[rows]
     rgb = torch.from_numpy(np.asarray(rgb)).permute(0, 3, 1, 2).float().div_(255.0)
     thermal = torch.from_numpy(np.asarray(thermal, dtype=np.float32))[:, None]
     return NormStats.load(prepared).normalise(rgb, thermal)
@@ -67,9 +88,12 @@ class PairedSkyDataset(torch.utils.data.Dataset):
     def __init__(self, prepared_dir, split: str | None, *, augment: bool = True, day_only: bool = True,
                  crop_size: int | None = None, seed: int = 0, independent_crops: bool = True):
         self.dir = Path(prepared_dir)
-        if not (self.dir / "index.parquet").exists():
-            raise FileNotFoundError(f"{self.dir} has no index.parquet: run python -m data.prepare first")
-        index = pd.read_parquet(self.dir / "index.parquet")
+        require_complete(self.dir)
+        try:
+            index = pd.read_parquet(self.dir / "index.parquet")
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise UserError(f"{self.dir / 'index.parquet'} is unreadable ({type(e).__name__}); {_fix(self.dir)}"
+                            ) from None
         if split not in (None, "all"):
             if split not in ("train", "val", "test"):
                 raise ValueError(f"split must be train, val, test, 'all' or None; got {split!r}")
@@ -80,7 +104,7 @@ class PairedSkyDataset(torch.utils.data.Dataset):
         self.rows = self.index["row"].to_numpy()
         self.stats = NormStats.load(self.dir)
         self.augment, self.seed, self.independent_crops = augment, seed, independent_crops
-        self.size = int(np.load(self.dir / "rgb.npy", mmap_mode="r").shape[1])
+        self.size = int(open_array(self.dir / "rgb.npy").shape[1])
         self.crop_size = crop_size or self.size
         self._arrays = self._gen = None
 
@@ -92,8 +116,7 @@ class PairedSkyDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._arrays is None:
-            self._arrays = (np.load(self.dir / "rgb.npy", mmap_mode="r"),
-                            np.load(self.dir / "thermal.npy", mmap_mode="r"))
+            self._arrays = (open_array(self.dir / "rgb.npy"), open_array(self.dir / "thermal.npy"))
         row = int(self.rows[i])
         rgb = torch.from_numpy(np.array(self._arrays[0][row])).permute(2, 0, 1).float().div_(255.0)
         thermal = torch.from_numpy(np.array(self._arrays[1][row], dtype=np.float32))[None]

@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
+from data.prepare.outputs import write_complete
+
 TINY = {"rgb_arch": "resnet10t", "thermal_arch": "resnet10t", "projector": "32-32", "epochs": 2,
         "batch_size": 8, "base_lr": 0.2, "warmup_epochs": 0.5, "num_workers": 0, "log_every": 1,
         "device": "cpu"}
@@ -43,6 +45,7 @@ def write_fake_prepared(out, *, n: int = 48, size: int = 32, seed: int = 0) -> N
         "rgb_std": (rgb[train] / 255).std(axis=(0, 1, 2)).tolist(),
         "thermal_mean": float(thermal[train].astype(np.float32).mean()),
         "thermal_std": float(thermal[train].astype(np.float32).std())}))
+    write_complete(out)  # the completion record data.PairedSkyDataset checks
 
 
 class FakePairedSkyDataset(torch.utils.data.Dataset):

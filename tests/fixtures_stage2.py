@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from data.formats import SKY_PRESETS
+from data.prepare.outputs import write_complete
 from sagecast_common.encoders import build_encoder, save_encoders
 from stage2_forecast.samples import load_images
 
@@ -69,6 +70,7 @@ def make_fake_stage1(root: Path, *, hours: float = 4.0, drop_scans=(5, 6), drop_
     (prepared / "norm_stats.json").write_text(json.dumps(
         {"rgb_mean": [0.3, 0.3, 0.3], "rgb_std": [0.2, 0.2, 0.2], "thermal_mean": -30.0, "thermal_std": 10.0}))
     index.drop(columns="value").to_parquet(prepared / "index.parquet")
+    write_complete(prepared)  # the completion record data.PairedSkyDataset checks
 
     run = root / "stage1"
     encoders = _encoders()

@@ -1,5 +1,6 @@
 """A forwarding HTTP proxy on 127.0.0.1 for tests: absolute-URL requests (what clients send to an http
-proxy) are relayed to their origin; `seen` lists (method, url) of every request it carried."""
+proxy) are relayed to their origin; `seen` lists (method, url) of every request it carried, `authorized` the
+(method, url) of those that came with an Authorization header (which a proxy can read)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ class _Relay(BaseHTTPRequestHandler):
 
     def _relay(self) -> None:
         self.server.seen.append((self.command, self.path))
+        if "Authorization" in self.headers:
+            self.server.authorized.append((self.command, self.path))
         parts = urlsplit(self.path)
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -45,7 +48,7 @@ class LoopbackProxy:
     def __init__(self):
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Relay)
         self.server.daemon_threads = True
-        self.server.seen = []
+        self.server.seen, self.server.authorized = [], []
 
     @property
     def url(self) -> str:
@@ -54,6 +57,10 @@ class LoopbackProxy:
     @property
     def seen(self) -> list[tuple[str, str]]:
         return self.server.seen
+
+    @property
+    def authorized(self) -> list[tuple[str, str]]:
+        return self.server.authorized
 
     def __enter__(self) -> LoopbackProxy:
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()

@@ -8,13 +8,16 @@
 Routes: `POST /api/v1/query` with the real API's rules (body <= 4096 bytes, unknown fields -> 400, `start`
 required, bare filter keys, `|` / `*` / exact values, `( ) $ { }` refused, head/tail per series, NDJSON in
 no time order); `GET|HEAD /api/v1/data/...` behind HTTP Basic (401 without; any user unless --user/--token),
-single Range requests; `GET /manifests/<VSN>/`. Upload records come from `ROOT/<VSN>/sage_meta/*.csv` (their
-storage URLs keep the real host: point the downloader's --storage-url here); the files from
-`ROOT/<VSN>/rgb|thermal/`; `sys.gps.lat|lon` records from a GPS track (--gps-csv vsn,timestamp,lat,lon).
+single Range requests (`public=True`: no credentials needed); `GET /manifests/<VSN>/`. Upload records
+come from `ROOT/<VSN>/sage_meta/*.csv` (their storage URLs keep the real host: point the downloader's
+--storage-url here); the files from `ROOT/<VSN>/rgb|thermal/`; `sys.gps.lat|lon` records from a GPS track
+(--gps-csv vsn,timestamp,lat,lon).
 Faults: `fail(path, kind, times, method="GET")` (HEAD too) or `fault_rate` over storage GETs; kinds: 500,
 429 (with `Retry-After: retry_after`), slow (answer after `slow_s`), drop (connection closed mid-body),
 bad_length (Content-Length too large), bad_header (a malformed Content-Length), no_length (no
-Content-Length, cut short), html (an HTML error page as 200), 401, 403, 404. The HTTP side is
+Content-Length, cut short), huge (Content-Length 10**11, then the file over and over), endless (no
+Content-Length, the file over and over until the client hangs up), html (an HTML error page as 200), 401,
+403, 404. The HTTP side is
 tests/sage_double_http.py.
 """
 
@@ -38,7 +41,8 @@ from data.sage.registry import to_utc
 from tests.sage_double_http import Handler, QueryRejected
 
 QUERY_FIELDS = {"start", "end", "head", "tail", "filter", "bucket", "experimental_func", "experimental_window"}
-FAULTS = ("500", "429", "slow", "drop", "bad_length", "bad_header", "no_length", "html", "401", "403", "404")
+FAULTS = ("500", "429", "slow", "drop", "bad_length", "bad_header", "no_length", "huge", "endless", "html", "401",
+          "403", "404")
 
 
 def rfc3339(ts_ns: int) -> str:
@@ -56,11 +60,12 @@ def _matcher(value: str):
 
 
 class SageDouble:
-    def __init__(self, root=None, *, user=None, token=None, gps=None, manifest=None, latency=0.0,
+    def __init__(self, root=None, *, user=None, token=None, public=False, gps=None, manifest=None, latency=0.0,
                  slow_s=5.0, trickle_s=0.0, ignore_range=False, retry_after="0", fault_rate=0.0,
                  fault_kinds=("500", "drop"), seed=0, port=0, lifetime_s: float | None = 300.0):
         self.root = Path(root) if root else None
-        self.user, self.token = user, token
+        self.user, self.token, self.public = user, token, public
+        self.streamed = 0  # body bytes written by the huge/endless faults
         self.latency, self.slow_s, self.trickle_s, self.ignore_range = latency, slow_s, trickle_s, ignore_range
         self.retry_after = retry_after
         self.fault_rate, self.fault_kinds, self.rng = fault_rate, fault_kinds, random.Random(seed)

@@ -108,6 +108,8 @@ class Handler(BaseHTTPRequestHandler):
     def _authorized(self) -> bool:
         d = self.server.double
         auth = self.headers.get("Authorization") or ""
+        if d.public:
+            return True
         if not auth.startswith("Basic "):
             return False
         user, _, token = base64.b64decode(auth[6:]).decode(errors="replace").partition(":")
@@ -136,6 +138,20 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(data[:len(data) // 2] if kind == "drop" else data)
             self.wfile.flush()
             self.close_connection = True
+            return
+        if kind in ("huge", "endless"):  # until the client hangs up (or a safety stop at 1 GB)
+            self.send_response(200)
+            self.send_header(*(("Content-Length", str(10**11)) if kind == "huge" else ("Connection", "close")))
+            self.end_headers()
+            block = (data or b"x") * max(1, 65536 // max(1, len(data)))
+            self.close_connection = True
+            try:
+                while self.server.double.streamed < 2**30:
+                    self.wfile.write(block)
+                    with self.server.double.lock:
+                        self.server.double.streamed += len(block)
+            except OSError:
+                pass
             return
         if kind in ("bad_header", "no_length"):  # the body ends when the connection closes
             self.send_response(200)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from data import PairedSkyDataset
+from data.prepare.outputs import write_complete
 
 S = 24
 
@@ -40,6 +41,7 @@ def square_prepared(tmp_path_factory):
     np.save(out / "thermal.npy", thermal)
     (out / "norm_stats.json").write_text(json.dumps(
         {"rgb_mean": [0.1, 0.2, 0.3], "rgb_std": [0.5, 0.5, 0.5], "thermal_mean": -30.0, "thermal_std": 10.0}))
+    write_complete(out)
     return out
 
 

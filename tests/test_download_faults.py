@@ -1,5 +1,7 @@
-"""data.download against odd servers and hostile names (issue 15 cases 4 and 5): every per-file problem is
-a row of failed_urls.csv and the run goes on; a file is kept only when complete; proxies and ~/.netrc."""
+"""data.download against odd servers and hostile names (issue 15 cases 4 and 5, issue 27): every per-file
+problem is a row of failed_urls.csv and the run goes on; a file is kept only when complete and within
+--max-file-mb; proxies (never carrying credentials in plain http) and ~/.netrc; control characters in names;
+numeric options."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import time
 import pandas as pd
 import pytest
 
-from data.formats import rgb_name
+from data.formats import rgb_name, thermal_name
 from data.sage import download, fetch
 from data.sage.credentials import Credentials, find_credentials
 from data.sage.query import plan_downloads
@@ -153,26 +155,6 @@ def test_a_slow_drip_server_meets_the_per_file_deadline_and_the_rest_resumes(env
     assert_same_files(wanted, src, out)
 
 
-def test_proxies_from_the_environment_carry_query_and_files_and_no_proxy_bypasses_them(env):
-    """In a fresh process, as on a login node (urllib reads the proxy settings once per process)."""
-    src, out = env / "src", env / "out"
-    wanted = make_raw(src, captures=1)
-    with SageDouble(src, user=USER, token=TOKEN, lifetime_s=60) as d, LoopbackProxy() as proxy:
-        def run(dest, **extra):
-            cmd = [sys.executable, "-m", "data.sage.download", *args(d, dest)]
-            environ = {**os.environ, "http_proxy": proxy.url, **extra}
-            return subprocess.run(cmd, cwd=REPO, env=environ, capture_output=True, timeout=120).returncode
-
-        assert run(out) == 0
-        assert_same_files(wanted, src, out)
-        methods = [(m, u.removeprefix(d.url).split("/")[3]) for m, u in proxy.seen]
-        assert ("POST", "query") in methods and methods.count(("GET", "data")) == len(wanted)
-        carried = len(proxy.seen)
-        assert run(env / "direct", no_proxy="127.0.0.1") == 0
-        assert len(proxy.seen) == carried
-        assert_same_files(wanted, src, env / "direct")
-
-
 def write_netrc(env, text: str, mode: int = 0o600):
     path = env / "home" / ".netrc"
     path.parent.mkdir(exist_ok=True)
@@ -210,3 +192,88 @@ def test_one_worker_reuses_its_connection_without_wasted_requests(env):
     with SageDouble(src, user=USER, token=TOKEN, lifetime_s=60) as d:
         assert download.main(args(d, out, "--workers", "1")) == 0
         assert len(storage_gets(d)) == len(wanted)  # one GET per file, none lost to a half-closed exchange
+
+
+def test_a_plain_http_request_through_a_proxy_never_carries_the_credentials(env):
+    """In a fresh process with http_proxy set, as on a login node."""
+    src = env / "src"
+    wanted = make_raw(src, captures=1)
+    with SageDouble(src, user=USER, token=TOKEN, lifetime_s=60) as guarded, \
+            SageDouble(src, public=True, lifetime_s=60) as public, LoopbackProxy() as proxy:
+        def run(double, dest, **extra):
+            cmd = [sys.executable, "-m", "data.sage.download", *args(double, dest)]
+            environ = {**os.environ, "http_proxy": proxy.url, **extra}
+            return subprocess.run(cmd, cwd=REPO, env=environ, capture_output=True, text=True, timeout=120)
+
+        done = run(guarded, env / "guarded")
+        assert done.returncode == 3 and "credentials are not sent" in done.stdout
+        assert "not sent through the plain-http proxy" in done.stderr
+        assert any(u.startswith(guarded.url + "/api/v1/data/") for _, u in proxy.seen)  # it went by the proxy
+        assert proxy.authorized == [] and not any(e["auth"] for e in guarded.log)
+        assert run(public, env / "public").returncode == 0  # files a proxy may see still come through it
+        assert_same_files(wanted, src, env / "public")
+        methods = [(m, u.removeprefix(public.url).split("/")[3]) for m, u in proxy.seen if u.startswith(public.url)]
+        assert ("POST", "query") in methods and methods.count(("GET", "data")) == len(wanted)
+        assert proxy.authorized == []
+        carried = len(proxy.seen)
+        assert run(guarded, env / "direct", no_proxy="127.0.0.1").returncode == 0  # no proxy: a loopback peer
+        assert len(proxy.seen) == carried and all(e["auth"] for e in storage_gets(guarded)[-len(wanted):])
+        assert_same_files(wanted, src, env / "direct")
+
+
+def test_no_file_grows_past_the_cap_and_an_oversized_partial_is_discarded_and_listed(env):
+    src, out = env / "src", env / "out"
+    wanted = make_raw(src, captures=1)  # about 30 kB each
+    stale = out / "W056" / ".partial" / wanted[2].name
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"\xff\xd8\xff" + b"\0" * 200_000)  # left by a run with a larger cap
+    with SageDouble(src, user=USER, token=TOKEN, lifetime_s=60) as d:
+        d.fail(url_path(wanted[0]), "huge")  # once: a retry would get the file
+        d.fail(url_path(wanted[1]), "endless")
+        assert download.main(args(d, out, "--max-file-mb", "0.1", "--retries", "1")) == 1
+        reasons = failed(out)
+        assert sorted(reasons) == sorted(w.name for w in wanted[:2])
+        cap = int(0.1 * 2**20)
+        assert reasons[wanted[0].name] == (f"the server announces 100000000000 bytes, over the limit of {cap} bytes "
+                                           "(--max-file-mb): not kept")
+        assert reasons[wanted[1].name].startswith("the body goes on past ") and reasons[wanted[1].name].endswith(
+            f"bytes, over the limit of {cap} bytes (--max-file-mb): not kept")
+        assert d.streamed < 50 * 2**20, "the client hung up instead of reading on"
+        assert sum(e["path"] in map(url_path, wanted[:2]) for e in storage_gets(d)) == 2, "not retried"
+        assert not list((out / "W056").glob(".partial/*")), "nothing over the cap is kept"
+        assert all((out / w.relative_to(src)).read_bytes() == w.read_bytes() for w in wanted[2:])
+        assert not any(e["range"] for e in storage_gets(d)), "the oversized partial was not resumed"
+        assert download.main(args(d, out, "--max-file-mb", "0.1")) == 0
+        assert_same_files(wanted, src, out)
+
+
+def test_control_characters_in_names_are_refused_at_planning():
+    ts = pd.Timestamp("2023-05-18T10:00:00Z")
+    newline = upload(ts, "W056", rgb_name(6144, 2048, 1).replace("_position", "\n_position"), 1)
+    in_url = upload(ts, "W056", thermal_name(1), 1)
+    in_url["value"] = in_url["value"].replace("_position", "%0D_position")
+    plan, _, rejected = plan_downloads(pd.DataFrame([newline, in_url, upload(ts, "W056", rgb_name(6144, 2048, 5), 5)]))
+    assert plan["filename"].tolist() == [rgb_name(6144, 2048, 5)]
+    assert [r for _, r in rejected] == [f"control character in the file name {newline['meta.filename']!r}: it "
+                                        "would break the two-line pair files",
+                                        f"control character in the file name {thermal_name(1)!r}: it would "
+                                        "break the two-line pair files"]
+
+
+@pytest.mark.parametrize("option, value", [("--retries", "-1"), ("--timeout", "0"), ("--deadline", "-5"),
+                                           ("--max-file-mb", "0"), ("--timeout", "nan"), ("--backoff", "-1")])
+def test_numeric_options_are_validated(env, capsys, option, value):
+    with pytest.raises(SystemExit) as e:
+        download.main(["--from-query", str(env / "q.csv"), "--out", str(env / "out"), option, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and f"{option} must be" in err
+
+
+def test_credentials_with_a_remote_plain_http_storage_url_exit_2(env, capsys):
+    src, out = env / "src", env / "out"
+    make_raw(src, captures=1)
+    with SageDouble(src, user=USER, token=TOKEN, lifetime_s=60) as d:
+        assert download.main(args(d, out, "--storage-url", "http://storage.example.org")) == 2
+        assert storage_gets(d) == []
+    err = capsys.readouterr().err
+    assert "refusing to send credentials over plain http to storage.example.org" in err and JOB not in err

@@ -263,8 +263,10 @@ def test_cli_help_and_bad_arguments(tmp_path):
     assert out.returncode == 0 and "--min-elevation" in out.stdout and "--crop" in out.stdout
     with pytest.raises(SystemExit):
         prep.main(["--raw", str(tmp_path), "--out", str(tmp_path / "p"), "--crop", "1,2"])
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        run(tmp_path / "nowhere", tmp_path / "p")
+    out = subprocess.run([sys.executable, "-m", "data.prepare", "--raw", str(tmp_path / "nowhere"), "--out",
+                          str(tmp_path / "p")], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert out.stderr.startswith("sagecast-prepare: error: raw folder") and "does not exist" in out.stderr
 
 
 def test_tiny_synthetic_end_to_end(tiny_prepared):

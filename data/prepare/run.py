@@ -5,7 +5,8 @@
 Reads layout (a) `RAW/<VSN>/{rgb,thermal}/{ts_ns}-{filename}` and/or the original workflow's layout (b)
 `RAW/rgb/`, `RAW/rgb/processed/`, `RAW/thermal/` (data.prepare.pairing), pairs RGB and thermal per capture and
 position, decodes each pair once (data.prepare.images; cached under OUT/cache/, so a rerun after new files arrive,
-or after a kill, processes only what is missing and ends with the same outputs) and writes atomically:
+or after a kill, processes only what is missing and ends with the same outputs) and writes, all staged under
+temporary names and committed together (data.prepare.outputs):
   index.parquet   one row per pair, sorted by (vsn, timestamp, position); `row` indexes the arrays
   rgb.npy         uint8 (N, S, S, 3)      thermal.npy  float16 (N, S, S) °C, pixel-aligned with rgb.npy
   norm_stats.json channel mean/std of the train split's day rows (rgb on a 0..1 scale, thermal in °C)
@@ -15,7 +16,12 @@ or after a kill, processes only what is missing and ends with the same outputs) 
                   an I/O error, a symlink loop - is a row here, never the end of the run; raw is read only)
   pairs/<VSN>/{ts_ns}_position{N}.txt      the original two-line pair files (RGB name, thermal name)
   runs.jsonl      one line per run: pairs decoded now vs taken from the cache, the cache's entries and bytes
-A killed run's temporary arrays are deleted when the next run starts. The cache is about as large as the
+  complete.json   written last: the folder is complete only when it is there and the files match it (row
+                  count, array sizes, hashes of the small files); readers refuse the folder otherwise
+A killed run leaves either the previous complete folder or one without complete.json (never a mix); its
+temporary arrays are deleted when the next run starts. One prepare at a time per OUT (a lock, OUT/.lock):
+a second one exits 2 naming the first one's PID. Free space is checked before anything is written; a disk
+that fills anyway ends the run with one line (exit 2), temporaries removed. The cache is about as large as the
 arrays. Entries of files that are gone or of other settings (--size, --crop) stay for later reruns unless
 --prune-cache; deleting OUT/cache only costs decoding everything again.
 Day/night: sun elevation at the node's registry location at each timestamp ≥ --min-elevation.
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import multiprocessing
 import os
 import time
@@ -37,6 +44,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from data.folder_lock import folder_lock
 from data.prepare.images import (
     STATS,
     cache_key,
@@ -47,12 +55,20 @@ from data.prepare.images import (
     process_pair,
     save_cached,
 )
-from data.prepare.outputs import remove_stale_temps, write_arrays, write_pair_files
+from data.prepare.outputs import (
+    DISK_FULL,
+    Staging,
+    bytes_needed,
+    check_free_space,
+    remove_stale_temps,
+    write_arrays,
+    write_pair_files,
+)
 from data.prepare.pairing import Skip, filter_positions, pair_files, scan_raw
 from data.prepare.splits import SPLITS, assign_splits, split_by_location  # noqa: F401  (assign_splits re-exported)
-from data.sage.registry import RegistryError, node_period, sun_elevation
-from sagecast_common.cli import make_parser
-from sagecast_common.runio import JsonlLogger, atomic_path, atomic_write_json, atomic_write_text
+from data.sage.registry import RegistryError, load_registry, node_period, sun_elevation
+from sagecast_common.cli import UserError, make_parser, run_cli
+from sagecast_common.runio import JsonlLogger
 
 
 def _locate(pairs, min_elevation: float, registry) -> tuple[list[dict], list[Skip]]:
@@ -74,9 +90,9 @@ def _locate(pairs, min_elevation: float, registry) -> tuple[list[dict], list[Ski
     return rows, skipped
 
 
-def _decode_all(rows: list[dict], cache_dir: Path, *, size: int, crop, workers: int, progress: bool) -> dict:
-    """Fill the cache for every row (only those missing from it are decoded); sets row['_cache'], or
-    row['_fail'] for a file that could not be read this time (not cached: an I/O error may pass)."""
+def _plan_decode(rows: list[dict], cache_dir: Path, *, size: int, crop) -> list[tuple[dict, dict]]:
+    """(job, row) for every row missing from the cache; sets row['_cache'], or row['_fail'] for a file gone
+    or unreadable since the scan."""
     todo = []
     for r in rows:
         p = r["_pair"]
@@ -84,11 +100,17 @@ def _decode_all(rows: list[dict], cache_dir: Path, *, size: int, crop, workers: 
                "thermal_rel": p.thermal.rel, "size": size, "crop": crop}
         try:
             r["_cache"] = cache_path(cache_dir, cache_key(job))
-        except OSError as e:  # gone or unreadable since the scan
+        except OSError as e:
             r["_fail"] = Skip(p.rgb.rel, "unreadable", f"{type(e).__name__}: {e}")
             continue
         if load_cached(r["_cache"], "stats", "fail") is None:
             todo.append((job, r))
+    return todo
+
+
+def _decode(todo: list[tuple[dict, dict]], *, workers: int, progress: bool) -> None:
+    """Fill the cache for `todo`; a file that could not be read this time gets row['_fail'] (not cached: an
+    I/O error may pass)."""
     bar = tqdm(total=len(todo), desc="prepare", unit="pair", disable=not progress)
     jobs = [job for job, _ in todo]
     with contextlib.ExitStack() as stack:
@@ -104,16 +126,26 @@ def _decode_all(rows: list[dict], cache_dir: Path, *, size: int, crop, workers: 
                 save_cached(r["_cache"], result)
             bar.update()
     bar.close()
-    return {"decoded": len(todo), "cached": len(rows) - len(todo)}
 
 
 def prepare(raw, out, *, size: int = 128, crop: str = "fov", min_elevation: float = 0.0, seed: int = 0,
             fractions=(0.7, 0.15, 0.15), all_positions: bool = False, keep_unpositioned: bool = False,
             workers: int | None = None, registry=None, progress: bool = True, prune_cache: bool = False) -> dict:
-    """Run the whole preparation; returns the report (also written to OUT/report.json)."""
-    raw, out, started = Path(raw), Path(out), time.time()
+    """Run the whole preparation; returns the report (also written to OUT/report.json). One writer per OUT."""
+    raw, out = Path(raw), Path(out)
     if not raw.is_dir():
-        raise FileNotFoundError(f"raw folder {raw} does not exist")
+        raise UserError(f"raw folder {raw} does not exist (or is not a folder): give the folder that "
+                        f"sagecast-download or sagecast-synthetic wrote")
+    load_registry(registry)  # a missing or corrupt registry is one error here, not a skip per pair
+    with folder_lock(out, tool="sagecast-prepare"):
+        return _prepare(raw, out, size=size, crop=crop, min_elevation=min_elevation, seed=seed, fractions=fractions,
+                        all_positions=all_positions, keep_unpositioned=keep_unpositioned, workers=workers,
+                        registry=registry, progress=progress, prune_cache=prune_cache)
+
+
+def _prepare(raw: Path, out: Path, *, size, crop, min_elevation, seed, fractions, all_positions, keep_unpositioned,
+             workers, registry, progress, prune_cache) -> dict:
+    started = time.time()
     crop_spec = parse_crop(crop)
     workers = workers or min(4, os.cpu_count() or 1)
     remove_stale_temps(out)
@@ -122,7 +154,14 @@ def prepare(raw, out, *, size: int = 128, crop: str = "fov", min_elevation: floa
     kept, by_position = filter_positions(pairs, all_positions=all_positions, keep_unpositioned=keep_unpositioned)
     rows, unlocated = _locate(kept, min_elevation, registry)
     skipped += more + by_position + unlocated
-    run = _decode_all(rows, out / "cache", size=size, crop=crop_spec, workers=workers, progress=progress)
+    todo = _plan_decode(rows, out / "cache", size=size, crop=crop_spec)
+    check_free_space(out, bytes_needed(len(rows), len(todo), size))
+    try:
+        _decode(todo, workers=workers, progress=progress)
+    except OSError as e:
+        _raise_if_disk_full(e, out)
+        raise
+    run = {"decoded": len(todo), "cached": len(rows) - len(todo)}
     good = []
     for r in rows:
         if "_fail" in r:
@@ -152,25 +191,43 @@ def prepare(raw, out, *, size: int = 128, crop: str = "fov", min_elevation: floa
               "splits": {s: {"days": sorted(index.local_date[index.split == s].unique().tolist()),
                              "pairs": int((index.split == s).sum()),
                              "day_pairs": int((index.is_day & (index.split == s)).sum())} for s in SPLITS}}
-    out.mkdir(parents=True, exist_ok=True)
-    skip_df = pd.DataFrame([vars(s) for s in skipped], columns=["file", "reason", "detail"])
-    atomic_write_text(out / "skipped.csv", skip_df.sort_values(["file", "reason"]).to_csv(index=False))
-    bad_df = pd.DataFrame([(b.rgb.rel, b.thermal.rel, b.reason) for b in bad],
-                          columns=["rgb_file", "thermal_file", "reason"])
-    atomic_write_text(out / "bad_pairs.csv", bad_df.to_csv(index=False))
+    staging = Staging(out)
+    try:
+        skip_df = pd.DataFrame([vars(s) for s in skipped], columns=["file", "reason", "detail"])
+        staging.write_text("skipped.csv", skip_df.sort_values(["file", "reason"]).to_csv(index=False))
+        bad_df = pd.DataFrame([(b.rgb.rel, b.thermal.rel, b.reason) for b in bad],
+                              columns=["rgb_file", "thermal_file", "reason"])
+        staging.write_text("bad_pairs.csv", bad_df.to_csv(index=False))
+        if not index.empty:
+            staging.write_text("norm_stats.json", _json(write_arrays(staging, index, size)))
+            write_pair_files(staging, index)
+            index[columns].to_parquet(staging.path("index.parquet"), index=False)
+        staging.write_text("report.json", _json(report))
+        staging.commit(complete=not index.empty)  # the only window in which a kill leaves a refused folder
+    except OSError as e:
+        staging.discard()
+        _raise_if_disk_full(e, out)
+        raise
+    except BaseException:
+        staging.discard()
+        raise
     if index.empty:
-        atomic_write_json(out / "report.json", report)
         raise SystemExit(f"no usable pairs under {raw}: see {out / 'skipped.csv'} and {out / 'report.json'}")
-    atomic_write_json(out / "norm_stats.json", write_arrays(out, index, size))
-    write_pair_files(out, index)
-    with atomic_path(out / "index.parquet") as tmp:
-        index[columns].to_parquet(tmp, index=False)
-    atomic_write_json(out / "report.json", report)
     cache = cache_usage(out / "cache", keep={Path(r["_cache"]).name for r in rows} if prune_cache else None)
     JsonlLogger(out / "runs.jsonl").log({**run, **cache, "pairs": len(index),
                                          "seconds": round(time.time() - started, 2),
                                          "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     return report
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def _raise_if_disk_full(e: OSError, out: Path) -> None:
+    if e.errno in DISK_FULL:
+        raise UserError(f"disk full while writing {out} ({e.strerror}); temporaries removed, the previous "
+                        f"outputs are untouched: free space and rerun (decoded pairs are reused)") from None
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -212,14 +269,16 @@ def main(argv=None) -> None:
         parse_crop(args.crop)
     except ValueError as e:
         ap.error(str(e))
-    report = prepare(args.raw, args.out, size=args.size, crop=args.crop, min_elevation=args.min_elevation,
-                     seed=args.seed, fractions=args.fractions, all_positions=args.all_positions,
-                     keep_unpositioned=args.keep_unpositioned, workers=args.workers, registry=args.registry,
-                     progress=not args.no_progress, prune_cache=args.prune_cache)
-    days = ", ".join(f"{s} {len(v['days'])} days/{v['pairs']} pairs" for s, v in report["splits"].items())
-    print(f"{report['pairs']} pairs ({report['day_pairs']} day, {report['night_pairs']} night; {days}), "
-          f"{report['bad_pairs']} bad pairs, skipped {report['skipped_by_reason']} -> {args.out}")
+    def run() -> None:
+        report = prepare(args.raw, args.out, size=args.size, crop=args.crop, min_elevation=args.min_elevation,
+                         seed=args.seed, fractions=args.fractions, all_positions=args.all_positions,
+                         keep_unpositioned=args.keep_unpositioned, workers=args.workers, registry=args.registry,
+                         progress=not args.no_progress, prune_cache=args.prune_cache)
+        days = ", ".join(f"{s} {len(v['days'])} days/{v['pairs']} pairs" for s, v in report["splits"].items())
+        print(f"{report['pairs']} pairs ({report['day_pairs']} day, {report['night_pairs']} night; {days}), "
+              f"{report['bad_pairs']} bad pairs, skipped {report['skipped_by_reason']} -> {args.out}")
 
+    run_cli(run, prog=ap.prog)
 
 if __name__ == "__main__":
     main()

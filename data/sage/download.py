@@ -7,12 +7,15 @@ Writes `RAW/<VSN>/rgb/` and `RAW/<VSN>/thermal/` as `{ts_ns}-{filename}`, the qu
 `RAW/<VSN>/sage_meta/`, `RAW/plan.csv` and `RAW/failed_urls.csv` (url, status, reason). Safe to re-run: saved
 query days are not asked again, complete files are skipped, partial ones resume. Credentials (needed for
 protected files): SAGE_USER and SAGE_TOKEN, else the `~/.netrc` entry for the storage host; they are sent
-only to the storage host (a netrc `default` entry only to the SAGE storage host). Proxies: `https_proxy`,
+only to the storage host (a netrc `default` entry only to the SAGE storage host), and only over TLS or
+directly to a loopback test storage: never in plain http through a proxy. Proxies: `https_proxy`,
 `http_proxy` and `no_proxy` apply to the query and to the files. A file is kept only when complete: its size
-matches what the server announced and its content looks like a JPEG / thermal CSV. Every per-file problem
-(including names longer than 255 bytes, refused when planning) is a row of failed_urls.csv, rewritten by
-every run; the run goes on. Exit code 0 = complete, 1 = some files missing (see failed_urls.csv), 2 = bad
-arguments or an unusable ~/.netrc, 3 = the storage refused the credentials. `--end` is exclusive; times
+matches what the server announced and its content looks like a JPEG / thermal CSV; and never when it is
+larger than --max-file-mb. Every per-file problem (including names longer than 255 bytes or holding a
+control character, refused when planning) is a row of failed_urls.csv, rewritten by every run; the run goes
+on. Exit code 0 = complete, 1 = some files missing (see failed_urls.csv), 2 = bad arguments (credentials
+with a remote plain-http storage URL too) or an unusable ~/.netrc, 3 = the storage refused the credentials
+(or never got them: see the note). `--end` is exclusive; times
 without a zone are UTC. Try it offline against the test double: `python -m tests.sage_double --help`.
 """
 
@@ -31,7 +34,7 @@ from data.sage.credentials import CredentialsError, find_credentials
 from data.sage.fetch import AuthError, Fetcher, Result, origin_of
 from data.sage.query import QUERY_ENDPOINT, STORAGE_URL, QueryError, load_query_file, plan_downloads, query_uploads
 from data.sage.registry import to_utc
-from sagecast_common.cli import make_parser
+from sagecast_common.cli import UserError, make_parser
 from sagecast_common.runio import atomic_path
 
 AUTH_HELP = ("set SAGE_USER (your SAGE portal user name) and SAGE_TOKEN (your portal access token) in the "
@@ -57,6 +60,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--backoff", type=float, default=1.0, help="first retry delay, doubled each time (s)")
     ap.add_argument("--deadline", type=float, default=1800.0,
                     help="give a file up after this many seconds in all, retries included (default %(default)s)")
+    ap.add_argument("--max-file-mb", type=float, default=1024.0,
+                    help="refuse a file larger than this (MiB; SAGE files are tens of MB): an announced larger "
+                         "length is never fetched, a body that streams past it is cut off and not kept "
+                         "(default %(default)s)")
     ap.add_argument("--dry-run", action="store_true", help="query and plan only")
     ap.add_argument("--from-query", type=Path, help="plan from a saved query result (CSV or NDJSON)")
     args = ap.parse_args(argv)
@@ -64,6 +71,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error("give --vsn, --start and --end (or --from-query FILE)")
     if args.workers < 1:
         ap.error("--workers must be >= 1")
+    if args.retries < 0:
+        ap.error(f"--retries must be >= 0, got {args.retries}")
+    for name in ("timeout", "deadline", "max_file_mb"):
+        if not getattr(args, name) > 0:  # also refuses nan
+            ap.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if not args.backoff >= 0:
+        ap.error(f"--backoff must be >= 0, got {args.backoff}")
     return args
 
 
@@ -160,8 +174,18 @@ def main(argv=None) -> int:
     host = urlsplit(args.storage_url).hostname
     if creds is None:
         print(f"note: no credentials found; protected files will fail ({AUTH_HELP.format(host=host)})")
-    fetcher = Fetcher(storage_url=args.storage_url, credentials=creds, timeout=args.timeout,
-                      retries=args.retries, backoff=args.backoff, deadline=args.deadline)
+    try:
+        fetcher = Fetcher(storage_url=args.storage_url, credentials=creds, timeout=args.timeout,
+                          retries=args.retries, backoff=args.backoff, deadline=args.deadline,
+                          max_bytes=int(args.max_file_mb * 2**20))
+    except UserError as e:
+        write_csv(pd.DataFrame(failures, columns=["url", "status", "reason"]), raw / "failed_urls.csv")
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if fetcher.withheld():
+        print(f"note: the credentials are not sent: {args.storage_url} is reached in plain http through the "
+              f"proxy from http_proxy, which would read them; protected files will fail (add {host} to "
+              f"no_proxy, or use an https storage URL)")
     results, auth_refused = download(plan, raw, fetcher, args.workers)
     failures += [{"url": r.url, "status": r.status or "", "reason": r.reason} for r in results if not r.ok]
     write_csv(pd.DataFrame(failures, columns=["url", "status", "reason"]), raw / "failed_urls.csv")
@@ -173,7 +197,8 @@ def main(argv=None) -> int:
     print(f"downloaded {done}, already complete {sum(r.skipped for r in results)}, failed {len(failures)} "
           f"(listed in {raw / 'failed_urls.csv'})")
     if auth_refused:
-        given = f"the credentials from {creds.source} were refused" if creds else "no credentials were found"
+        given = ("the credentials were not sent through the plain-http proxy" if fetcher.withheld() else
+                 f"the credentials from {creds.source} were refused" if creds else "no credentials were found")
         print(f"error: the storage answered 401 Unauthorized ({given}): {AUTH_HELP.format(host=host)}",
               file=sys.stderr)
         return 3

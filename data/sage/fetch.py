@@ -3,7 +3,11 @@
 Standard library only (http.client): every request has a timeout, redirects are followed by hand so the
 Authorization header goes to the storage origin and nowhere else, and the credentials never appear in a
 repr, a log line or a file. Proxies come from the environment as for any urllib program (`https_proxy`,
-`http_proxy`, `no_proxy`): plain http through the proxy, https through a CONNECT tunnel. A file streams into
+`http_proxy`, `no_proxy`): plain http through the proxy, https through a CONNECT tunnel. Credentials travel
+only where the connection itself is safe: over TLS (direct or tunnelled), or in plain http to a loopback
+peer reached directly; a plain-http request through a proxy never carries them (the proxy would read them).
+No file grows past `max_bytes`: an announced length above it is refused before anything is written, and a
+body that streams past it is cut off and its partial file deleted (listed as failed, not kept). A file streams into
 `<VSN>/.partial/` and is renamed into place only once it is complete: its size matches what the server
 announced (when it did, validly) and its content looks like its kind (data.formats.download_problem: an
 HTML error page served as 200 is refused; without an announced size, a file that looks cut short is
@@ -30,6 +34,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from data.formats import download_problem
 from data.sage.credentials import Credentials
+from sagecast_common.cli import UserError
 
 CHUNK = 1 << 16
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -105,12 +110,13 @@ class Fetcher:
 
     def __init__(self, *, storage_url: str, credentials: Credentials | None, timeout: float = 60.0,
                  retries: int = 5, backoff: float = 1.0, max_backoff: float = 60.0, deadline: float = 1800.0,
-                 on_bytes=None):
+                 max_bytes: int = 1 << 30, on_bytes=None):
         self.storage_origin = origin_of(storage_url)
         if credentials and self.storage_origin[0] != "https" and self.storage_origin[1] not in LOOPBACK:
-            raise SystemExit(f"refusing to send credentials over plain http to {self.storage_origin[1]}")
+            raise UserError(f"refusing to send credentials over plain http to {self.storage_origin[1]}: "
+                            f"use an https:// --storage-url")
         self.credentials = credentials
-        self.timeout, self.retries, self.deadline = timeout, retries, deadline
+        self.timeout, self.retries, self.deadline, self.max_bytes = timeout, retries, deadline, max_bytes
         self.backoff, self.max_backoff = backoff, max_backoff
         self.on_bytes = on_bytes or (lambda n: None)
         self.stop = threading.Event()  # set on a 401: the other workers give up at their next step
@@ -139,13 +145,23 @@ class Fetcher:
         if conn is not None:
             conn[0].close()
 
+    def withheld(self) -> bool:
+        """Credentials exist but the storage is reached in plain http through a proxy: they are not sent."""
+        return self.credentials is not None and not self._sends_credentials(self.storage_origin)
+
+    def _sends_credentials(self, origin) -> bool:
+        """The storage origin over TLS, or over plain http to a loopback peer with no proxy in between."""
+        if not self.credentials or origin != self.storage_origin:
+            return False
+        return origin[0] == "https" or (origin[1] in LOOPBACK and _proxy_for(origin) is None)
+
     def _request(self, method: str, url: str, headers: dict) -> http.client.HTTPResponse:
-        """One request, following up to 5 redirects; Authorization only for the storage origin."""
+        """One request, following up to 5 redirects; Authorization only as `_sends_credentials` allows."""
         for _ in range(6):
             origin, parts = origin_of(url), urlsplit(url)
             conn, extra, absolute = self._conn(origin)
             sent = {**headers, **extra}
-            if self.credentials and origin == self.storage_origin:
+            if self._sends_credentials(origin):
                 sent["Authorization"] = self.credentials.header()
             target = parts.path + (f"?{parts.query}" if parts.query else "")
             try:
@@ -220,8 +236,17 @@ class Fetcher:
             return length == dest.stat().st_size and (problem is None or problem[0] == "truncated")
         return problem is None
 
+    def _too_big(self, resp, part: Path, what: str) -> _Fail:
+        """Hang up (the rest of the body is never read), delete the partial file, say why."""
+        self._drop(resp.origin)
+        part.unlink(missing_ok=True)
+        return _Fail(f"{what}, over the limit of {self.max_bytes} bytes (--max-file-mb): not kept", resp.status)
+
     def _get(self, url: str, dest: Path, part: Path, t_end: float) -> Result:
         offset = part.stat().st_size if part.exists() else 0
+        if offset > self.max_bytes:  # left by a run with a larger cap
+            part.unlink()
+            offset = 0
         resp = self._request("GET", url, {"Range": f"bytes={offset}-"} if offset else {})
         self._check(resp, url)
         if resp.status == 416 and offset:
@@ -242,10 +267,14 @@ class Fetcher:
         else:  # 200: a fresh download, or a server that ignores Range (start over)
             total = _int_header(resp, "Content-Length")
             mode, offset = "wb", 0
+        if total is not None and total > self.max_bytes:
+            raise self._too_big(resp, part, f"the server announces {total} bytes")
         part.parent.mkdir(parents=True, exist_ok=True)
         try:
             with open(part, mode) as f:
                 while chunk := resp.read1(CHUNK):  # read1: returns what arrived, so the deadline is checked
+                    if f.tell() + len(chunk) > self.max_bytes:
+                        raise self._too_big(resp, part, f"the body goes on past {f.tell() + len(chunk)} bytes")
                     f.write(chunk)
                     self.on_bytes(len(chunk))
                     if time.monotonic() > t_end and (total is None or f.tell() < total):

@@ -159,6 +159,10 @@ def plan_downloads(df: pd.DataFrame, *, all_positions: bool = False, keep_unposi
                 or ".." in unquote(parts.path).split("/"):
             rejected.append((url, "unsafe url (not plain http(s), has user info, or a '..' segment)"))
             continue
+        if any(ord(c) < 32 or ord(c) == 127 for c in filename + stored):
+            rejected.append((url, f"control character in the file name {filename!r}: it would break the "
+                                  f"two-line pair files"))
+            continue
         if _unsafe(filename) or _unsafe(stored) or not _SAFE_VSN.match(vsn):
             rejected.append((url, f"unsafe file name or node {filename!r} / {vsn!r}: could escape RAW"))
             continue

@@ -18,6 +18,7 @@ import pandas as pd
 from astral import Observer
 from astral.sun import elevation as astral_elevation
 
+from sagecast_common.cli import UserError
 from sagecast_common.runio import atomic_write_text
 
 DEFAULT_REGISTRY = Path(__file__).with_name("nodes.json")
@@ -25,6 +26,10 @@ DEFAULT_REGISTRY = Path(__file__).with_name("nodes.json")
 
 class RegistryError(LookupError):
     pass
+
+
+class RegistryFileError(RegistryError, UserError):
+    """The registry file itself is missing, unreadable or not registry JSON: one line, exit 2 in every CLI."""
 
 
 @dataclass(frozen=True)
@@ -84,13 +89,23 @@ def parse_registry(raw: dict, *, origin: str = "registry") -> dict[str, list[Per
 
 @lru_cache(maxsize=8)
 def _load(path: str, mtime: float) -> dict[str, list[Period]]:
-    return parse_registry(json.loads(Path(path).read_text()), origin=path)
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # e.g. a file cut short by a full disk or a kill
+        raise RegistryFileError(f"node registry {path} cannot be read as JSON ({type(e).__name__}: {e}); "
+                                f"fix or restore it (data/sage/nodes.json is the shipped one)") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, list) for k, v in raw.items() if not k.startswith("_")):
+        raise RegistryFileError(f"node registry {path} is not a JSON object of VSN -> list of periods")
+    try:
+        return parse_registry(raw, origin=path)
+    except RegistryError as e:
+        raise RegistryFileError(str(e)) from None
 
 
 def load_registry(path: str | os.PathLike | None = None) -> dict[str, list[Period]]:
     p = Path(path) if path else registry_path()
-    if not p.exists():
-        raise RegistryError(f"node registry {p} does not exist")
+    if not p.is_file():
+        raise RegistryFileError(f"node registry {p} does not exist (or is not a file)")
     return _load(str(p), p.stat().st_mtime)
 
 
