@@ -27,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Subset
 
-from sagecast_common.cli import make_parser, require, run_cli
+from sagecast_common.cli import UserError, make_parser, require, run_cli
 from sagecast_common.encoders import build_encoder
 from sagecast_common.linalg import rankme, ridge_on_val
 from sagecast_common.plots import pca_2d
@@ -105,11 +106,14 @@ def evaluate_features(feats: dict[str, np.ndarray], rows: pd.DataFrame, targets:
 
 
 def _read_embeddings(run: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict]:
-    info = json.loads((run / "embeddings.json").read_text())
-    table = pq.read_table(run / "embeddings.parquet")
+    try:
+        info = json.loads((run / "embeddings.json").read_text())
+        table = pq.read_table(run / "embeddings.parquet")
+    except (pa.ArrowException, OSError, ValueError) as e:  # truncated, foreign or absent
+        raise UserError(f"{run}: unreadable embeddings ({e}): rerun `sagecast-stage1-export --run {run}`") from None
     columns = {"rgb": "emb_rgb", "thermal": "emb_thermal", "grid_rgb": "grid_rgb", "grid_thermal": "grid_thermal"}
     if "grid_rgb" not in table.column_names:
-        raise SystemExit(f"{run / 'embeddings.parquet'} has no grid columns: rerun python -m stage1_jea.export")
+        raise UserError(f"{run / 'embeddings.parquet'} has no grid columns: rerun `sagecast-stage1-export --run {run}`")
     feats = {k: table.column(c).combine_chunks().flatten().to_numpy().reshape(len(table), -1)
              for k, c in columns.items()}
     return table.drop(list(columns.values())).to_pandas(), feats, info
@@ -206,7 +210,7 @@ def evaluate(run: str | Path, *, rows: str = "day", batch_size: int = 256, seed:
     feats = {b: v[keep] for b, v in feats.items()}
     missing = [s for s in ("train", "val", "test") if not (sel["split"] == s).any()]
     if missing:
-        raise SystemExit(f"no {rows} rows in split(s) {missing} of {prepared}: cannot fit/score probes")
+        raise UserError(f"no {rows} rows in split(s) {missing} of {prepared}: cannot fit/score probes")
     targets = {"cloud_fraction": sel["cloud_fraction"].to_numpy(np.float64)}
     if "true_cloud_fraction" in sel:
         targets["true_cloud_fraction"] = sel["true_cloud_fraction"].to_numpy(np.float64)

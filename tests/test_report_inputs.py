@@ -124,3 +124,17 @@ def test_stage1_evaluate_writes_the_pca_and_retrieval_examples_it_measured(tiny_
         assert all(m["cos"] == pytest.approx(e["true_cos"]) for m in e["matches"] if m["true_pair"])
     assert (run / "probe_cloud_fraction.json").stat().st_mtime_ns >= max(
         (run / n).stat().st_mtime_ns for n in ("metrics.json", "features_pca.parquet", "retrieval_examples.json"))
+
+
+def test_stage1_evaluate_with_truncated_embeddings_is_one_line_naming_them(fake_stage1_run, tmp_path, capsys):
+    from stage1_jea import evaluate as s1_evaluate
+
+    run = tmp_path / "stage1"
+    shutil.copytree(fake_stage1_run, run)
+    data = (run / "embeddings.parquet").read_bytes()
+    (run / "embeddings.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SystemExit) as e:
+        s1_evaluate.main(["--run", str(run)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"sagecast-stage1-evaluate: error: {run}: unreadable embeddings")
