@@ -191,7 +191,7 @@ def build(*, prepared: Path, stage1: Path, stage2: Path, out: Path, report_dir: 
     import matplotlib
 
     index = inputs.read_index(prepared)
-    rgb, thermal = (np.load(prepared / f"{k}.npy", mmap_mode="r") for k in ("rgb", "thermal"))
+    rgb, thermal = inputs.read_frames(prepared)
     report_dir = Path(report_dir or stage2)
     scores = inputs.read_json(report_dir / "scores.json")
     truth = inputs.read_truth(prepared, sorted(index["vsn"].unique()))

@@ -51,6 +51,18 @@ def read_index(prepared: Path) -> pd.DataFrame:
     return index
 
 
+def read_frames(prepared: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The prepared arrays (rgb uint8, thermal °C), memory-mapped."""
+    frames = []
+    for name in ("rgb.npy", "thermal.npy"):
+        path = require(prepared / name, what="prepared frames", made_by="make data (python -m data.prepare)")
+        try:
+            frames.append(np.load(path, mmap_mode="r"))
+        except (ValueError, OSError) as e:
+            raise UserError(f"{path} is not a readable .npy array ({e})") from None
+    return frames[0], frames[1]
+
+
 def read_truth(prepared: Path, vsns) -> pd.DataFrame | None:
     """Synthetic data only: RAW/<VSN>/truth.parquet of every node (raw dir from PREPARED/report.json)."""
     raw = (read_json(prepared / "report.json") or {}).get("raw")

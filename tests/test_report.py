@@ -133,7 +133,7 @@ def test_forecasts_of_another_prepared_folder_are_not_drawn_on_this_one(fake_run
 
 
 @pytest.mark.parametrize("name", ["stage2/scores.json", "stage2/forecasts.parquet", "stage1/features_pca.parquet",
-                                  "stage1/retrieval_examples.json", "stage1/embeddings.json"])
+                                  "stage1/retrieval_examples.json", "stage1/embeddings.json", "prepared/rgb.npy"])
 def test_an_unreadable_input_is_one_line_naming_it(fake_runs, tmp_path, capsys, name):
     root = tmp_path / "runs"
     shutil.copytree(fake_runs, root)
