@@ -135,6 +135,7 @@ def read_probe(stage1_run) -> dict | None:
 
 def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n_boot: int = 1000,
              base: Config | None = None) -> dict:
+    (Path(out_dir) / "scores.json").unlink(missing_ok=True)  # a previous evaluation's record: not this one's
     loaded = [(r, *load_run(r)) for r in runs]
     for run in (stage1_run, eval_stage1_run) if eval_stage1_run is not None else (stage1_run,):
         check_embeddings(run)

@@ -59,6 +59,8 @@ def test_scores_are_written_last(fake_stage1_run, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(evaluate, "write_forecasts", broken)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "scores.json").write_text("{}")  # an earlier evaluation's, stale once this one starts
     with pytest.raises(OSError, match="disk full"):
         evaluate.evaluate(fake_stage1_run, [], tmp_path / "out", n_boot=5)
     assert (tmp_path / "out" / "report.md").exists() and not (tmp_path / "out" / "scores.json").exists()
