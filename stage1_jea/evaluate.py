@@ -3,8 +3,11 @@
     sagecast-stage1-evaluate --run runs/stage1 [--rows day|all] [--every N]
 
 Reads RUN/embeddings.parquet (from `stage1_jea.export`) and the prepared dir it names. Writes RUN/metrics.json,
-RUN/probe_cloud_fraction.json (the ridge probe stage 2 applies to forecast embeddings) and
-RUN/embeddings_2d.png. Three feature sets get the same measurements (`metrics.json` keys):
+RUN/embeddings_2d.png, the two files the HTML report (`sagecast_report`) draws stage 1 from -
+RUN/features_pca.parquet (2-D PCA of trained and random-init backbone features of up to 600 daytime frames) and
+RUN/retrieval_examples.json (RGB queries of the test split and their top-3 thermal matches in projector space) -
+and, last, RUN/probe_cloud_fraction.json (the ridge probe stage 2 applies to forecast embeddings; its existence
+means the evaluation finished). Three feature sets get the same measurements (`metrics.json` keys):
   trained      the exported backbone features
   random_init  randomly initialised encoders of the same architectures
   raw_pixels   the prepared frames area-averaged to 8×8 per modality (`stage1_jea.baselines.raw_pixels`)
@@ -24,20 +27,24 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Subset
 
-from sagecast_common.cli import make_parser, require, run_cli
+from sagecast_common.cli import UserError, make_parser, require, run_cli
 from sagecast_common.encoders import build_encoder
 from sagecast_common.linalg import rankme, ridge_on_val
-from sagecast_common.runio import atomic_write_json
+from sagecast_common.plots import pca_2d
+from sagecast_common.runio import atomic_path, atomic_write_json
 from stage1_jea.baselines import aligned_retrieval, raw_pixels, region_cloud_fraction, retrieval
 from stage1_jea.export import extract_features
 from stage1_jea.model import projector
 from stage1_jea.plots import plot_embeddings_2d
 
 KEYS = ["vsn", "timestamp", "position"]
+PCA_ROWS = 600  # daytime frames in features_pca.parquet (evenly spaced over the rows: fixed, no RNG)
+RETRIEVAL_EXAMPLES = 3
 
 
 def collapse_stats(x: np.ndarray) -> dict:
@@ -99,11 +106,14 @@ def evaluate_features(feats: dict[str, np.ndarray], rows: pd.DataFrame, targets:
 
 
 def _read_embeddings(run: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict]:
-    info = json.loads((run / "embeddings.json").read_text())
-    table = pq.read_table(run / "embeddings.parquet")
+    try:
+        info = json.loads((run / "embeddings.json").read_text())
+        table = pq.read_table(run / "embeddings.parquet")
+    except (pa.ArrowException, OSError, ValueError) as e:  # truncated, foreign or absent
+        raise UserError(f"{run}: unreadable embeddings ({e}): rerun `sagecast-stage1-export --run {run}`") from None
     columns = {"rgb": "emb_rgb", "thermal": "emb_thermal", "grid_rgb": "grid_rgb", "grid_thermal": "grid_thermal"}
     if "grid_rgb" not in table.column_names:
-        raise SystemExit(f"{run / 'embeddings.parquet'} has no grid columns: rerun python -m stage1_jea.export")
+        raise UserError(f"{run / 'embeddings.parquet'} has no grid columns: rerun `sagecast-stage1-export --run {run}`")
     feats = {k: table.column(c).combine_chunks().flatten().to_numpy().reshape(len(table), -1)
              for k, c in columns.items()}
     return table.drop(list(columns.values())).to_pandas(), feats, info
@@ -145,6 +155,45 @@ def thin(table: pd.DataFrame, every: int) -> np.ndarray:
     return (rank.to_numpy() % every) == 0
 
 
+def even_subsample(n: int, k: int) -> np.ndarray:
+    """Up to k indices spread evenly over range(n), first and last included."""
+    return np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(int)) if n else np.zeros(0, int)
+
+
+def pca_table(sel: pd.DataFrame, solar_hour: np.ndarray, sets: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
+    """features_pca.parquet: per feature set and branch, the first two principal components of the backbone
+    features of PCA_ROWS daytime rows (the same rows for every set), with their keys and local solar hour."""
+    day = np.flatnonzero(sel["is_day"].to_numpy(bool))
+    pick = day[even_subsample(len(day), PCA_ROWS)]
+    keys = sel.iloc[pick][KEYS].reset_index(drop=True).assign(solar_hour=solar_hour[pick])
+    parts = []
+    for name, feats in sets.items():
+        for branch in ("rgb", "thermal"):
+            xy = pca_2d(feats[branch][pick].astype(np.float64))
+            parts.append(keys.assign(features=name, branch=branch, pc1=xy[:, 0], pc2=xy[:, 1]))
+    return pd.concat(parts, ignore_index=True)
+
+
+def retrieval_examples(rows: pd.DataFrame, z: dict[str, np.ndarray]) -> dict:
+    """retrieval_examples.json: RETRIEVAL_EXAMPLES RGB queries spread evenly over `rows` (the test pool) with the
+    cosine of their true thermal pair, its rank, and the top-3 thermal matches (row i's true key is row i)."""
+    unit = {b: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12) for b, v in z.items()}
+    sim = unit["rgb"] @ unit["thermal"].T  # (Q, K)
+
+    def frame(i: int) -> dict:
+        r = rows.iloc[i]
+        return {"vsn": str(r["vsn"]), "timestamp": pd.Timestamp(r["timestamp"]).isoformat(),
+                "position": int(r["position"]), "row": int(r["row"])}
+
+    examples = []
+    for q in even_subsample(len(rows), RETRIEVAL_EXAMPLES + 2)[1:-1]:
+        top = np.argsort(-sim[q], kind="stable")[:3]
+        examples.append({"query": frame(q), "true_cos": float(sim[q, q]), "rank": int((sim[q] > sim[q, q]).sum()) + 1,
+                         "matches": [{**frame(k), "cos": float(sim[q, k]), "true_pair": bool(k == q)} for k in top]})
+    return {"space": "trained projector outputs (cosine)", "split": "test", "n_pool": len(rows),
+            "examples": examples}
+
+
 def evaluate(run: str | Path, *, rows: str = "day", batch_size: int = 256, seed: int = 0, every: int = 1) -> dict:
     run = Path(run)
     table, feats, info = _read_embeddings(run)
@@ -161,7 +210,7 @@ def evaluate(run: str | Path, *, rows: str = "day", batch_size: int = 256, seed:
     feats = {b: v[keep] for b, v in feats.items()}
     missing = [s for s in ("train", "val", "test") if not (sel["split"] == s).any()]
     if missing:
-        raise SystemExit(f"no {rows} rows in split(s) {missing} of {prepared}: cannot fit/score probes")
+        raise UserError(f"no {rows} rows in split(s) {missing} of {prepared}: cannot fit/score probes")
     targets = {"cloud_fraction": sel["cloud_fraction"].to_numpy(np.float64)}
     if "true_cloud_fraction" in sel:
         targets["true_cloud_fraction"] = sel["true_cloud_fraction"].to_numpy(np.float64)
@@ -183,13 +232,8 @@ def evaluate(run: str | Path, *, rows: str = "day", batch_size: int = 256, seed:
     for result in results.values():
         for p in result["probes"].values():
             p.pop("_probe", None)
-    atomic_write_json(run / "probe_cloud_fraction.json", {
-        "features": "concat(emb_rgb, emb_thermal)", "feature_mean": probe["feature_mean"].tolist(),
-        "feature_std": probe["feature_std"].tolist(), "coef": probe["coef"].tolist(),
-        "intercept": float(probe["intercept"]), "test_r2": cloud["ridge_test_r2"], "alpha": cloud["ridge_alpha"],
-        "rows": rows, "every": every})
     metrics = {"rows": rows, "every": every, "n": sel["split"].value_counts().to_dict(),
-               "checkpoint_sha256": info["checkpoint_sha256"],
+               "checkpoint_sha256": info["checkpoint_sha256"], "random_init_seed": seed,
                "embedding": "backbone features (not projector)",
                "layout_target": f"cloud fraction per cell of a {g}x{g} grid of the prepared thermal frame "
                                 "(data.sky.cloud_mask), row-major", **results}
@@ -198,6 +242,15 @@ def evaluate(run: str | Path, *, rows: str = "day", batch_size: int = 256, seed:
     solar_hour = ((ts.dt.hour + ts.dt.minute / 60 + sel["lon"].to_numpy() / 15) % 24).to_numpy()
     plot_embeddings_2d({b: feats[b] for b in ("rgb", "thermal")}, sel["cloud_fraction"].to_numpy(), solar_hour,
                        run / "embeddings_2d.png")
+    with atomic_path(run / "features_pca.parquet") as tmp:
+        pca_table(sel, solar_hour, {k: sets[k] for k in ("trained", "random_init")}).to_parquet(tmp, index=False)
+    atomic_write_json(run / "retrieval_examples.json",
+                      retrieval_examples(sel[test].reset_index(drop=True), {b: v[test] for b, v in z.items()}))
+    atomic_write_json(run / "probe_cloud_fraction.json", {  # last: the completion record of this step
+        "features": "concat(emb_rgb, emb_thermal)", "feature_mean": probe["feature_mean"].tolist(),
+        "feature_std": probe["feature_std"].tolist(), "coef": probe["coef"].tolist(),
+        "intercept": float(probe["intercept"]), "test_r2": cloud["ridge_test_r2"], "alpha": cloud["ridge_alpha"],
+        "rows": rows, "every": every})
     print(f"test n={results['trained']['retrieval']['n_test']}, chance top-5 "
           f"{results['trained']['retrieval']['chance_top5']:.4f}; CCA-aligned top-5 rgb->thermal/thermal->rgb, "
           "cloud-fraction R², layout R²:")

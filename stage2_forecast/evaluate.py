@@ -14,8 +14,9 @@ overcast days. Every skill carries a 95 % interval from a paired bootstrap over 
 stage2_forecast.bootstrap), and so do the differences detr − jepa and each variant − the strongest baseline.
 Baselines (stage2_forecast.baselines) are fitted on the training folder's train/val splits; a held-out
 evaluation (`--eval-stage1-run`, a stage-1 export of another prepared folder by the same encoders) scores all
-its days with the training standardisation and climatology. Writes OUT/report.json, OUT/report.md and
-OUT/skill_vs_horizon.png.
+its days with the training standardisation and climatology. Writes OUT/report.md, OUT/skill_vs_horizon.png,
+OUT/forecasts.parquet (every scored forecast decoded to its nearest real frame, stage2_forecast.forecast_table:
+what the HTML report shows) and, last, OUT/scores.json (the numbers; its existence means the evaluation finished).
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
-from sagecast_common.cli import make_parser, run_cli
+from sagecast_common.cli import UserError, make_parser, require, run_cli
 from sagecast_common.linalg import rankme
 from sagecast_common.runio import atomic_write_json, atomic_write_text
 from stage2_forecast import baselines, samples
 from stage2_forecast.bootstrap import day_sums, distinguishable, interval, replicate_totals
+from stage2_forecast.forecast_table import write_forecasts
 from stage2_forecast.metrics import cf_block, per_day, retrieval_ranks, score, with_skill
 from stage2_forecast.plots import plot_skill
 from stage2_forecast.report_md import markdown, verdict_sentences
@@ -107,20 +111,45 @@ def comparisons(point, reps, hkeys, names, n_days: int) -> list[dict]:
     return out
 
 
+def check_embeddings(stage1_run) -> None:
+    """A missing, truncated or foreign embeddings file is a user error naming it, not a pyarrow traceback."""
+    run = Path(stage1_run)
+    path = require(run / "embeddings.parquet", what="stage-1 embeddings", made_by=f"sagecast-stage1-export --run {run}")
+    try:
+        pq.read_metadata(path)  # the footer: absent in a truncated file, garbage in a foreign one
+        json.loads(require(run / "embeddings.json", made_by=f"sagecast-stage1-export --run {run}").read_text())
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise UserError(f"{path.parent}: unreadable embeddings ({e}): rerun `sagecast-stage1-export --run {run}`") \
+            from None
+
+
+def read_probe(stage1_run) -> dict | None:
+    """RUN/probe_cloud_fraction.json (stage1_jea.evaluate), or None when absent."""
+    path = Path(stage1_run) / "probe_cloud_fraction.json"
+    try:
+        return json.loads(path.read_text()) if path.exists() else None
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON ({e}): rerun `sagecast-stage1-evaluate --run {stage1_run}`") \
+            from None
+
+
 def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n_boot: int = 1000,
              base: Config | None = None) -> dict:
+    (Path(out_dir) / "scores.json").unlink(missing_ok=True)  # a previous evaluation's record: not this one's
     loaded = [(r, *load_run(r)) for r in runs]
+    for run in (stage1_run, eval_stage1_run) if eval_stage1_run is not None else (stage1_run,):
+        check_embeddings(run)
     base = loaded[0][1] if loaded else (base or Config(stage1_run=str(stage1_run)))
     keys = ("features", "horizons_min", "scan_gap_s", "step_min", "tolerance_min", "day_only", "day_anchors")
     for r, cfg, _, _ in loaded:
         if any(getattr(cfg, k) != getattr(base, k) for k in keys):
-            raise ValueError(f"{r}: sample settings {[(k, getattr(cfg, k)) for k in keys]} differ from {runs[0]}")
+            raise UserError(f"{r}: sample settings {[(k, getattr(cfg, k)) for k in keys]} differ from {runs[0]}")
     fit = samples.load_scan_table(stage1_run, features=base.features, gap_s=base.scan_gap_s, prepared_dir=base.prepared)
     mean, std = samples.standardise(fit, day_only=base.day_only)
     for r, _, _, stats in loaded:
         if stats["mean"].shape != mean.shape or not (np.allclose(stats["mean"], mean, atol=1e-4)
                                                      and np.allclose(stats["std"], std, rtol=1e-4)):
-            raise ValueError(f"{r} was trained on other embeddings than {stage1_run} (standardisation differs)")
+            raise UserError(f"{r} was trained on other embeddings than {stage1_run} (standardisation differs)")
     held_out = eval_stage1_run is not None
     table = samples.load_scan_table(eval_stage1_run, features=base.features, gap_s=base.scan_gap_s) if held_out else fit
     if held_out:
@@ -131,7 +160,7 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
     wins = {s: samples.build_windows(fit, split=s, context_scans=base.context_scans, **kw) for s in ("train", "val")}
     test = samples.build_windows(table, split=split, context_scans=base.context_scans, **kw)
     if len(test) == 0:
-        raise ValueError(f"no evaluation samples in {eval_stage1_run or stage1_run}: are there daytime scans?")
+        raise UserError(f"no evaluation samples in {eval_stage1_run or stage1_run}: are there daytime scans?")
     clim = baselines.fit_climatology(fit, day_only=base.day_only)
     batch = {s: samples.gather(fit, w, np.arange(len(w)), day_only=base.day_only, clim=clim) for s, w in wins.items()}
     b = samples.gather(table, test, np.arange(len(test)), day_only=base.day_only, clim=clim)
@@ -139,14 +168,15 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
     damping = baselines.fit_damping_by_day(fit, wins["train"], day_only=base.day_only)
     found, fitted = baselines.forecasts(batch["train"], batch["val"], b, damping=damping)
     preds = {k: [v] for k, v in found.items()}
-    for _, cfg, model, _ in loaded:
+    run_names: dict[str, list[str]] = {}  # method -> its run folders' names, in the order of preds[method]
+    for r, cfg, model, _ in loaded:
         twin = samples.build_windows(table, split=split, context_scans=cfg.context_scans, **kw)
         if not np.array_equal(twin.anchor, test.anchor):
             raise ValueError(f"{cfg.run_dir}: its windows differ from the baselines' ({len(twin)} vs {len(test)})")
         # a residual_base=ridge run adds its output to this very ridge forecast (the one it was trained from)
         preds.setdefault(cfg.variant, []).append(predict(model, cfg, table, twin, clim, base=found["ridge"]))
-    probe_path = Path(stage1_run) / "probe_cloud_fraction.json"
-    probe = json.loads(probe_path.read_text()) if probe_path.exists() else None
+        run_names.setdefault(cfg.variant, []).append(Path(r).name)
+    probe = read_probe(stage1_run)
     use_probe = probe is not None and len(probe["coef"]) == true.shape[-1]
 
     def cloud(pred):
@@ -213,9 +243,10 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
             report["by_day_type"][group] = per
     out = Path(out_dir)
     report["verdict"] = verdict_sentences(report)  # the plain sentences, also for the HTML report
-    atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", markdown(report))
     plot_skill(report, out / "skill_vs_horizon.png")
+    write_forecasts(out / "forecasts.parquet", preds, run_names, table, test, mask)
+    atomic_write_json(out / "scores.json", report)  # last: its existence means every output above is complete
     return report
 
 
@@ -227,7 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = make_parser("sagecast-stage2-evaluate", __doc__)
     ap.add_argument("--stage1-run", required=True, help="stage-1 run dir (embeddings, probe)")
     ap.add_argument("--runs", nargs="*", default=[], help="stage-2 run dirs (each with ckpt.pt)")
-    ap.add_argument("--out", required=True, help="where report.json, report.md and the plot go")
+    ap.add_argument("--out", required=True,
+                    help="where scores.json, forecasts.parquet, report.md and skill_vs_horizon.png go")
     ap.add_argument("--eval-stage1-run", help="held-out: embeddings of another prepared folder by the same encoders")
     ap.add_argument("--raw", help="raw data.synthetic folder with <VSN>/truth.parquet (cloud-fraction oracles)")
     ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates")

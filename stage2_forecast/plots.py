@@ -43,7 +43,7 @@ def skill_figure(report: dict):
     """Skill vs persistence (1 - MSE/MSE_persistence) against horizon, one line per method.
 
     Trained models solid, baselines dashed; ticks at the scored horizons; error bars are the 95 % intervals
-    (`skill_ci`) where report.json has them.
+    (`skill_ci`) where the scores (OUT/scores.json) have them.
     """
     plt = pyplot()
     horizons = [float(h) for h in report["horizons_min"]]

@@ -1,4 +1,4 @@
-"""report.md from report.json's dict (stage2_forecast.evaluate): tables with 95 % intervals and plain sentences."""
+"""report.md from stage2_forecast.evaluate's scores (OUT/scores.json): tables with 95 % intervals, plain sentences."""
 
 from __future__ import annotations
 

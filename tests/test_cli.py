@@ -14,12 +14,13 @@ from data.sage import download, nodes
 from data.synthetic import generate
 from data.synthetic import stats as synthetic_stats
 from sagecast_common import cli as cli_module
+from sagecast_report import browser as report_browser
+from sagecast_report import build as report
 from stage1_jea import evaluate as s1_evaluate
 from stage1_jea import export as s1_export
 from stage1_jea import train as s1_train
 from stage2_forecast import compare as s2_compare
 from stage2_forecast import evaluate as s2_evaluate
-from stage2_forecast import report as s2_report
 from stage2_forecast import train as s2_train
 
 
@@ -88,12 +89,17 @@ def test_missing_inputs_name_the_command_that_makes_them(capsys, tmp_path):
     assert "prepared index not found" in line and "`sagecast-prepare`" in line
     line = one_error_line(capsys, s2_evaluate.main, ["--stage1-run", nope, "--runs", nope, "--out", nope])
     assert f"`sagecast-stage2-train run_dir={nope}`" in line
+    line = one_error_line(capsys, s2_evaluate.main, ["--stage1-run", nope, "--out", nope])
+    assert "stage-1 embeddings not found" in line and f"`sagecast-stage1-export --run {nope}`" in line
+    line = one_error_line(capsys, report.main, ["--runs", nope])
+    assert "prepared index not found" in line and "`make data" in line
 
 
 ARGPARSE_TOOLS = [(s1_export, "sagecast-stage1-export"), (s1_evaluate, "sagecast-stage1-evaluate"),
                   (s2_evaluate, "sagecast-stage2-evaluate"), (generate, "sagecast-synthetic"),
                   (prepare_run, "sagecast-prepare"), (download, "sagecast-download"), (nodes, "sagecast-nodes"),
-                  (s2_report, "sagecast-report"), (s2_compare, "sagecast-compare"),
+                  (report, "sagecast-report"), (report_browser, "python -m sagecast_report.browser"),
+                  (s2_compare, "sagecast-compare"),
                   (synthetic_stats, "sagecast-synthetic-stats")]
 
 

@@ -1,24 +1,37 @@
 """The report in a real browser: headless Debian Chromium (Selenium + chromium-driver), no download.
 
-Without the `chromium` / `chromium-driver` packages these tests fail with a message naming them: CI installs
-both (.ci/run), as it installs shellcheck.
+Without the `chromium` / `chromium-driver` packages these tests skip with a line naming them, and fail when
+`CI` is set (.ci/run installs both, as it installs shellcheck): tests.system_programs.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import shutil
 
 import pytest
 import torch
 from PIL import Image
 
-from stage2_forecast import evaluate, report, train
-from stage2_forecast.report_browser import WIDTH, BrowserMissing, ReportProblem, check_report, find_browser
+from sagecast_report import build as report
+from sagecast_report.browser import WIDTH, BrowserMissing, ReportProblem, check_report, find_browser
+from stage2_forecast import evaluate, train
+from tests.system_programs import missing
+
+
+@pytest.fixture(scope="session")  # session: set up before the session-scoped pipeline fixtures it guards
+def browser():
+    """Chromium and its driver, checked before any fixture spends time on a pipeline."""
+    absent = [(name, package) for name, package in (("chromium", "chromium"), ("chromedriver", "chromium-driver"))
+              if shutil.which(name) is None]
+    if absent:
+        missing(" ".join(package for _, package in absent), " and ".join(name for name, _ in absent))
+    return find_browser()
 
 
 @pytest.fixture(scope="module")
-def real_runs(tmp_path_factory, tiny_prepared, tiny_stage1_run):
+def real_runs(browser, tmp_path_factory, tiny_prepared, tiny_stage1_run):
     """A small real pipeline: synthetic raw -> prepared -> stage 1 (tiny, trained) -> stage 2 (1-epoch detr)."""
     torch.set_num_threads(1)
     stage2 = tmp_path_factory.mktemp("report_stage2")
@@ -30,21 +43,21 @@ def real_runs(tmp_path_factory, tiny_prepared, tiny_stage1_run):
 
 
 @pytest.mark.slow
-def test_report_of_a_real_tiny_pipeline_passes_the_browser_checks(real_runs):
-    find_browser()  # fails (not skips) naming the Debian packages when they are missing
-    out = report.build(**real_runs, out=real_runs["stage2"] / "report.html")
+def test_report_of_a_real_tiny_pipeline_passes_the_browser_checks(browser, real_runs, capsys):
+    out = real_runs["stage2"] / "report.html"
+    report.main(["--prepared", str(real_runs["prepared"]), "--stage1", str(real_runs["stage1"]),
+                 "--stage2", str(real_runs["stage2"]), "--out", str(out), "--check"])
+    # data strip + timeline, loss, PCA, retrieval, skill, daily cloud fraction, forecast strips
+    assert "checked in headless Chromium: 8 images" in capsys.readouterr().out
     shot = real_runs["stage2"] / "report_screenshot.png"
     result = check_report(out, shot)
-    assert result["sections"] == ["data", "stage1", "stage2", "verdict"]
-    # data strip + timeline, loss, PCA, retrieval, skill, daily cloud fraction, forecast strips
-    assert result["images"] == 8
+    assert result["sections"] == ["data", "stage1", "stage2", "verdict"] and result["images"] == 8
     with Image.open(shot) as image:
         assert (image.width, image.height) == (result["width"], result["height"])  # the full page
         assert WIDTH - 20 <= image.width <= WIDTH and image.height > 2000  # 1280 px less a scroll bar
 
 
-def test_the_checks_catch_a_broken_image_a_console_error_and_a_wide_page(tmp_path):
-    find_browser()
+def test_the_checks_catch_a_broken_image_a_console_error_and_a_wide_page(browser, tmp_path):
     bad_png = base64.b64encode(b"not a png").decode()
     page = tmp_path / "bad.html"
     page.write_text('<!DOCTYPE html><html><body><section id="data"></section>'

@@ -102,7 +102,7 @@ def test_train_both_variants_and_report(fake_stage1_run, tmp_path):
         train.main(tiny(fake_stage1_run, tmp_path / variant, variant=variant, epochs=1,
                         horizons_min=(5.0, 15.0, 30.0, 60.0)))
     report = evaluate.evaluate(fake_stage1_run, [tmp_path / "detr", tmp_path / "jepa"], tmp_path / "out")
-    assert json.loads((tmp_path / "out" / "report.json").read_text())["n_test"] == report["n_test"] > 0
+    assert json.loads((tmp_path / "out" / "scores.json").read_text())["n_test"] == report["n_test"] > 0
     assert (tmp_path / "out" / "report.md").exists() and (tmp_path / "out" / "skill_vs_horizon.png").exists()
     assert set(report["variants"]) == {"detr", "jepa", "persistence", "smart_persistence", "damped_anomaly",
                                        "climatology", "ridge", "ridge_context"}

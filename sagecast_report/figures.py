@@ -2,6 +2,8 @@
 
 Each builder returns a matplotlib figure (the report embeds it); frames come from the prepared arrays
 (`rgb.npy` uint8, `thermal.npy` °C) and the cloud mask from the documented thermal rule `data.sky.cloud_mask`.
+The stage-2 figures draw stage-2 evaluate's OUT/forecasts.parquet (stage2_forecast.forecast_table): one row per
+scored slot and forecast, each forecast decoded to its nearest real frame.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import pandas as pd
 from data.formats import SKY_PRESETS
 from data.sky import cloud_mask
 from sagecast_common.plots import pyplot
-from stage2_forecast.report_inputs import Forecasts
 
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 STRIP_TIMES = 6  # captures per preset across the chosen day
@@ -105,52 +106,50 @@ def day_night_timeline(index: pd.DataFrame):
     return fig
 
 
-def scan_mean(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Mean over presets (last axis) of the valid entries; NaN where none is valid."""
-    total = np.where(valid, values, 0.0).sum(-1)
-    count = valid.sum(-1)
-    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+def labels(forecasts: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(method, run) -> legend label, in the table's order: the method's name, or the run folder's name where a
+    method has several runs (seeds)."""
+    pairs = forecasts[["method", "run"]].drop_duplicates()
+    runs = pairs["method"].value_counts()
+    return {(m, r): (r if runs[m] > 1 and r else m) for m, r in pairs.itertuples(index=False)}
 
 
-def cloud_fraction_days(fc: Forecasts, h: int, truth: pd.DataFrame | None):
-    """Per test day: measured scan-mean cloud fraction vs each method's forecast made h steps earlier."""
-    table, win = fc.table, fc.win
-    horizon = fc.horizons_min[h]
-    days = sorted(np.unique(table.day[win.anchor]))
+def cloud_fraction_days(fc: pd.DataFrame, shown: dict[tuple[str, str], str], truth: pd.DataFrame | None):
+    """Per evaluation day, at one horizon (`fc` holds its rows): the measured preset-mean cloud fraction of the
+    target frames vs each shown method's forecast made that horizon earlier (its nearest real frames' mean)."""
+    horizon = float(fc["horizon_min"].iloc[0])
+    days = sorted(fc["date"].unique())
     plt = pyplot()
     fig, axes = plt.subplots(len(days), 1, figsize=(10, 3.4 * len(days)), squeeze=False, layout="constrained")
-    daylight = table.present & table.is_day
-    measured = scan_mean(np.nan_to_num(table.cloud), daylight)
     for ax, day in zip(axes[:, 0], days, strict=True):
-        scans = np.flatnonzero((table.day == day) & daylight.any(1))
-        ax.plot(table.solar_hour[scans], measured[scans], color="k", lw=2, label="measured (thermal rule)")
-        sel = table.day[win.anchor] == day
-        tgt = win.tgt[sel, h]
-        ok = tgt >= 0
-        for name, nn in fc.nn_scan.items():
-            valid = fc.mask[sel, h] & (nn[sel, h] >= 0)
-            decoded = np.nan_to_num(table.cloud[np.maximum(nn[sel, h], 0), np.arange(len(SKY_PRESETS))])
-            style = "--" if name == "persistence" else "-"
-            ax.plot(table.solar_hour[tgt[ok]], scan_mean(decoded, valid)[ok], style, lw=1.2,
-                    label=f"{name}, {horizon:g}-min forecast")
-        _truth_lines(ax, truth, table, scans, horizon)
-        date = pd.Timestamp.fromordinal(int(day)).date()
-        ax.set(ylim=(-0.02, 1.02), xlabel="local solar hour", ylabel="cloud fraction", title=f"test day {date}")
+        rows = fc[fc["date"] == day]
+        first = rows[(rows["method"] == rows["method"].iloc[0]) & (rows["run"] == rows["run"].iloc[0])]
+        measured = first.groupby("target_time").agg(hour=("target_solar_hour", "first"),
+                                                    cf=("target_cloud_fraction", lambda c: c.fillna(0).mean()))
+        ax.plot(measured["hour"], measured["cf"], color="k", lw=2, label="measured (thermal rule)")
+        for (method, run), label in shown.items():
+            mine = rows[(rows["method"] == method) & (rows["run"] == run)]
+            per = mine.groupby("sample").agg(hour=("target_solar_hour", "first"),
+                                             cf=("nearest_cloud_fraction", lambda c: c.fillna(0).mean()))
+            ax.plot(per["hour"], per["cf"], "--" if method == "persistence" else "-", lw=1.2,
+                    label=f"{label}, {horizon:g}-min forecast")
+        _truth_lines(ax, truth, first, horizon)
+        ax.set(ylim=(-0.02, 1.02), xlabel="local solar hour", ylabel="cloud fraction", title=f"test day {day}")
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     return fig
 
 
-def _truth_lines(ax, truth: pd.DataFrame | None, table, scans: np.ndarray, horizon: float) -> None:
+def _truth_lines(ax, truth: pd.DataFrame | None, rows: pd.DataFrame, horizon: float) -> None:
     """Synthetic runs: the generator's cloud fraction and any oracle forecasts (`oracle_*_cf_{h}`) for h."""
-    if truth is None or not len(scans):
+    if truth is None or not len(rows):
         return
-    node = table.vsn[scans[0]]
-    t0, t1 = table.time_ns[scans[0]], table.time_ns[scans[-1]] + int(horizon * 60e9)
-    rows = truth[(truth["vsn"] == node) & truth["timestamp"].astype("int64").between(t0, t1)]
-    rows = rows[rows["is_day"]] if "is_day" in rows else rows
-    lon_shift = (table.solar_hour[scans[0]] - _utc_hour(table.time_ns[scans[0]])) % 24
+    t0 = rows["anchor_time"].min().value
+    t1 = rows["target_time"].max().value
+    sel = truth[(truth["vsn"] == rows["vsn"].iloc[0]) & truth["timestamp"].astype("int64").between(t0, t1)]
+    sel = sel[sel["is_day"]] if "is_day" in sel else sel
+    lon_shift = (rows["target_solar_hour"].iloc[0] - _utc_hour(rows["target_time"].iloc[0].value)) % 24
     hour = lambda ns: (_utc_hour(ns) + lon_shift) % 24  # noqa: E731 - the node's solar-time offset
-    per_loop = rows.groupby(rows["timestamp"].dt.floor("min")).mean(numeric_only=True)
+    per_loop = sel.groupby(sel["timestamp"].dt.floor("min")).mean(numeric_only=True)
     ns = per_loop.index.astype("int64").to_numpy()
     if "cloud_fraction" in per_loop:
         ax.plot(hour(ns), per_loop["cloud_fraction"], ":", color="0.4", label="generator truth")
@@ -162,48 +161,39 @@ def _utc_hour(ns) -> np.ndarray:
     return (np.asarray(ns, np.int64) % (86400 * 10**9)) / 3.6e12
 
 
-def strip_anchors(fc: Forecasts, h: int, k: int = 4) -> list[tuple[int, int]]:
-    """The fixed rule: the k (sample, preset) slots with the largest |cloud fraction change| from t to t + h,
-    at most one per anchor scan."""
-    table, win = fc.table, fc.win
-    change = np.abs(table.cloud[win.tgt[:, h]] - table.cloud[win.anchor])  # (N, P)
-    change = np.where(fc.mask[:, h] & np.isfinite(change), change, -1.0)
-    order = np.argsort(-change, axis=None, kind="stable")
-    picked, anchors = [], set()
-    for flat in order:
-        n, p = np.unravel_index(flat, change.shape)
-        if change[n, p] < 0 or len(picked) == k:
-            break
-        if win.anchor[n] not in anchors:
-            picked.append((int(n), int(p)))
-            anchors.add(win.anchor[n])
-    return picked
+def strip_anchors(slots: pd.DataFrame, k: int = 4) -> pd.DataFrame:
+    """The fixed rule: the k slots (rows of one method at one horizon, in sample-then-preset order) with the
+    largest |cloud fraction change| from t to t + h, at most one per anchor scan."""
+    change = (slots["target_cloud_fraction"] - slots["anchor_cloud_fraction"]).abs()
+    order = change[np.isfinite(change)].sort_values(ascending=False, kind="stable").index
+    ranked = slots.loc[order]
+    return ranked.drop_duplicates(["vsn", "anchor_time"]).head(k)
 
 
-def forecast_strips(fc: Forecasts, h: int, rgb: np.ndarray, methods: list[str]):
+def forecast_strips(fc: pd.DataFrame, rgb: np.ndarray, shown: dict[tuple[str, str], str]):
     """Rows = anchors of `strip_anchors`; columns: frame at t, real frame at t+h, nearest real frame per method."""
-    table, win = fc.table, fc.win
-    picks = strip_anchors(fc, h)
+    first = fc[(fc["method"] == fc["method"].iloc[0]) & (fc["run"] == fc["run"].iloc[0])]
+    picks = strip_anchors(first)
+    by_slot = fc.set_index(["method", "run", "sample", "preset"])
     plt = pyplot()
-    cols = 2 + len(methods)
+    cols = 2 + len(shown)
     fig, axes = plt.subplots(max(len(picks), 1), cols, figsize=(2.1 * cols, 2.4 * max(len(picks), 1)),
                              squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.set_axis_off()
-    horizon = fc.horizons_min[h]
-    for row, (n, p) in zip(axes, picks, strict=False):
-        a, t = win.anchor[n], win.tgt[n, h]
-        cf = table.cloud
-        _frame(row[0], rgb[table.rows[a, p]], f"t = {hhmm(table.solar_hour[a])}\npreset {SKY_PRESETS[p]}, "
-               f"CF {cf[a, p]:.2f}")
-        _frame(row[1], rgb[table.rows[t, p]], f"real t+{horizon:g} min\nCF {cf[t, p]:.2f}")
-        for ax, name in zip(row[2:], methods, strict=True):
-            s = fc.nn_scan[name][n, h, p]
-            if s < 0:
+    horizon = float(fc["horizon_min"].iloc[0])
+    for row, pick in zip(axes, picks.itertuples(index=False), strict=False):
+        _frame(row[0], rgb[pick.anchor_row], f"t = {hhmm(pick.anchor_solar_hour)}\npreset {pick.preset}, "
+               f"CF {pick.anchor_cloud_fraction:.2f}")
+        _frame(row[1], rgb[pick.target_row], f"real t+{horizon:g} min\nCF {pick.target_cloud_fraction:.2f}")
+        for ax, ((method, run), label) in zip(row[2:], shown.items(), strict=True):
+            key = (method, run, pick.sample, pick.preset)
+            if key not in by_slot.index:
                 continue
-            hit = " = real" if s == t else f" ({hhmm(table.solar_hour[s])})"
-            _frame(ax, rgb[table.rows[s, p]], f"{name}: nearest{hit}\nd={fc.nn_dist[name][n, h, p]:.1f}, "
-                   f"CF {cf[s, p]:.2f}")
+            s = by_slot.loc[key]
+            hit = " = real" if s["nearest_time"] == pick.target_time else f" ({hhmm(s['nearest_solar_hour'])})"
+            _frame(ax, rgb[s["nearest_row"]], f"{label}: nearest{hit}\nd={s['nearest_distance']:.1f}, "
+                   f"CF {s['nearest_cloud_fraction']:.2f}")
     return fig
 
 

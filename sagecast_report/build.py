@@ -1,14 +1,17 @@
 """One self-contained HTML report of a run: data, stage 1, stage 2 and the verdict, images embedded.
 
-    python -m stage2_forecast.report --runs runs                     # -> runs/stage2/report.html
-    python -m stage2_forecast.report --prepared P --stage1 S1 --stage2 S2 --out report.html [--no-browser]
+    python -m sagecast_report --runs runs                            # -> runs/stage2/report.html
+    python -m sagecast_report --prepared P --stage1 S1 --stage2 S2 --report-dir R --out report.html [--check]
 
-Reads RUNS/prepared (index, arrays, report.json; RAW/<VSN>/truth.parquet when synthetic), RUNS/stage1
-(log-derived training_loss.png, metrics.json, embeddings, encoders.pt, ckpt.pt, config/env.json) and
-RUNS/stage2 (report.json, run folders with ckpt.pt). Anything absent is reported as "not available". Opens
-offline in any browser (images are base64 JPEG/PNG inside the file). When Debian's `chromium` and
-`chromium-driver` are installed it also checks the page in headless Chromium and writes a full-page
-screenshot next to it (OUT stem + `_screenshot.png`).
+A pure function of files (it imports no training or evaluation code and runs no model): RUNS/prepared (index,
+arrays, report.json; RAW/<VSN>/truth.parquet when synthetic), RUNS/stage1 (training_loss.png, metrics.json,
+features_pca.parquet, retrieval_examples.json, embeddings.json, config/env.json: from stage-1 train and
+evaluate), the stage-2 evaluate folder (scores.json, skill_vs_horizon.png, forecasts.parquet; --report-dir,
+default STAGE2) and the run folders under STAGE2 (config/env.json, for provenance). Anything absent is reported
+as "not available"; a file that cannot be read ends in one line and exit 2. Opens offline in any browser
+(images are base64 JPEG/PNG inside the file). `--check` then loads the page in headless Chromium (Debian
+`chromium` + `chromium-driver`, through Selenium), checks it and writes a full-page screenshot next to it
+(OUT stem + `_screenshot.png`).
 """
 
 from __future__ import annotations
@@ -20,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sagecast_common.cli import fail, make_parser
+from sagecast_common.cli import UserError, make_parser, run_cli
 from sagecast_common.plots import figure_bytes
-from sagecast_common.runio import atomic_write_text, environment_info
-from stage2_forecast import report_figures as figs
-from stage2_forecast import report_inputs as inputs
-from stage2_forecast import report_stage1 as s1
-from stage2_forecast.plots import skill_figure
+from sagecast_common.runio import _git_commit, atomic_write_text  # not environment_info: that imports torch
+from sagecast_report import figures as figs
+from sagecast_report import inputs
+from sagecast_report import stage1 as s1
 
 NA = '<p class="na">not available</p>'
 CSS = """body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:0 16px;color:#222}
@@ -81,7 +83,7 @@ def data_section(prepared: Path, index, rgb, thermal) -> str:
     return "\n".join(out) + table_html(["node", "lat, lon", "split", "days", "dates", "pairs"], rows)
 
 
-def stage1_section(stage1: Path, prepared: Path, index, rgb, thermal) -> str:
+def stage1_section(stage1: Path, index, rgb, thermal) -> str:
     out = ["<h3>Training</h3>"]
     loss = stage1 / "training_loss.png"
     out.append(img_html(loss.read_bytes(), "VICReg loss, weighted terms and learning rate over steps")
@@ -98,61 +100,65 @@ def stage1_section(stage1: Path, prepared: Path, index, rgb, thermal) -> str:
         out.append(table_html(["encoders", "RGB→thermal top-1", "RGB→thermal top-5", "thermal→RGB top-5",
                                "cloud-fraction ridge R²"], rows) + f"<p>chance top-5: {num(chance, '.4f')}</p>")
     out.append("<h3>Embeddings: trained vs random init</h3>")
-    loaded = inputs.read_embeddings(stage1)
-    if loaded is None:
-        return "\n".join(out + [NA])
-    table, emb = loaded
-    keys = ["vsn", "timestamp", "position"]
-    table = table.merge(index[keys + ["row", "solar_hour", "cloud_fraction"]], on=keys, how="left")
-    day = np.flatnonzero(table["is_day"].to_numpy(bool) & table["row"].notna().to_numpy())
-    pick = day[s1.even_subsample(len(day), s1.PCA_ROWS)]
-    rows = table["row"].to_numpy()[pick].astype(np.int64)
-    random = s1.random_init_features(stage1, prepared, rows) if (stage1 / "encoders.pt").is_file() else None
-    out.append(fig_html(s1.pca_figure({b: v[pick] for b, v in emb.items()}, random,
-                                      table["solar_hour"].to_numpy()[pick]),
-                        f"PCA of backbone features, {len(pick)} daytime frames; random init = same architectures, "
-                        "seed 0" + ("" if random is not None else " (not available: no encoders.pt)")))
+    pca = inputs.read_parquet(stage1 / "features_pca.parquet", inputs.PCA_COLUMNS)
+    if pca is not None and len(pca):
+        n = len(pca[(pca["features"] == "trained") & (pca["branch"] == "rgb")])
+        seed = (metrics or {}).get("random_init_seed", "—")
+        out.append(fig_html(s1.pca_figure(pca), f"PCA of backbone features, {n} daytime frames; random init = same "
+                            f"architectures, seed {seed}"))
+    else:
+        out.append(NA)
     out.append("<h3>Retrieval examples (test split, projector space)</h3>")
-    pool = np.flatnonzero(table["is_day"].to_numpy(bool) & (table["split"] == "test").to_numpy()
-                          & table["cloud_fraction"].notna().to_numpy())
-    z = s1.project(stage1, {b: v[pool] for b, v in emb.items()}) if len(pool) > 3 else None
-    out.append(fig_html(s1.retrieval_figure(z, table.iloc[pool].astype({"row": np.int64}), rgb, thermal),
-                        f"RGB query against all {len(pool)} test daytime thermal frames (cosine)")
-               if z is not None else NA)
+    examples = inputs.read_json(stage1 / "retrieval_examples.json")
+    frames = [f for e in (examples or {}).get("examples", []) for f in (e["query"], *e["matches"])]
+    if frames and inputs.frames_match(index, [f["row"] for f in frames], [f["vsn"] for f in frames],
+                                      [f["position"] for f in frames]):
+        out.append(fig_html(s1.retrieval_figure(examples["examples"], rgb, thermal),
+                            f"RGB query against all {examples['n_pool']} test daytime thermal frames (cosine)"))
+    else:
+        out.append(NA)
     return "\n".join(out)
 
 
-def stage2_section(stage1: Path, stage2: Path, report: dict | None, truth, rgb) -> str:
-    if report is None:
+def stage2_section(report_dir: Path, scores: dict | None, index, truth, rgb) -> str:
+    if scores is None:
         return NA
-    out = [fig_html(skill_figure(report), "skill vs persistence by horizon; baselines dashed")]
+    skill = report_dir / "skill_vs_horizon.png"
+    out = [img_html(skill.read_bytes(), "skill vs persistence by horizon; baselines dashed") if skill.is_file() else NA]
     rows = [[name, h, m.get("n", "—"), num(m.get("skill_vs_persistence")), interval(m.get("skill_ci")),
              num(m.get("skill_vs_smart")), interval(m.get("skill_vs_smart_ci")), num(m.get("top1")),
              num(m.get("cloud_fraction_mae"))]
-            for name, per_h in report.get("variants", {}).items() for h, m in per_h.items()]
+            for name, per_h in scores.get("variants", {}).items() for h, m in per_h.items()]
     out.append(table_html(["method", "horizon (min)", "n", "skill", "95 % interval", "skill vs smart persistence",
                            "95 % interval", "top-1", "CF MAE"], rows))
-    fc = inputs.test_forecasts(stage1, inputs.stage2_runs(stage2))
-    if fc is None:
+    fc = inputs.read_parquet(report_dir / "forecasts.parquet", inputs.FORECAST_COLUMNS)
+    if fc is None or not len(fc):
         return "\n".join(out + ["<h3>Forecasts</h3>", NA])
-    h = int(np.argmin(np.abs(np.array(fc.horizons_min) - 15.0)))
-    horizon = fc.horizons_min[h]
+    horizons = np.sort(fc["horizon_min"].unique())
+    horizon = float(horizons[np.argmin(np.abs(horizons - 15.0))])
+    fc = fc[fc["horizon_min"] == horizon]
+    if not all(inputs.frames_match(index, fc[f"{w}_row"], fc["vsn"], fc["preset"])
+               for w in ("anchor", "target", "nearest")):
+        return "\n".join(out + ["<h3>Forecasts</h3>", f'<p class="na">not available: {esc(report_dir)}/'
+                                 f"forecasts.parquet shows frames of another prepared folder</p>"])
+    labels = figs.labels(fc)
+    shown = {k: v for k, v in labels.items() if k[0] == "persistence" or k[1]}  # persistence and the trained runs
     out.append(f"<h3>Cloud fraction over each test day ({horizon:g}-minute forecasts)</h3>")
-    out.append(fig_html(figs.cloud_fraction_days(fc, h, truth), "forecast cloud fraction = the measured cloud "
+    out.append(fig_html(figs.cloud_fraction_days(fc, shown, truth), "forecast cloud fraction = the measured cloud "
                         "fraction of the real frame nearest to the forecast embedding (same preset and day), mean "
                         "over presets"))
-    methods = [m for m in fc.nn_scan if m != "persistence"]
+    trained = {k: v for k, v in shown.items() if k[0] != "persistence"}
     out.append(f"<h3>Forecast strips (+{horizon:g} min)</h3>")
-    out.append(fig_html(figs.forecast_strips(fc, h, rgb, methods), "anchors: the largest change in cloud fraction "
+    out.append(fig_html(figs.forecast_strips(fc, rgb, trained), "anchors: the largest change in cloud fraction "
                         "from t to t+h (one slot per scan); d = distance of the forecast to that frame's "
-                        "standardised embedding", fmt="jpeg") if methods else NA)
+                        "standardised embedding", fmt="jpeg") if trained else NA)
     return "\n".join(out)
 
 
-def verdict_section(prepared: Path, stage1: Path, stage2: Path, report: dict | None) -> str:
+def verdict_section(prepared: Path, stage1: Path, stage2: Path, scores: dict | None) -> str:
     out = []
-    sentences = list((report or {}).get("verdict") or [])  # evaluate's plain sentences, one per horizon
-    comparisons = (report or {}).get("comparisons") or []
+    sentences = list((scores or {}).get("verdict") or [])  # evaluate's plain sentences, one per horizon
+    comparisons = (scores or {}).get("comparisons") or []
     out.append("<ul>" + "".join(f"<li>{esc(s)}</li>" for s in sentences) + "</ul>" if sentences else NA)
     if comparisons:
         out.append(table_html(["a", "b", "horizon", "difference", "95 % interval", "distinguishable"],
@@ -162,7 +168,7 @@ def verdict_section(prepared: Path, stage1: Path, stage2: Path, report: dict | N
     emb = inputs.read_json(stage1 / "embeddings.json") or {}
     prep = inputs.read_json(prepared / "report.json") or {}
     runs = {"stage1": stage1} | {f"stage2/{r.name}": r for r in inputs.stage2_runs(stage2)}
-    rows = [["report built at", environment_info().get("git_commit") or "unknown"]]
+    rows = [["report built at", _git_commit() or "unknown"]]
     for name, run in runs.items():
         env, cfg = inputs.read_json(run / "env.json") or {}, inputs.read_json(run / "config.json") or {}
         rows.append([f"{name} git commit", env.get("git_commit", "not available")])
@@ -180,16 +186,21 @@ def verdict_section(prepared: Path, stage1: Path, stage2: Path, report: dict | N
 
 
 def build(*, prepared: Path, stage1: Path, stage2: Path, out: Path, report_dir: Path | None = None) -> Path:
-    """Write the report to `out` atomically; returns `out`. report.json is read from `report_dir` (default
-    `stage2`: `make compare` keeps its runs and its reports in separate folders)."""
+    """Write the report to `out` atomically; returns `out`. Stage-2 evaluate's files are read from `report_dir`
+    (default `stage2`: `make compare` keeps its runs and its evaluations in separate folders)."""
+    import matplotlib
+
     index = inputs.read_index(prepared)
-    rgb, thermal = (np.load(prepared / f"{k}.npy", mmap_mode="r") for k in ("rgb", "thermal"))
-    report = inputs.read_json(Path(report_dir or stage2) / "report.json")
+    rgb, thermal = inputs.read_frames(prepared)
+    report_dir = Path(report_dir or stage2)
+    scores = inputs.read_json(report_dir / "scores.json")
     truth = inputs.read_truth(prepared, sorted(index["vsn"].unique()))
-    sections = [("data", "1 Data", data_section(prepared, index, rgb, thermal)),
-                ("stage1", "2 Stage 1: RGB–thermal embeddings", stage1_section(stage1, prepared, index, rgb, thermal)),
-                ("stage2", "3 Stage 2: forecasts", stage2_section(stage1, stage2, report, truth, rgb)),
-                ("verdict", "4 Verdict", verdict_section(prepared, stage1, stage2, report))]
+    # Labels carry folder, node and method names: plain text, never mathtext (a "$" in a name must not parse).
+    with matplotlib.rc_context({"text.parse_math": False}):
+        sections = [("data", "1 Data", data_section(prepared, index, rgb, thermal)),
+                    ("stage1", "2 Stage 1: RGB–thermal embeddings", stage1_section(stage1, index, rgb, thermal)),
+                    ("stage2", "3 Stage 2: forecasts", stage2_section(report_dir, scores, index, truth, rgb)),
+                    ("verdict", "4 Verdict", verdict_section(prepared, stage1, stage2, scores))]
     body = "\n".join(f'<section id="{sid}"><h2>{esc(title)}</h2>\n{content}</section>'
                      for sid, title, content in sections)
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>sagecast report</title>'
@@ -205,27 +216,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", default="runs", help="RUNS folder holding prepared/, stage1/, stage2/")
     for name in ("prepared", "stage1", "stage2"):
         ap.add_argument(f"--{name}", help=f"{name} folder (default RUNS/{name})")
-    ap.add_argument("--report-dir", help="folder with report.json (default STAGE2)")
+    ap.add_argument("--report-dir", help="stage-2 evaluate's folder: scores.json, forecasts.parquet, "
+                                         "skill_vs_horizon.png (default STAGE2)")
     ap.add_argument("--out", help="report path (default STAGE2/report.html)")
-    ap.add_argument("--no-browser", action="store_true", help="skip the headless-Chromium check and screenshot")
+    ap.add_argument("--check", action="store_true",
+                    help="then check the page in headless Chromium and write OUT stem + _screenshot.png")
     args = ap.parse_args(argv)
     dirs = {k: Path(getattr(args, k) or Path(args.runs) / k) for k in ("prepared", "stage1", "stage2")}
     out = Path(args.out or dirs["stage2"] / "report.html")
-    try:
-        build(**dirs, out=out, report_dir=Path(args.report_dir) if args.report_dir else None)
-    except FileNotFoundError as e:
-        fail(ap.prog, str(e))
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
-    if not args.no_browser:
-        from stage2_forecast.report_browser import BrowserMissing, ReportProblem, check_report
 
-        try:
-            result = check_report(out, out.with_name(out.stem + "_screenshot.png"))
+    def run() -> None:
+        build(**dirs, out=out, report_dir=Path(args.report_dir) if args.report_dir else None)
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+        if args.check:
+            from sagecast_report.browser import BrowserMissing, ReportProblem, check_report
+
+            try:
+                result = check_report(out, out.with_name(out.stem + "_screenshot.png"))
+            except (BrowserMissing, ReportProblem) as e:
+                raise UserError(f"the report failed its browser check: {e}") from None
             print(f"checked in headless Chromium: {result['images']} images, screenshot {result['screenshot']}")
-        except BrowserMissing as e:
-            print(f"not checked in a browser: {e}")
-        except ReportProblem as e:
-            raise SystemExit(f"{ap.prog}: error: the report failed its browser check: {e}") from None
+
+    run_cli(run, prog=ap.prog)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Open an HTML report in headless Chromium (Debian `chromium` + `chromium-driver`, via Selenium) and check it.
 
-    python -m stage2_forecast.report_browser runs/stage2/report.html [--screenshot shot.png]
+    python -m sagecast_report.browser runs/stage2/report.html [--screenshot shot.png]
+    python -m sagecast_report --runs runs --check      # build the report, then this check
+
+Selenium (the `dev` extra) is imported only here, and only when a check runs.
 
 Checks: no console errors, every <img> decoded (naturalWidth > 0), the four sections and the verdict present,
 no horizontal scroll at 1280 px wide. Saves a full-page PNG screenshot. Nothing is downloaded: the browser and
@@ -9,12 +12,12 @@ its driver are the system's, found at /usr/bin (or on PATH), with networking fea
 
 from __future__ import annotations
 
-import argparse
 import base64
 import shutil
 import tempfile
 from pathlib import Path
 
+from sagecast_common.cli import UserError, make_parser, run_cli
 from sagecast_common.runio import atomic_write_bytes
 
 SECTIONS = ("data", "stage1", "stage2", "verdict")
@@ -85,16 +88,21 @@ def check_report(html_path: str | Path, screenshot: str | Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = make_parser("python -m sagecast_report.browser", __doc__)
     ap.add_argument("html", help="report.html to check")
     ap.add_argument("--screenshot", help="PNG to write (default: next to the report, *_screenshot.png)")
     args = ap.parse_args(argv)
     html = Path(args.html)
-    try:
-        result = check_report(html, args.screenshot or html.with_name(html.stem + "_screenshot.png"))
-    except BrowserMissing as e:
-        raise SystemExit(f"error: {e}") from None
-    print(f"ok: {result['images']} images decoded, sections {result['sections']}, screenshot {result['screenshot']}")
+
+    def run() -> None:
+        try:
+            result = check_report(html, args.screenshot or html.with_name(html.stem + "_screenshot.png"))
+        except (BrowserMissing, ReportProblem) as e:
+            raise UserError(str(e)) from None
+        print(f"ok: {result['images']} images decoded, sections {result['sections']}, "
+              f"screenshot {result['screenshot']}")
+
+    run_cli(run, prog=ap.prog)
 
 
 if __name__ == "__main__":
