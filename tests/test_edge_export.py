@@ -1,0 +1,31 @@
+"""sagecast-edge-export: the model folder describes itself, and onnxruntime reproduces torch."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edge_export import export as edge_export
+from sagecast_common.cli import UserError
+from sagecast_common.runio import file_sha256
+
+
+def test_manifest_lists_every_file_with_its_hash(tiny_edge_model):
+    manifest = json.loads((tiny_edge_model / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"encoder_rgb.onnx", "encoder_thermal.onnx", "forecaster.onnx", "norm.json",
+                                      "climatology.npy", "probe.json"}
+    for name, digest in manifest["files"].items():
+        assert file_sha256(tiny_edge_model / name) == digest
+    assert manifest["horizons_min"] == [60.0, 120.0] and manifest["context_scans"] == 2
+    assert manifest["image_size"] == 32 and manifest["node"] == "W056"
+    for part in ("encoder_rgb", "encoder_thermal", "forecaster"):
+        assert manifest["parity"][part]["max_ratio"] <= 1.0
+
+
+def test_parity_check_refuses_outputs_beyond_the_tolerance():
+    want = np.ones((2, 3))
+    assert edge_export.check_parity("x", want + 1e-6, want)["max_ratio"] < 1
+    with pytest.raises(UserError, match="does not reproduce"):
+        edge_export.check_parity("x", want + 1e-2, want)
+    with pytest.raises(UserError, match="does not reproduce"):
+        edge_export.check_parity("x", want * np.nan, want)
