@@ -78,8 +78,8 @@ def test_replay_publishes_nowcasts_then_forecasts(tiny_edge_model, tiny_raw, tmp
     msgs = read_log(log)
     manifest = json.loads((tiny_edge_model / "manifest.json").read_text())
     scans = list(scans_in(stored_files(tiny_raw), manifest["scan_gap_s"]))
-    assert {m["name"] for m in msgs} == {"sagecast.cloud.nowcast", "sagecast.cloud.forecast", "sagecast.time.preprocess",
-                                         "sagecast.time.encode", "sagecast.time.forecast"}
+    assert {m["name"] for m in msgs} == {"sagecast.cloud.nowcast", "sagecast.cloud.forecast",
+                                         "sagecast.time.preprocess", "sagecast.time.encode", "sagecast.time.forecast"}
     assert all(NAME.match(m["name"]) and len(m["name"]) <= 128 for m in msgs)
     assert all(isinstance(v, str) for m in msgs for v in m["meta"].values())
     assert all(any(at(m, s.time_ns) for s in scans) for m in msgs)
