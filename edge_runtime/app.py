@@ -1,6 +1,7 @@
 """The node app: scans in, cloud-cover nowcasts and forecasts out through pywaggle.
 
     sagecast-edge --model runs/edge --source dir --raw runs/raw [--publish-coverage]
+    sagecast-edge --model /model --source subscribe       # on the node (plugin/): the scanner's upload messages
     PYWAGGLE_LOG_DIR=out sagecast-edge ...        # pywaggle's offline mode: messages go to out/data.ndjson
 
 Per scan (timestamp = the scan's first capture, ns): `sagecast.cloud.nowcast` per preset and for the whole sky
@@ -32,6 +33,7 @@ from astral.sun import elevation
 from edge_runtime import preprocess
 from edge_runtime.model import EdgeModel, ModelError
 from edge_runtime.scans import Scan, scans_in, stored_files
+from edge_runtime.subscribe import SAGE_STORAGE, subscribed_scans
 
 PROG = "sagecast-edge"
 COVERAGE_NAME = "env.coverage.cloud"
@@ -182,6 +184,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--publish-coverage", action="store_true",
                     help=f"also publish the all-sky nowcast as {COVERAGE_NAME}")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads")
+    ap.add_argument("--storage-url", default=SAGE_STORAGE, help="--source subscribe: storage the files come from")
+    ap.add_argument("--flush-after-s", type=float, help="--source subscribe: close the open scan after this long "
+                                                        "without a message (default: the model's scan gap)")
     ap.add_argument("--max-scans", type=int, default=0, help="--source subscribe: stop after this many (0 = never)")
     ap.add_argument("--drain-timeout-s", type=float, default=30.0, help="at the end, wait this long for the broker")
     args = ap.parse_args(argv)
@@ -198,9 +203,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.source == "dir":
             scans = scans_in(stored_files(Path(args.raw)), model.manifest["scan_gap_s"])
         else:
-            from edge_runtime.subscribe import subscribed_scans
-
-            scans = subscribed_scans(plugin, model.manifest["scan_gap_s"], max_scans=args.max_scans)
+            scans = subscribed_scans(plugin, model.manifest["scan_gap_s"], storage_url=args.storage_url,
+                                     flush_after_s=args.flush_after_s, max_scans=args.max_scans)
         n = app.run(scans)
         drain(plugin, args.drain_timeout_s)
     print(f"{PROG}: {n} scans processed", file=sys.stderr)

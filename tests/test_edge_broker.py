@@ -6,6 +6,7 @@ and subscribes on `data.topic`. The test replays a few scans of the synthetic ra
 message back from a queue bound to `to-validator`.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.system_programs import needs_program
@@ -81,33 +83,48 @@ def broker(tmp_path_factory):
         log.close()
 
 
-def test_replay_through_a_real_broker_delivers_every_message(broker, tiny_edge_model, tiny_raw, tmp_path):
-    import json
-
-    import wagglemsg
-
+def first_scans(tiny_raw, tmp_path, n=3):
+    """The first `n` scans of the synthetic raw folder, copied into their own raw folder."""
     from edge_runtime.scans import scans_in, stored_files
 
-    scans = list(scans_in(stored_files(tiny_raw), 60.0))[:3]
+    scans = list(scans_in(stored_files(tiny_raw), 60.0))[:n]
     raw = tmp_path / "raw"
     for scan in scans:
         for files in scan.files.values():
             for kind, path in files.items():
                 (raw / "W056" / kind).mkdir(parents=True, exist_ok=True)
                 shutil.copy(path, raw / "W056" / kind / path.name)
-    with connect(broker) as conn, conn.channel() as ch:
-        queue = ch.queue_declare("", exclusive=True).method.queue
-        ch.queue_bind(queue, "to-validator", "#")
-        env = {**os.environ, "WAGGLE_PLUGIN_HOST": "127.0.0.1", "WAGGLE_PLUGIN_PORT": str(broker),
-               "WAGGLE_PLUGIN_USERNAME": "guest", "WAGGLE_PLUGIN_PASSWORD": "guest"}
-        env.pop("PYWAGGLE_LOG_DIR", None)
-        run = subprocess.run([sys.executable, "-m", "edge_runtime", "--model", str(tiny_edge_model), "--source", "dir",
-                              "--raw", str(raw)], env=env, capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr
-        msgs = []
-        while (got := ch.basic_get(queue, auto_ack=True))[0] is not None:
-            msgs.append(wagglemsg.load(got[2]))
-    manifest = json.loads((tiny_edge_model / "manifest.json").read_text())
+    return scans, raw
+
+
+def listen(port: int):
+    """A queue bound to pywaggle's publishing exchange, declared before the app starts so nothing is missed."""
+    conn = connect(port)
+    ch = conn.channel()
+    queue = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(queue, "to-validator", "#")
+    return conn, ch, queue
+
+
+def received(ch, queue) -> list:
+    import wagglemsg
+
+    msgs = []
+    while (got := ch.basic_get(queue, auto_ack=True))[0] is not None:
+        msgs.append(wagglemsg.load(got[2]))
+    return msgs
+
+
+def app_env(port: int, **extra) -> dict:
+    env = {**os.environ, "WAGGLE_PLUGIN_HOST": "127.0.0.1", "WAGGLE_PLUGIN_PORT": str(port),
+           "WAGGLE_PLUGIN_USERNAME": "guest", "WAGGLE_PLUGIN_PASSWORD": "guest", **extra}
+    env.pop("PYWAGGLE_LOG_DIR", None)
+    return env
+
+
+def check_messages(msgs, scans, model):
+    """Every expected message of `scans`, and nothing else: names, values in [0, 1], string meta, timestamps."""
+    manifest = json.loads((model / "manifest.json").read_text())
     P, H = len(manifest["presets"]), len(manifest["horizons_min"])
     times = [s.time_ns for s in scans]
     now = [m for m in msgs if m.name == "sagecast.cloud.nowcast"]
@@ -123,3 +140,58 @@ def test_replay_through_a_real_broker_delivers_every_message(broker, tiny_edge_m
     for name in ("preprocess", "encode", "forecast"):
         assert len([m for m in msgs if m.name == f"sagecast.time.{name}" and m.value >= 0]) == len(scans)
     assert len(msgs) == len(now) + len(fc) + 3 * len(scans)
+
+
+def test_replay_through_a_real_broker_delivers_every_message(broker, tiny_edge_model, tiny_raw, tmp_path):
+    scans, raw = first_scans(tiny_raw, tmp_path)
+    conn, ch, queue = listen(broker)
+    with conn:
+        run = subprocess.run([sys.executable, "-m", "edge_runtime", "--model", str(tiny_edge_model), "--source",
+                              "dir", "--raw", str(raw)], env=app_env(broker), capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, run.stderr
+        msgs = received(ch, queue)
+    check_messages(msgs, scans, tiny_edge_model)
+
+
+def test_subscribe_path_fetches_uploads_from_storage(broker, tiny_edge_model, tiny_raw, tmp_path):
+    """The scanner's upload records (as SAGE stores them) go to the subscriber's topic exchange through a small
+    stand-in for the node's upload agent; the app fetches each file from the SAGE double behind HTTP Basic."""
+    import pika
+    import wagglemsg
+
+    from data.sage.query import load_query_csv
+    from tests.sage_double import SageDouble
+
+    scans, _ = first_scans(tiny_raw, tmp_path)
+    times = {int(p.name.split("-")[0]) for s in scans for files in s.files.values() for p in files.values()}
+    records = pd.concat([load_query_csv(f) for f in sorted((tiny_raw / "W056" / "sage_meta").glob("*.csv"))])
+    records = records[(records["name"] == "upload") & records["timestamp"].map(lambda t: t.value in times)]
+    uploads = [wagglemsg.Message(name="upload", value=r["value"], timestamp=r["timestamp"].value,
+                                 meta={k[5:]: str(v) for k, v in r.items() if k.startswith("meta.") and v == v})
+               for _, r in records.sort_values("timestamp").iterrows()]
+    conn, ch, queue = listen(broker)
+    with conn, SageDouble(root=tiny_raw, user="me", token="secret") as double:
+        app = subprocess.Popen([sys.executable, "-m", "edge_runtime", "--model", str(tiny_edge_model), "--source",
+                                "subscribe", "--storage-url", double.url, "--flush-after-s", "3", "--max-scans",
+                                str(len(scans))], env=app_env(broker, SAGE_USER="me", SAGE_TOKEN="secret"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            with connect(broker) as agent, agent.channel() as out:
+                out.confirm_delivery()
+                deadline = time.monotonic() + 60
+                while True:  # mandatory + confirms: refused until the app's subscription queue is bound
+                    try:
+                        out.basic_publish("data.topic", "upload", wagglemsg.dump(uploads[0]), mandatory=True)
+                        break
+                    except pika.exceptions.UnroutableError:
+                        assert time.monotonic() < deadline and app.poll() is None, "the app never subscribed"
+                        time.sleep(0.3)
+                for msg in uploads[1:]:
+                    out.basic_publish("data.topic", "upload", wagglemsg.dump(msg), mandatory=True)
+            _, err = app.communicate(timeout=240)
+        finally:
+            app.kill()
+        assert app.returncode == 0, err
+        msgs = received(ch, queue)
+    check_messages(msgs, scans, tiny_edge_model)

@@ -154,7 +154,8 @@ def test_altered_model_folder_is_refused(tiny_edge_model, tiny_raw, tmp_path, mo
 
 
 def test_runtime_imports_no_torch_and_no_training_code():
-    code = ("import sys, edge_runtime.app, edge_runtime.model, edge_runtime.preprocess, edge_runtime.scans; "
+    code = ("import sys, edge_runtime.app, edge_runtime.model, edge_runtime.preprocess, edge_runtime.scans, "
+            "edge_runtime.subscribe; "
             "print(sorted(m for m in ('torch', 'pandas', 'numba', 'data', 'stage1_jea', 'stage2_forecast', "
             "'sagecast_common') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
