@@ -55,6 +55,7 @@ class EdgeModel:
         session = lambda name: ort.InferenceSession(str(self.folder / name), opts, providers=["CPUExecutionProvider"])
         self.encoders = {name: session(f"encoder_{name}.onnx") for name in m["features"]}
         self.forecaster = session("forecaster.onnx")
+        self.inputs = {i.name for i in self.forecaster.get_inputs()}  # jepa reads no ctx_dt: not in its graph
         norm = json.loads((self.folder / "norm.json").read_text())
         self.norm = norm
         self.mean, self.std = np.asarray(norm["emb_mean"], np.float32), np.asarray(norm["emb_std"], np.float32)
@@ -74,7 +75,7 @@ class EdgeModel:
         feeds = {"ctx_z": ctx_z[None].astype(np.float32), "ctx_mask": ctx_mask[None].astype(bool),
                  "ctx_dt": ctx_dt[None].astype(np.float32), "solar_hour": np.array([solar_hour], np.float32),
                  "sun_elev": np.array([sun_elev], np.float32)}
-        return self.forecaster.run(None, feeds)[0][0]
+        return self.forecaster.run(None, {k: v for k, v in feeds.items() if k in self.inputs})[0][0]
 
     def cloud(self, z: np.ndarray) -> np.ndarray:
         """Standardised embeddings (..., D) → cloud fraction (...), as stage2_forecast.evaluate applies the probe."""
