@@ -17,6 +17,7 @@ anchor's solar hour + h (a node does not know the target scan's time yet), not a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import warnings
@@ -157,7 +158,7 @@ def export(stage1: str | Path, stage2: str | Path, out: str | Path) -> Path:
         raise UserError(f"{probe_path} has {len(probe['coef'])} features, the forecaster {mean.size}: the probe "
                         "must read the same features (features=both)")
 
-    cfg = cfg.__class__(**{**cfg.__dict__, "stage1_run": str(stage1)})
+    cfg = dataclasses.replace(cfg, stage1_run=str(stage1))  # the embeddings and prepared dir it was trained on
     table, _, _, wins, _, _ = train.load_data(cfg)
     gather = lambda split: samples.gather(table, wins[split], np.arange(len(wins[split])), day_only=cfg.day_only,
                                           clim=clim)

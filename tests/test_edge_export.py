@@ -29,3 +29,17 @@ def test_parity_check_refuses_outputs_beyond_the_tolerance():
         edge_export.check_parity("x", want + 1e-2, want)
     with pytest.raises(UserError, match="does not reproduce"):
         edge_export.check_parity("x", want * np.nan, want)
+
+
+def test_export_names_the_missing_step(tiny_stage1_run, tmp_path):
+    with pytest.raises(UserError, match="sagecast-stage2-train"):
+        edge_export.export(tiny_stage1_run, tmp_path / "no_stage2", tmp_path / "out")
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_cli_user_error_is_one_line_and_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        edge_export.main(["--stage1", str(tmp_path), "--stage2", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "encoders.pt" in err[0]
