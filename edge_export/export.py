@@ -215,10 +215,9 @@ def export(stage1: str | Path, stage2: str | Path, out: str | Path) -> Path:
     files["probe.json"] = out / "probe.json"
     shutil.copyfile(probe_path, out / "probe.json")
 
-    train_scans = np.flatnonzero(table.split[:-1] == "train")
-    vsn = str(table.vsn[train_scans[-1]])
-    when = int(table.time_ns[train_scans[-1]])
-    period = node_period(vsn, when)
+    # the node of the train split, where it stood at its latest scan (the place it runs at now): nodes move
+    vsn = str(table.vsn[np.flatnonzero(table.split[:-1] == "train")[-1]])
+    period = node_period(vsn, int(table.time_ns[:-1][table.vsn[:-1] == vsn].max()))
     step = cfg.step_min or samples.scan_step_min(table)
     manifest = {
         "format": FORMAT, "model": f"sagecast-{cfg.variant}", "variant": cfg.variant,

@@ -160,3 +160,19 @@ def test_runtime_imports_no_torch_and_no_training_code():
             "'sagecast_common') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_clock_matches_the_prepared_index_at_the_nodes_latest_place(tiny_edge_model, tiny_raw, tiny_prepared):
+    """Sun elevation and solar hour as the index and the scan table have them, for the last day's scans (the
+    model's location is the node's latest registry place)."""
+    model = EdgeModel(tiny_edge_model)
+    nowcaster = app.Nowcaster(model, lambda *a: None)
+    index = pd.read_parquet(tiny_prepared / "index.parquet")
+    index["ts"] = index["timestamp"].astype("int64")
+    last = index[index["local_date"] == index["local_date"].max()].groupby("ts").first().reset_index()
+    for row in last.itertuples():
+        solar_hour, sun_elev, day = nowcaster.clock(row.ts)
+        assert sun_elev == pytest.approx(row.sun_elevation, abs=1e-3)
+        hours = (row.ts % (86400 * 10**9)) / 3.6e12
+        assert solar_hour == pytest.approx((hours + row.lon / 15) % 24, abs=1e-6)
+        assert str(day) == str(row.local_date)
