@@ -43,3 +43,20 @@ def test_cli_user_error_is_one_line_and_exit_2(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "encoders.pt" in err[0]
+
+
+def test_jepa_run_exports_and_forecasts(tiny_stage1_run, tmp_path):
+    """The jepa predictor reads only the scan at t (its graph has no ctx_dt input); the runtime feeds it anyway."""
+    from edge_runtime.model import EdgeModel
+    from stage2_forecast import train
+    from tests.fixtures_edge import EDGE_STAGE2
+
+    run = tmp_path / "jepa"
+    train.main(train.Config(**{**EDGE_STAGE2, "variant": "jepa", "jepa_width": 16, "residual_base": "damped",
+                               "stage1_run": str(tiny_stage1_run), "run_dir": str(run)}))
+    out = edge_export.export(tiny_stage1_run, run, tmp_path / "model")
+    model = EdgeModel(out)
+    T, P, D = model.manifest["context_scans"], len(model.presets), model.mean.size
+    z = np.random.default_rng(0).standard_normal((T, P, D)).astype(np.float32)
+    forecast = model.forecast(z, np.ones((T, P), bool), np.array([0.0, -60.0]), 12.0, 40.0)
+    assert forecast.shape == (len(model.horizons), P, D) and np.isfinite(forecast).all()
