@@ -84,10 +84,11 @@ def broker(tmp_path_factory):
 
 
 def first_scans(tiny_raw, tmp_path, n=3):
-    """The first `n` scans of the synthetic raw folder, copied into their own raw folder."""
+    """`n` consecutive hourly scans from 16:00 UTC (late morning at US nodes: one local day, so each scan after
+    the first has its context), copied into their own raw folder."""
     from edge_runtime.scans import scans_in, stored_files
 
-    scans = list(scans_in(stored_files(tiny_raw), 60.0))[:n]
+    scans = [s for s in scans_in(stored_files(tiny_raw), 60.0) if s.time_ns // 3_600_000_000_000 % 24 >= 16][:n]
     raw = tmp_path / "raw"
     for scan in scans:
         for files in scan.files.values():
