@@ -1,0 +1,3 @@
+from edge_export.export import main
+
+main()

@@ -1,0 +1,253 @@
+"""Export a trained model pair as the self-contained folder `edge_runtime` runs on a node (no torch there).
+
+    sagecast-edge-export --stage1 runs/stage1 --stage2 runs/stage2/detr --out runs/edge
+
+Writes OUT/encoder_<rgb|thermal>.onnx (normalised frames (N, C, S, S) → pooled features (N, D_x)),
+OUT/forecaster.onnx (the standardised context (1, T, P, D) + clock → forecasts (1, H, P, D); the train diurnal
+climatology and the linear residual start, damped anomaly or ridge, are baked in, so this file alone gives
+the forecast), OUT/norm.json (frame and embedding standardisation), OUT/climatology.npy (P, 24, D), OUT/probe.json
+(the stage-1 cloud-fraction probe) and, last, OUT/manifest.json: image size, crop, context, horizons, presets,
+scan cadence, the node and location the model was trained for, the git commit and the sha256 of every file.
+
+Export fails unless onnxruntime reproduces torch on real prepared frames and real context windows within
+TOLERANCE (|onnx − torch| ≤ atol + rtol·|torch| everywhere); the largest errors are written to the manifest.
+One difference from `sagecast-stage2-evaluate` is by design: the climatology at t + h is looked up at the
+anchor's solar hour + h (a node does not know the target scan's time yet), not at the target scan's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from data.dataset import normalised_frames
+from data.formats import SKY_PRESETS
+from data.prepare.images import THERMAL_RANGE
+from data.sage.registry import node_period
+from sagecast_common.cli import UserError, make_parser, require, run_cli
+from sagecast_common.encoders import load_encoders
+from sagecast_common.linalg import RidgePath
+from sagecast_common.runio import atomic_path, atomic_write_json, environment_info, file_sha256
+from stage2_forecast import baselines, samples, train
+
+FORMAT = "sagecast-edge/1"
+TOLERANCE = {"rtol": 1e-3, "atol": 1e-4}
+OPSET = 17
+PARITY_ROWS = 32  # frames and windows compared; enough to cover every preset and several hours
+FORECASTER_INPUTS = ("ctx_z", "ctx_mask", "ctx_dt", "solar_hour", "sun_elev")
+
+
+class BakedForecaster(nn.Module):
+    """A stage-2 model with its climatology lookup and ridge start inside: the inputs a node can compute."""
+
+    def __init__(self, model: nn.Module, *, clim: np.ndarray, horizons_min, ridge: list | None = None):
+        super().__init__()
+        self.model = model
+        self.register_buffer("clim", torch.as_tensor(clim, dtype=torch.float32))  # (P, 24, D)
+        self.register_buffer("horizons", torch.tensor(horizons_min, dtype=torch.float32))
+        # per horizon: change(x) = y_mean + (x − x_mean) @ left @ right (RidgePath.predict), or None (persistence)
+        self.ridge = ridge
+        for h, terms in enumerate(ridge or []):
+            for name, value in zip(("x_mean", "y_mean", "left", "right"), terms or (), strict=False):
+                self.register_buffer(f"ridge_{h}_{name}", torch.as_tensor(value, dtype=torch.float32))
+
+    def forward(self, ctx_z, ctx_mask, ctx_dt, solar_hour, sun_elev):
+        B, T, P, D = ctx_z.shape
+        now_bin = solar_hour.long() % 24  # samples.hour_bin
+        tgt_bin = (solar_hour[:, None] + self.horizons / 60.0).long() % 24  # (B, H)
+        batch = {"ctx_z": ctx_z, "ctx_mask": ctx_mask, "ctx_dt": ctx_dt, "solar_hour": solar_hour,
+                 "sun_elev": sun_elev, "clim_now": self.clim[:, now_bin].transpose(0, 1),
+                 "clim_tgt": self.clim[:, tgt_bin].permute(1, 2, 0, 3)}
+        if self.ridge is not None:
+            batch["base"] = self.ridge_base(ctx_z[:, 0])
+        return self.model(batch)
+
+    def ridge_base(self, now: torch.Tensor) -> torch.Tensor:
+        """(B, P, D) scan at t → (B, H, P, D) ridge forecast, as baselines.ridge(context=False) predicts it."""
+        x = now.flatten(1)
+        out = []
+        for h, terms in enumerate(self.ridge):
+            if terms is None:
+                out.append(now)
+                continue
+            x_mean, y_mean, left, right = (getattr(self, f"ridge_{h}_{n}") for n in ("x_mean", "y_mean", "left",
+                                                                                     "right"))
+            out.append(now + (y_mean + ((x - x_mean) @ left) @ right).reshape(now.shape))
+        return torch.stack(out, dim=1)
+
+
+def ridge_terms(b_train: dict, b_val: dict) -> list:
+    """The ridge start of a residual_base=ridge run in factored form, per horizon: the same rows, penalty and
+    closed form as baselines.ridge (which also picks the penalties), so the product never forms the
+    P·D × P·D coefficient matrix."""
+    _, alphas = baselines.ridge(b_train, b_val, b_val, context=False)
+    x = b_train["ctx_z"][:, 0].flatten(1).numpy()
+    z, y = b_train["ctx_z"][:, 0].double().numpy(), b_train["tgt_z"].double().numpy()
+    full, mask = b_train["ctx_mask"][:, 0].all(1).numpy(), b_train["tgt_mask"].numpy()
+    terms = []
+    for h, alpha in alphas.items():
+        if alpha is None:
+            terms.append(None)
+            continue
+        r = full & mask[:, h].all(1)
+        path = RidgePath(x[r], (y[r, h] - z[r]).reshape(r.sum(), -1))
+        left = path.xc.T.astype(np.float64) @ path.u if path.dual else path.u
+        right = path.uty / (path.lam + alpha * path.scale)[:, None]
+        terms.append((path.x_mean, path.y_mean, left, right))
+    return terms
+
+
+def _to_onnx(module: nn.Module, args: tuple, path: Path, inputs, output: str, dynamic: dict) -> None:
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # the TorchScript exporter: deprecated, but it exports these models in a third of the dynamo one's time;
+        # it has no ONNX form for the fused inference kernel of nn.TransformerEncoderLayer, hence the fast path off
+        warnings.simplefilter("ignore")
+        torch.backends.mha.set_fastpath_enabled(False)
+        torch.onnx.export(module, args, str(tmp), input_names=list(inputs), output_names=[output],
+                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+        torch.backends.mha.set_fastpath_enabled(True)
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def check_parity(name: str, got: np.ndarray, want: np.ndarray) -> dict:
+    """{'max_abs', 'max_ratio'} with ratio = |got − want| / (atol + rtol·|want|); raises unless ratio ≤ 1."""
+    err = np.abs(got.astype(np.float64) - want)
+    ratio = float((err / (TOLERANCE["atol"] + TOLERANCE["rtol"] * np.abs(want))).max())
+    if not np.isfinite(ratio) or ratio > 1:
+        raise UserError(f"onnxruntime does not reproduce torch for {name}: max |diff| {err.max():.3g} "
+                        f"({ratio:.3g} × the tolerance {TOLERANCE}); nothing exported")
+    return {"max_abs": float(err.max()), "max_ratio": ratio}
+
+
+def _parity_windows(wins: dict) -> tuple[str, samples.Windows]:
+    split = next((s for s in ("test", "val", "train") if len(wins[s])), None)
+    if split is None:
+        raise UserError("no windows in any split to check the forecaster on")
+    return split, wins[split]
+
+
+def export(stage1: str | Path, stage2: str | Path, out: str | Path) -> Path:
+    stage1, stage2, out = Path(stage1), Path(stage2), Path(out)
+    enc_path = require(stage1 / "encoders.pt", made_by=f"sagecast-stage1-train run_dir={stage1}")
+    probe_path = require(stage1 / "probe_cloud_fraction.json", made_by=f"sagecast-stage1-evaluate --run {stage1}")
+    require(stage2 / "ckpt.pt", made_by=f"sagecast-stage2-train stage1_run={stage1} run_dir={stage2}")
+    cfg, model, meta = train.load_run(stage2, best=True)
+    if cfg.features == "grid" or cfg.finetune:
+        raise UserError(f"{stage2}: features={cfg.features}, finetune={cfg.finetune}: only frozen pooled features "
+                        "(features=rgb|thermal|both, finetune=false) can be exported")
+    emb_meta = json.loads((stage1 / "embeddings.json").read_text()) if (stage1 / "embeddings.json").exists() else {}
+    if emb_meta.get("checkpoint_sha256") not in (None, file_sha256(enc_path)):
+        raise UserError(f"{enc_path} is not the checkpoint {stage1}/embeddings.json was exported from: the "
+                        f"stage-2 run {stage2} was trained on other embeddings")
+    probe = json.loads(probe_path.read_text())
+    mean, std, clim = meta["mean"], meta["std"], meta["clim"]
+    if len(probe["coef"]) != mean.size:
+        raise UserError(f"{probe_path} has {len(probe['coef'])} features, the forecaster {mean.size}: the probe "
+                        "must read the same features (features=both)")
+
+    cfg = dataclasses.replace(cfg, stage1_run=str(stage1))  # the embeddings and prepared dir it was trained on
+    table, _, _, wins, _, _ = train.load_data(cfg)
+    gather = lambda split: samples.gather(table, wins[split], np.arange(len(wins[split])), day_only=cfg.day_only,
+                                          clim=clim)
+    b_train, b_val = gather("train"), gather("val")
+    ridge = ridge_terms(b_train, b_val) if cfg.residual and cfg.residual_base == "ridge" else None
+    baked = BakedForecaster(model, clim=clim, horizons_min=cfg.horizons_min, ridge=ridge).eval()
+    names = [c.split("_", 1)[1] for c in samples.FEATURES[cfg.features]]
+    encoders, enc_meta = load_encoders(enc_path)
+    prepared = Path(table.prepared_dir)
+    report = json.loads((prepared / "report.json").read_text())
+    size = int(np.load(prepared / "rgb.npy", mmap_mode="r").shape[1])
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)  # the folder is complete again only when it is rewritten
+    split, win = _parity_windows(wins)
+    idx = np.arange(min(PARITY_ROWS, len(win)))
+    rows = table.rows[win.anchor[idx]]
+    rows = rows[rows >= 0][:PARITY_ROWS]
+    frames = dict(zip(("rgb", "thermal"), normalised_frames(prepared, rows), strict=True))
+    parity, files = {}, {}
+    with torch.no_grad():
+        for name in names:
+            module = encoders[name].eval()
+            files[f"encoder_{name}.onnx"] = path = out / f"encoder_{name}.onnx"
+            _to_onnx(module, (frames[name][:2],), path, ["x"], "features", {"x": {0: "n"}, "features": {0: "n"}})
+            got = _session(path).run(None, {"x": frames[name].numpy()})[0]
+            parity[f"encoder_{name}"] = check_parity(f"encoder_{name}", got, module(frames[name]).numpy())
+
+        batch = samples.gather(table, win, idx, day_only=cfg.day_only, clim=clim)
+        args = tuple(batch[k] for k in FORECASTER_INPUTS)
+        files["forecaster.onnx"] = path = out / "forecaster.onnx"
+        _to_onnx(baked, tuple(a[:1] for a in args), path, FORECASTER_INPUTS, "forecast",
+                 {k: {0: "b"} for k in (*FORECASTER_INPUTS, "forecast")})
+        # the reference: the model itself on the climatology at anchor + h and, for a ridge start, the ridge as
+        # baselines.ridge computes it (an independent path for the baked factors)
+        tgt_bin = samples.hour_bin(table.solar_hour[win.anchor[idx]][:, None] + np.asarray(cfg.horizons_min) / 60)
+        batch["clim_tgt"] = torch.from_numpy(clim[np.arange(clim.shape[0]), tgt_bin[..., None]])
+        if ridge is not None:
+            batch["base"] = torch.from_numpy(baselines.ridge(b_train, b_val, batch, context=False)[0])
+        want = model(batch).numpy()
+        session = _session(path)
+        # an input the model never reads (jepa: ctx_dt) is not in the graph
+        used = {i.name for i in session.get_inputs()}
+        feeds = {k: a.numpy() for k, a in zip(FORECASTER_INPUTS, args, strict=True) if k in used}
+        got = np.concatenate([session.run(None, {k: v[i:i + 1] for k, v in feeds.items()})[0] for i in idx])
+        parity["forecaster"] = check_parity("forecaster", got, want)
+
+    norm = json.loads((prepared / "norm_stats.json").read_text())
+    files["norm.json"] = out / "norm.json"
+    atomic_write_json(out / "norm.json", {**norm, "emb_mean": mean.tolist(), "emb_std": std.tolist()})
+    files["climatology.npy"] = out / "climatology.npy"
+    with atomic_path(out / "climatology.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, clim.astype(np.float32))
+    files["probe.json"] = out / "probe.json"
+    shutil.copyfile(probe_path, out / "probe.json")
+
+    # the node of the train split, where it stood at its latest scan (the place it runs at now): nodes move
+    vsn = str(table.vsn[np.flatnonzero(table.split[:-1] == "train")[-1]])
+    period = node_period(vsn, int(table.time_ns[:-1][table.vsn[:-1] == vsn].max()))
+    step = cfg.step_min or samples.scan_step_min(table)
+    manifest = {
+        "format": FORMAT, "model": f"sagecast-{cfg.variant}", "variant": cfg.variant,
+        "image_size": size, "crop": report.get("crop", "fov"), "thermal_range": list(THERMAL_RANGE),
+        "presets": list(SKY_PRESETS), "features": names, "context_scans": cfg.context_scans,
+        "horizons_min": list(cfg.horizons_min), "step_min": step,
+        "tolerance_min": cfg.tolerance_min if cfg.tolerance_min is not None else step / 2,
+        "scan_gap_s": cfg.scan_gap_s, "residual_base": cfg.residual_base if cfg.residual else None,
+        "node": vsn, "location": {"lat": period.lat, "lon": period.lon, "elevation_m": period.elevation_m,
+                                  "tz": period.tz},
+        "encoder_meta": {k: v for k, v in enc_meta.items() if k in ("img_size", "step", "total_steps")},
+        "parity": {"tolerance": TOLERANCE, "split": split, "frames": int(len(rows)), "windows": int(len(idx)),
+                   **parity},
+        "git_commit": environment_info().get("git_commit"),
+        "files": {name: file_sha256(path) for name, path in files.items()},
+    }
+    atomic_write_json(out / "manifest.json", manifest)
+    print(f"wrote {out} ({', '.join(files)}); parity within {TOLERANCE}: "
+          + ", ".join(f"{k} max |diff| {v['max_abs']:.2g}" for k, v in parity.items()))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = make_parser("sagecast-edge-export", __doc__)
+    ap.add_argument("--stage1", required=True, help="stage-1 run dir (encoders.pt, probe_cloud_fraction.json)")
+    ap.add_argument("--stage2", required=True, help="stage-2 run dir (ckpt.pt), e.g. runs/stage2/detr")
+    ap.add_argument("--out", required=True, help="model folder to write")
+    args = ap.parse_args(argv)
+    run_cli(lambda: export(args.stage1, args.stage2, args.out) and None, prog=ap.prog)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from edge_runtime.app import main
+
+main()
