@@ -14,10 +14,10 @@ from data.sage import download, nodes
 from data.synthetic import generate
 from data.synthetic import stats as synthetic_stats
 from sagecast_common import cli as cli_module
+from sagecast_pipeline import compare as pipeline_compare
 from stage1_jea import evaluate as s1_evaluate
 from stage1_jea import export as s1_export
 from stage1_jea import train as s1_train
-from stage2_forecast import compare as s2_compare
 from stage2_forecast import evaluate as s2_evaluate
 from stage2_forecast import report as s2_report
 from stage2_forecast import train as s2_train
@@ -93,7 +93,7 @@ def test_missing_inputs_name_the_command_that_makes_them(capsys, tmp_path):
 ARGPARSE_TOOLS = [(s1_export, "sagecast-stage1-export"), (s1_evaluate, "sagecast-stage1-evaluate"),
                   (s2_evaluate, "sagecast-stage2-evaluate"), (generate, "sagecast-synthetic"),
                   (prepare_run, "sagecast-prepare"), (download, "sagecast-download"), (nodes, "sagecast-nodes"),
-                  (s2_report, "sagecast-report"), (s2_compare, "sagecast-compare"),
+                  (s2_report, "sagecast-report"), (pipeline_compare, "sagecast-compare"),
                   (synthetic_stats, "sagecast-synthetic-stats")]
 
 
