@@ -99,7 +99,7 @@ def report(prepared: Path, stage1: Path, stage2: Path, out: Path, *, scores: Pat
     """The HTML report of `stage2`'s runs; `scores` is the folder with the evaluation's scores.json (default STAGE2)."""
     scores_args = ("--report-dir", str(scores)) if scores else ()
     return Step(name, "sagecast-report", ("--prepared", str(prepared), "--stage1", str(stage1), "--stage2",
-                                          str(stage2), *scores_args, "--out", str(out)),
+                                          str(stage2), "--out", str(out), *scores_args),
                 out, needs=((scores or stage2) / "scores.json",))
 
 
