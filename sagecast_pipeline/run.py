@@ -1,4 +1,4 @@
-"""Running declared steps in this process's machine: each in its own process, skipped when its record exists.
+"""Running declared steps here, in order: each in its own process, skipped when its completion record exists.
 
     run_steps(steps, prog="compare", timings=OUT / "timings.json")
 
