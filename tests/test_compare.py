@@ -137,14 +137,18 @@ def test_killed_during_stage1_the_rerun_trains_to_the_end_before_exporting(tmp_p
     from sagecast_common.checkpoint import load_checkpoint
 
     out = tmp_path / "cmp"
-    stage1 = [*TINY_STAGE1, "epochs=3"]  # the last value of a key wins
+    stage1 = [*TINY_STAGE1, "epochs=2", "log_every=1"]  # the last value of a key wins
     argv = ["--out", str(out), "--days", "4", "--heldout-days", "1", "--interval-min", "60", "--seeds", "0",
             "--variants", "detr", "--stage1", *stage1, "--stage2", *TINY_STAGE2, "--n-boot", "50"]
     proc = subprocess.Popen([sys.executable, "-m", "sagecast_pipeline.compare", *argv], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    ckpt = out / "stage1" / "ckpt.pt"
+    ckpt, log = out / "stage1" / "ckpt.pt", out / "stage1" / "log.jsonl"
+
+    def in_epoch_2() -> bool:  # epoch 1 and everything written at its end are done; epoch 2 is under way
+        return ckpt.exists() and any(json.loads(x)["epoch"] >= 2 for x in log.read_text().splitlines()[:-1])
+
     deadline = time.monotonic() + 600
-    while not ckpt.exists():  # written at the end of each epoch: stage 1 is past epoch 1 of 3
+    while not in_epoch_2():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole comparison, the trainer with it, as a lost node would
