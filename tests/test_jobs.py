@@ -380,3 +380,13 @@ def test_a_failed_submission_records_nothing(tmp_path):
     submit(tmp_path, env, "--scheduler", "slurm", "--name", "f", "stage1", "--", "epochs=5")
     record = json.loads((tmp_path / "runs" / "f" / "submit.json").read_text())
     assert record["overrides"] == {"stage1": ["epochs=5"]} and record["jobs"]["stage1"]["id"] == "6"
+
+
+def test_stage2_alone_needs_the_prepared_folder_its_report_shows(tmp_path):
+    env = fake_bin(tmp_path, "qsub") | {"FAKE_IDS": "9"}
+    stage1 = tmp_path / "elsewhere" / "stage1"
+    stage1.mkdir(parents=True)
+    (stage1 / "embeddings.parquet").touch()
+    out = submit(tmp_path, env, "--scheduler", "pbs", "--name", "s2", "--stage1-run", str(stage1), "--prepared",
+                 str(tmp_path / "nope"), "stage2", check=False)
+    assert "--prepared" in one_line_exit_2(out) and calls(tmp_path) == []
