@@ -48,6 +48,17 @@ def write_json(path: Path, obj: dict) -> None:
             os.unlink(tmp)
 
 
+def _step_got_it_too(signum: int) -> bool:
+    """A Ctrl-C at a terminal reaches its whole foreground process group, the step included: no second copy."""
+    if signum != signal.SIGINT:
+        return False
+    try:
+        with open("/dev/tty") as tty:
+            return os.tcgetpgrp(tty.fileno()) == os.getpgrp()
+    except OSError:  # no controlling terminal: a batch job, or a signal sent to this process alone
+        return False
+
+
 def run_command(cmd: Sequence[str]) -> tuple[int, int | None]:
     """Run `cmd` to its end; returns (exit status, the first stop signal this process received meanwhile).
 
@@ -59,7 +70,7 @@ def run_command(cmd: Sequence[str]) -> tuple[int, int | None]:
 
     def forward(signum, frame):
         received.append(signum)
-        if proc is not None and proc.poll() is None:
+        if proc is not None and proc.poll() is None and not _step_got_it_too(signum):
             proc.send_signal(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
