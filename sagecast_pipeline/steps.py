@@ -23,7 +23,8 @@ from sagecast_pipeline.tools import TOOLS
 PRESET = "quick"
 VARIANTS = ("detr", "jepa")
 # The quick default (README): one node, 4 whole local days (>= 1 day each for train/val/test), 5-minute
-# cadence, small images; the Makefile passes these unless SYNTH_ARGS / PREP_ARGS override them.
+# cadence, small images. Defaults of `python -m sagecast_pipeline`, hence of the Makefile targets, where
+# SYNTH_ARGS / PREP_ARGS replace them.
 SYNTHETIC_ARGS = "--nodes W056 --start 2023-05-18 --days 4 --interval-min 5 --seed 0 --size small"
 PREPARE_ARGS = "--size 64"
 
