@@ -48,17 +48,6 @@ def write_json(path: Path, obj: dict) -> None:
             os.unlink(tmp)
 
 
-def _step_got_it_too(signum: int) -> bool:
-    """A Ctrl-C at a terminal reaches its whole foreground process group, the step included: no second copy."""
-    if signum != signal.SIGINT:
-        return False
-    try:
-        with open("/dev/tty") as tty:
-            return os.tcgetpgrp(tty.fileno()) == os.getpgrp()
-    except OSError:  # no controlling terminal: a batch job, or a signal sent to this process alone
-        return False
-
-
 def run_command(cmd: Sequence[str]) -> tuple[int, int | None]:
     """Run `cmd` to its end; returns (exit status, the first stop signal this process received meanwhile).
 
@@ -70,7 +59,7 @@ def run_command(cmd: Sequence[str]) -> tuple[int, int | None]:
 
     def forward(signum, frame):
         received.append(signum)
-        if proc is not None and proc.poll() is None and not _step_got_it_too(signum):
+        if proc is not None and proc.poll() is None:
             proc.send_signal(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
