@@ -5,15 +5,23 @@ RUNS ?= runs
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# The quick default: one node, 4 whole local days (>= 1 day each for train/val/test), 5-minute cadence,
-# small images. Override on the command line, e.g. `make data SYNTH_ARGS="--days 7"`.
-SYNTH_ARGS ?= --nodes W056 --start 2023-05-18 --days 4 --interval-min 5 --seed 0 --size small
-PREP_ARGS ?= --size 64
+# Every step (its command, its completion record) is declared once in sagecast_pipeline.steps; a target runs
+# the steps whose record is absent (`$(PY) -m sagecast_pipeline stage1 --runs $(RUNS) --print` lists them).
+# The quick default (sagecast_pipeline.steps.SYNTHETIC_ARGS, PREPARE_ARGS): one node, 4 whole local days
+# (>= 1 day each for train/val/test), 5-minute cadence, small images, 64-pixel prepared images. Override on
+# the command line, e.g. `make data SYNTH_ARGS="--days 7"`; STAGE1_ARGS / STAGE2_ARGS add key=value overrides.
+SYNTH_ARGS ?=
+PREP_ARGS ?=
 STAGE1_ARGS ?=
 STAGE2_ARGS ?=
+# A make value as one shell word (its single quotes escaped); sagecast_pipeline splits it like the shell would.
+quote = '$(subst ','\'',$(1))'
+PIPELINE = $(PY) -m sagecast_pipeline --runs $(call quote,$(RUNS)) \
+	$(if $(SYNTH_ARGS),--synthetic-args $(call quote,$(SYNTH_ARGS))) \
+	$(if $(PREP_ARGS),--prepare-args $(call quote,$(PREP_ARGS))) \
+	--stage1-args $(call quote,$(STAGE1_ARGS)) --stage2-args $(call quote,$(STAGE2_ARGS))
 
 .PHONY: setup data stage1 stage2 test lint bench clean
 
@@ -24,26 +32,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e '.[dev]'
 	touch $(STAMP)
 
-$(RUNS)/raw/.complete: | $(STAMP)
-	$(BIN)/sagecast-synthetic --out $(RUNS)/raw $(SYNTH_ARGS)
-	touch $@
-
-$(RUNS)/prepared/index.parquet: $(RUNS)/raw/.complete
-	$(BIN)/sagecast-prepare --raw $(RUNS)/raw --out $(RUNS)/prepared $(PREP_ARGS)
-
-data: $(RUNS)/prepared/index.parquet
-
-stage1: data
-	$(BIN)/sagecast-stage1-train --preset quick prepared=$(RUNS)/prepared run_dir=$(RUNS)/stage1 $(STAGE1_ARGS)
-	$(BIN)/sagecast-stage1-export --run $(RUNS)/stage1
-	$(BIN)/sagecast-stage1-evaluate --run $(RUNS)/stage1
-
-stage2: | $(STAMP)
-	@test -f $(RUNS)/stage1/embeddings.parquet || { echo "no $(RUNS)/stage1/embeddings.parquet: run 'make stage1' first"; exit 2; }
-	$(BIN)/sagecast-stage2-train --variant detr --preset quick stage1_run=$(RUNS)/stage1 run_dir=$(RUNS)/stage2/detr $(STAGE2_ARGS)
-	$(BIN)/sagecast-stage2-train --variant jepa --preset quick stage1_run=$(RUNS)/stage1 run_dir=$(RUNS)/stage2/jepa $(STAGE2_ARGS)
-	$(BIN)/sagecast-stage2-evaluate --stage1-run $(RUNS)/stage1 --runs $(RUNS)/stage2/detr $(RUNS)/stage2/jepa --out $(RUNS)/stage2 --raw $(RUNS)/raw
-	$(BIN)/sagecast-report --runs $(RUNS)
+data stage1 stage2: | $(STAMP)
+	$(PIPELINE) $@
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15
@@ -62,4 +52,4 @@ clean:
 COMPARE_ARGS ?=
 .PHONY: compare
 compare: | $(STAMP)
-	$(BIN)/sagecast-compare --out $(RUNS)/compare $(COMPARE_ARGS)
+	$(PY) -m sagecast_pipeline.compare --out $(RUNS)/compare $(COMPARE_ARGS)

@@ -1,13 +1,18 @@
 """The job scripts jobs/submit writes: scheduler directives (Cobalt, PBS Pro, Slurm) and the bash body.
 
-Standard library only, like jobs/submit (run on bare login nodes). Every value in the body is shell-quoted;
-values that reach a directive line were checked by jobs/submit (DIRECTIVE_VALUE) before they get here.
+The body runs the pipeline's declared steps (sagecast_pipeline.steps.chain): stage 1 is [prepare, when --raw
+is given,] train, export, evaluate; stage 2 is both variants, evaluate, report. Each step is skipped when its
+completion record exists, so a resubmitted job resumes at its first unfinished step (and training at its
+checkpoint). Standard library only, like jobs/submit (run on bare login nodes). Every value in the body is
+shell-quoted; values that reach a directive line were checked by jobs/submit (DIRECTIVE_VALUE) first.
 """
 
 from __future__ import annotations
 
 import shlex
 from pathlib import Path
+
+from sagecast_pipeline.steps import Step, chain
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +51,27 @@ def header(a, stage: str, nodes: int, wall: str, logs: Path) -> list[str]:
     return [f"#SBATCH {x}" for x in lines]
 
 
-def render(a, stage: str, paths: dict[str, Path], overrides: dict[str, list[str]]) -> str:
+def job_steps(a, paths: dict[str, Path], overrides: dict[str, list[str]]) -> dict[str, list[Step]]:
+    """The steps of each job: the chain's, in the folders jobs/submit chose (real data has no synthetic step)."""
+    steps = chain(raw=a.raw, prepared=paths["prepared"], stage1=paths["stage1"], stage2=paths["run"] / "stage2",
+                  prepare_args=shlex.split(a.prepare_args), stage1_args=overrides["stage1"],
+                  stage2_args=overrides["stage2"], preset=a.preset)
+    return {"stage1": [s for s in steps["data"] if s.tool == "sagecast-prepare"] + steps["stage1"],
+            "stage2": steps["stage2"]}
+
+
+STEP_FUNCTION = [
+    "# A step runs unless its completion record exists: a resubmitted job resumes at its first unfinished step.",
+    'step() { if [[ -f "$1" ]]; then echo "done: $1"; else shift; "$@"; fi; }',
+]
+
+
+def step_line(step: Step) -> str:
+    launcher = "launch" if step.distributed else "single"  # launch: every node and GPU of the job
+    return f'step {shlex.quote(str(step.record))} "${{{launcher}[@]}}" -- {step.shell()}'
+
+
+def render(a, stage: str, steps: list[Step], paths: dict[str, Path]) -> str:
     q = shlex.quote
     nodes, wall = (a.nodes, a.walltime) if stage == "stage1" else (1, a.stage2_walltime)
     workdir = '"$PBS_O_WORKDIR"  # qsub ran in the repository root' if a.scheduler == "pbs" else q(str(REPO))
@@ -62,28 +87,10 @@ def render(a, stage: str, paths: dict[str, Path], overrides: dict[str, list[str]
         binds = bind_roots([REPO, paths["run"], paths["prepared"], paths["stage1"], *a.bind]
                            + ([a.raw] if a.raw else []))
         opts = f" --container {q(str(a.container))}" + "".join(f" --bind {q(b)}" for b in binds)
-    if stage == "stage1":
+    if any(s.distributed for s in steps):
         mpi = " --mpi" if a.mpi else ""
         body += [f"launch=(jobs/run_stage.sh --nproc {a.gpus_per_node}{mpi}{opts})"]
-    body += [f"single=(jobs/run_stage.sh --single{opts})", ""]
-    s1, run = q(str(paths["stage1"])), paths["run"]
-    if stage == "stage1":
-        prep = q(str(paths["prepared"]))
-        if a.raw:
-            body += [f"if [[ ! -f {prep}/index.parquet ]]; then",
-                     f'    "${{single[@]}}" -- data.prepare --raw {q(str(a.raw))} --out {prep} '
-                     + " ".join(q(x) for x in shlex.split(a.prepare_args)), "fi"]
-        extra = "".join(f" {q(x)}" for x in overrides["stage1"])
-        body += [f'"${{launch[@]}}" -- sagecast-stage1-train --preset {q(a.preset)} prepared={prep} '
-                 f'run_dir={s1}{extra}',
-                 f'"${{single[@]}}" -- sagecast-stage1-export --run {s1}',
-                 f'"${{single[@]}}" -- sagecast-stage1-evaluate --run {s1}']
-    else:
-        extra = "".join(f" {q(x)}" for x in overrides["stage2"])
-        out = {v: q(str(run / "stage2" / v)) for v in ("detr", "jepa")}
-        body += [f'"${{single[@]}}" -- sagecast-stage2-train --variant {v} --preset {q(a.preset)} '
-                 f"stage1_run={s1} run_dir={out[v]}{extra}" for v in out]
-        body += [f'"${{single[@]}}" -- sagecast-stage2-evaluate --stage1-run {s1} --runs {out["detr"]} '
-                 f'{out["jepa"]} --out {q(str(run / "stage2"))}']
+    body += [f"single=(jobs/run_stage.sh --single{opts})", "", *STEP_FUNCTION, ""]
+    body += [step_line(s) for s in steps]
     hdr = header(a, stage, nodes, wall, paths["run"] / "logs")
     return "\n".join(["#!/bin/bash", *hdr, "", f"# sagecast {stage}, written by jobs/submit", *body]) + "\n"

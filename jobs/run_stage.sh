@@ -3,8 +3,9 @@
 #
 #   jobs/run_stage.sh [options] -- TOOL [ARGS...]      # e.g. -- sagecast-stage1-train --preset quick run_dir=...
 #
-# TOOL is a sagecast console script (sagecast-stage1-train, ...) or a module (stage1_jea.train); either way
-# every process runs `python -m MODULE`, which torchrun and MPI launchers can start.
+# TOOL is a sagecast console script (sagecast-stage1-train, ...; sagecast_pipeline/tools.py maps it to its
+# module) or a module (stage1_jea.train); either way every process runs `python -m MODULE`, which torchrun and
+# MPI launchers can start.
 #
 # It finds the job's hosts (COBALT_NODEFILE, PBS_NODEFILE or Slurm's SLURM_JOB_NODELIST; none of them, or
 # --local: this host), the node count and the master address (first host), then starts
@@ -56,19 +57,13 @@ if ! [[ "$nproc" =~ ^[1-9][0-9]*$ ]]; then
 fi
 module="$1"
 shift
-case "$module" in  # the [project.scripts] of pyproject.toml, as modules
-    sagecast-synthetic) module=data.synthetic ;;
-    sagecast-prepare) module=data.prepare ;;
-    sagecast-download) module=data.sage.download ;;
-    sagecast-nodes) module=data.sage.nodes ;;
-    sagecast-stage1-train) module=stage1_jea.train ;;
-    sagecast-stage1-export) module=stage1_jea.export ;;
-    sagecast-stage1-evaluate) module=stage1_jea.evaluate ;;
-    sagecast-stage2-train) module=stage2_forecast.train ;;
-    sagecast-stage2-evaluate) module=stage2_forecast.evaluate ;;
-    sagecast-report) module=stage2_forecast.report ;;
-    sagecast-*) echo "run_stage.sh: unknown tool '$module' (see pyproject.toml [project.scripts])" >&2; exit 2 ;;
-esac
+if [[ "$module" == sagecast-* ]]; then
+    # console script -> module, from the one table of them (standard library only: any python3 reads it)
+    if ! module=$(python3 -S "$(dirname "$0")/../sagecast_pipeline/tools.py" "$module" 2>&1); then
+        echo "run_stage.sh: $module" >&2
+        exit 2
+    fi
+fi
 
 # Batch logs are files: tqdm's bars would rewrite themselves ten times a second into them. tqdm (>= 4.66)
 # reads TQDM_* variables, so off a terminal the bars refresh once a minute unless the caller chose otherwise.

@@ -14,12 +14,12 @@ from data.sage import download, nodes
 from data.synthetic import generate
 from data.synthetic import stats as synthetic_stats
 from sagecast_common import cli as cli_module
+from sagecast_pipeline import compare as pipeline_compare
 from sagecast_report import browser as report_browser
 from sagecast_report import build as report
 from stage1_jea import evaluate as s1_evaluate
 from stage1_jea import export as s1_export
 from stage1_jea import train as s1_train
-from stage2_forecast import compare as s2_compare
 from stage2_forecast import evaluate as s2_evaluate
 from stage2_forecast import train as s2_train
 
@@ -99,7 +99,7 @@ ARGPARSE_TOOLS = [(s1_export, "sagecast-stage1-export"), (s1_evaluate, "sagecast
                   (s2_evaluate, "sagecast-stage2-evaluate"), (generate, "sagecast-synthetic"),
                   (prepare_run, "sagecast-prepare"), (download, "sagecast-download"), (nodes, "sagecast-nodes"),
                   (report, "sagecast-report"), (report_browser, "python -m sagecast_report.browser"),
-                  (s2_compare, "sagecast-compare"),
+                  (pipeline_compare, "sagecast-compare"),
                   (synthetic_stats, "sagecast-synthetic-stats")]
 
 

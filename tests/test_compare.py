@@ -1,13 +1,21 @@
-"""`sagecast-compare` end to end on a tiny sky: every step runs, the reports carry intervals, a rerun resumes."""
+"""`sagecast-compare` end to end on a tiny sky: every step runs, the reports carry intervals, a rerun resumes;
+killed during stage 1 it trains to the end on the rerun; stop signals reach the running step."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from stage2_forecast import compare
+from sagecast_pipeline import compare, run
 
+REPO = Path(__file__).resolve().parents[1]
 # hourly scans, tiny encoders and one stage-2 epoch: the wiring, not the science (README has the full run)
 TINY_STAGE1 = ["rgb_arch=resnet10t", "thermal_arch=resnet10t", "projector=32-32", "epochs=1", "batch_size=16",
                "num_workers=0", "device=cpu"]
@@ -27,7 +35,7 @@ def test_compare_runs_every_step_and_resumes(tmp_path, capsys):
     runs = sorted(p.name for p in (out / "stage2").iterdir())
     assert runs == ["detr_s0", "detr_s1", "jepa_s0", "jepa_s1"]
     for name in ("report", "report_heldout"):
-        report = json.loads((out / name / "report.json").read_text())
+        report = json.loads((out / name / "scores.json").read_text())
         assert report["n_test"] > 0
         for method in ("detr", "jepa", "persistence"):
             for row in report["variants"][method].values():
@@ -54,19 +62,107 @@ def test_compare_runs_every_step_and_resumes(tmp_path, capsys):
     assert sorted(p.name for p in (out / "stage2_grid").iterdir()) == ["detr_s0", "jepa_s0"]
     grid_cfg = json.loads((out / "stage2_grid" / "detr_s0" / "config.json").read_text())
     assert grid_cfg["features"] == "grid"
-    assert (out / "report_grid" / "report.json").exists() and (out / "report_grid_heldout" / "report.json").exists()
+    assert (out / "report_grid" / "scores.json").exists() and (out / "report_grid_heldout" / "scores.json").exists()
 
 
 def test_a_stopped_comparison_keeps_the_times_of_finished_steps(tmp_path):
-    import subprocess
-    import sys
-
     timings = tmp_path / "timings.json"
-    compare.step("first", tmp_path / "first.done", [sys.executable, "-c", "pass"], timings)
-    with pytest.raises(subprocess.CalledProcessError):
-        compare.step("second", tmp_path / "second.done", [sys.executable, "-c", "raise SystemExit(3)"], timings)
+    ok = [sys.executable, "-c", "import pathlib, sys; pathlib.Path(sys.argv[1]).touch()"]
+    run.run_one("first", tmp_path / "first.done", [*ok, str(tmp_path / "first.done")], prog="t", timings=timings)
+    with pytest.raises(run.StepFailed) as failed:
+        run.run_one("second", tmp_path / "second.done", [sys.executable, "-c", "raise SystemExit(3)"], prog="t",
+                    timings=timings)
+    assert failed.value.status == 3
     saved = json.loads(timings.read_text())
     assert set(saved) == {"first"} and saved["first"] >= 0
-    (tmp_path / "first.done").touch()
-    compare.step("first", tmp_path / "first.done", [sys.executable, "-c", "raise SystemExit(3)"], timings)  # skipped
-    assert json.loads(timings.read_text()) == saved
+    ran = run.run_one("first", tmp_path / "first.done", [sys.executable, "-c", "raise SystemExit(3)"], prog="t",
+                      timings=timings)
+    assert not ran and json.loads(timings.read_text()) == saved  # its record exists: skipped
+
+
+def test_a_step_that_exits_0_without_its_record_is_not_done(tmp_path):
+    with pytest.raises(run.StepFailed, match="without writing its completion record"):
+        run.run_one("quiet", tmp_path / "done", [sys.executable, "-c", "pass"], prog="t")
+
+
+# A step that takes a while to save when asked to stop, as stage training does (checkpoint, exit 75).
+SLOW_TO_STOP = """
+import os, pathlib, signal, sys, time
+out = pathlib.Path(sys.argv[1])
+def stop(signum, frame):
+    time.sleep(1.0)
+    (out / "saved").write_text(f"{signum} {os.getpid()}")
+    sys.exit(75)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
+(out / "started").write_text(str(os.getpid()))
+while True:
+    time.sleep(0.05)
+"""
+COMPARE_WITH_ONE_STEP = """
+import sys
+from pathlib import Path
+from sagecast_pipeline import compare, steps, tools
+tools.TOOLS["sagecast-slow"] = "slow_to_stop"
+compare.comparison = lambda args: [steps.Step("slow", "sagecast-slow", (args.out,), Path(args.out) / "done")]
+compare.main(["--out", sys.argv[1]])
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_reaches_the_running_step_and_compare_waits_for_it(tmp_path, sig):
+    (tmp_path / "slow_to_stop.py").write_text(SLOW_TO_STOP)
+    out = tmp_path / "cmp"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    # its own session: the signal goes to compare's PID alone, not to a process group holding the step
+    proc = subprocess.Popen([sys.executable, "-c", COMPARE_WITH_ONE_STEP, str(out)], cwd=REPO, env=env,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (out / "started").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    step_pid = int((out / "started").read_text())
+    proc.send_signal(sig)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 75, err  # the step's status: checkpointed, not finished
+    assert (out / "saved").read_text() == f"{int(sig)} {step_pid}"  # it got the signal and finished saving
+    with pytest.raises(ProcessLookupError):
+        os.kill(step_pid, 0)  # nothing left running on the folder
+    assert err.strip().splitlines() == [f"sagecast-compare: {sig.name}: stopped while slow ran (it exited 75); "
+                                        "rerun to resume"]
+
+
+@pytest.mark.slow
+def test_killed_during_stage1_the_rerun_trains_to_the_end_before_exporting(tmp_path, monkeypatch, capsys):
+    from sagecast_common.checkpoint import load_checkpoint
+
+    out = tmp_path / "cmp"
+    stage1 = [*TINY_STAGE1, "epochs=2", "log_every=1"]  # the last value of a key wins
+    argv = ["--out", str(out), "--days", "4", "--heldout-days", "1", "--interval-min", "60", "--seeds", "0",
+            "--variants", "detr", "--stage1", *stage1, "--stage2", *TINY_STAGE2, "--n-boot", "50"]
+    proc = subprocess.Popen([sys.executable, "-m", "sagecast_pipeline.compare", *argv], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    ckpt, log = out / "stage1" / "ckpt.pt", out / "stage1" / "log.jsonl"
+
+    def in_epoch_2() -> bool:  # epoch 1 and everything written at its end are done; epoch 2 is under way
+        return ckpt.exists() and any(json.loads(x)["epoch"] >= 2 for x in log.read_text().splitlines()[:-1])
+
+    deadline = time.monotonic() + 600
+    while not in_epoch_2():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole comparison, the trainer with it, as a lost node would
+    proc.wait()
+    killed_at = load_checkpoint(ckpt)
+    assert killed_at["step"] < killed_at["total_steps"]
+
+    graph = compare.comparison
+    until_export = {"synthetic_train", "prepare_train", "synthetic_heldout", "prepare_heldout", "stage1_train",
+                    "stage1_export"}
+    monkeypatch.setattr(compare, "comparison", lambda args: [s for s in graph(args) if s.name in until_export])
+    capsys.readouterr()
+    compare.main(argv)
+    printed = capsys.readouterr().out
+    assert "stage1_train: done" not in printed and "[compare] stage1_train: " in printed
+    exported = json.loads((out / "stage1" / "embeddings.json").read_text())
+    assert exported["step"] == killed_at["total_steps"]  # embeddings of the finished encoders

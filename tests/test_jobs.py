@@ -65,7 +65,7 @@ def calls(tmp_path: Path) -> list[dict]:
 
 def submit(tmp_path, env, *args, check=True):
     (tmp_path / "runs" / "prepared").mkdir(parents=True, exist_ok=True)
-    (tmp_path / "runs" / "prepared" / "index.parquet").touch()
+    (tmp_path / "runs" / "prepared" / "complete.json").touch()
     base = ["--project", "P", "--queue", "full-node", "--nodes", "2", "--runs-root", str(tmp_path / "runs")]
     out = subprocess.run([sys.executable, str(SUBMIT), *base, *args], env=env, capture_output=True, text=True)
     if check:
@@ -331,3 +331,62 @@ def test_unknown_console_name_is_refused_before_launching(tmp_path):
     env = fake_bin(tmp_path, "mpiexec")
     out = run_stage(env, "--local", "--", "sagecast-stage3-train")
     assert out.returncode == 2 and "unknown tool 'sagecast-stage3-train'" in out.stderr and not calls(tmp_path)
+
+
+def one_line_exit_2(out) -> str:
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("jobs/submit: error: "), out.stderr
+    return lines[0]
+
+
+def test_unbalanced_quote_in_prepare_args_is_one_line(tmp_path):
+    env = fake_bin(tmp_path, "sbatch") | {"FAKE_IDS": "5"}
+    out = submit(tmp_path, env, "--scheduler", "slurm", "--name", "q", "--raw", str(tmp_path), "--prepare-args",
+                 "--size '64", "stage1", check=False)
+    assert "--prepare-args" in one_line_exit_2(out) and calls(tmp_path) == []
+
+
+def test_corrupt_submit_record_is_one_line(tmp_path):
+    env = fake_bin(tmp_path, "sbatch") | {"FAKE_IDS": "5"}
+    (tmp_path / "runs" / "bad").mkdir(parents=True)
+    (tmp_path / "runs" / "bad" / "submit.json").write_text('{"overrides": {"stage1": [')  # torn by a full disk
+    out = submit(tmp_path, env, "--scheduler", "slurm", "--name", "bad", "stage1", check=False)
+    assert "submit.json" in one_line_exit_2(out) and calls(tmp_path) == []
+
+
+@pytest.mark.parametrize("override", ["run_dir=/x", "--run-dir=/x", "--run_dir=/x", "stage1.--prepared=/x",
+                                      "stage2.stage1-run=/x", "stage2.variant=jepa", "--preset=full"])
+def test_overrides_of_what_submit_sets_are_refused_in_every_spelling(tmp_path, override):
+    env = fake_bin(tmp_path, "sbatch") | {"FAKE_IDS": "5 6"}
+    out = submit(tmp_path, env, "--scheduler", "slurm", "--name", "o", "stage1", "stage2", "--", override,
+                 check=False)
+    assert "set by jobs/submit" in one_line_exit_2(out) and calls(tmp_path) == []
+
+
+def test_percent_in_a_path_that_reaches_a_directive_is_refused(tmp_path):
+    env = fake_bin(tmp_path, "sbatch") | {"FAKE_IDS": "5"}
+    out = subprocess.run([sys.executable, str(SUBMIT), "--project", "P", "--queue", "q", "--scheduler", "slurm",
+                          "--runs-root", str(tmp_path / "runs%j"), "--name", "p", "--raw", str(tmp_path), "stage1"],
+                         env=env, capture_output=True, text=True)
+    assert "--runs-root" in one_line_exit_2(out) and "directive" in out.stderr
+    assert calls(tmp_path) == [] and not (tmp_path / "runs%j").exists()
+
+
+def test_a_failed_submission_records_nothing(tmp_path):
+    env = fake_bin(tmp_path, "sbatch") | {"FAKE_IDS": "5 6", "FAKE_RC": "1"}
+    failed = submit(tmp_path, env, "--scheduler", "slurm", "--name", "f", "stage1", "--", "epochs=4", check=False)
+    assert failed.returncode != 0 and not (tmp_path / "runs" / "f" / "submit.json").exists()
+    env["FAKE_RC"] = "0"  # the scheduler is back: other overrides under the same name are not refused
+    submit(tmp_path, env, "--scheduler", "slurm", "--name", "f", "stage1", "--", "epochs=5")
+    record = json.loads((tmp_path / "runs" / "f" / "submit.json").read_text())
+    assert record["overrides"] == {"stage1": ["epochs=5"]} and record["jobs"]["stage1"]["id"] == "6"
+
+
+def test_stage2_alone_needs_the_prepared_folder_its_report_shows(tmp_path):
+    env = fake_bin(tmp_path, "qsub") | {"FAKE_IDS": "9"}
+    stage1 = tmp_path / "elsewhere" / "stage1"
+    stage1.mkdir(parents=True)
+    (stage1 / "embeddings.parquet").touch()
+    out = submit(tmp_path, env, "--scheduler", "pbs", "--name", "s2", "--stage1-run", str(stage1), "--prepared",
+                 str(tmp_path / "nope"), "stage2", check=False)
+    assert "--prepared" in one_line_exit_2(out) and calls(tmp_path) == []

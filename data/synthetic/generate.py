@@ -15,7 +15,9 @@ to the next local midnight, in the time zone the registry gives the node at 12:0
 move (W056, 2023-05-20T00:00Z, Chicago → San Diego) a day is therefore 22–26 h long, with no gap or overlap.
 
 Same arguments and seed give byte-identical files, with any --workers. A node folder is rebuilt from scratch
-on rerun (only if it carries this generator's `.synthetic.json`); `complete: true` there marks a finished run.
+on rerun (only if it carries this generator's `.synthetic.json`); `complete: true` there marks a finished node.
+OUT/.complete (the summary, written atomically after the last node; removed first on a rerun) marks a finished
+raw folder: the pipeline's completion record of this step (sagecast_pipeline.steps). --truth-only writes none.
 """
 
 from __future__ import annotations
@@ -153,6 +155,7 @@ def generate(out, *, nodes=("W056",), start="2023-05-18", days: int = 1, interva
     start_date = dt.date.fromisoformat(str(start))
     step_ns = int(round(interval_min * 60e9))
     out = Path(out)
+    (out / ".complete").unlink(missing_ok=True)  # from here until the end, the folder is not a finished run
     summary = {"out": str(out), "captures": 0, "files": 0, "faults": dict.fromkeys(FAULTS, 0), "nodes": {}}
     for vsn in [n.upper() for n in nodes]:
         spans = day_spans(vsn, start_date, days)
@@ -185,6 +188,8 @@ def generate(out, *, nodes=("W056",), start="2023-05-18", days: int = 1, interva
         for k, n in counts.items():
             summary["faults"][k] += n
         atomic_write_json(out / vsn / ".synthetic.json", {**run, "complete": True, "summary": summary["nodes"][vsn]})
+    if not truth_only:
+        atomic_write_json(out / ".complete", summary)
     return summary
 
 
