@@ -9,8 +9,9 @@ with a "did you mean", bad values name what is expected; all as ConfigError, a U
 line, exit 2).
 
 A config class may say which of its options do nothing under the others (`unused_options()`, e.g. the JEPA
-width when variant=detr). Such an option is refused when it was given or differs from its default; a preset's
-value for it is dropped instead, so one preset serves every variant.
+width when variant=detr). Such an option is refused when its value differs from the default (passing every
+key at its default, as a saved config does, stays valid); a preset's value for it is dropped instead, so one
+preset serves every variant.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import json
 import sys
 import types
 import typing
-from collections.abc import Iterable
 from typing import Any, Literal
 
 from sagecast_common.cli import UserError
@@ -135,14 +135,12 @@ def _default(f: dataclasses.Field) -> Any:
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
 
 
-def reject_unused(cfg, *, given: Iterable[str] = ()) -> None:
-    """ConfigError for an option `cfg.unused_options()` names that was given or differs from its default."""
-    given = set(given)
-    unused = getattr(cfg, "unused_options", dict)()
+def reject_unused(cfg) -> None:
+    """ConfigError for an option `cfg.unused_options()` names whose value differs from its default."""
     defaults = {f.name: _default(f) for f in dataclasses.fields(cfg)}
-    for key, why in unused.items():
+    for key, why in getattr(cfg, "unused_options", dict)().items():
         value = getattr(cfg, key)
-        if key in given or value != defaults[key]:
+        if value != defaults[key]:
             raise ConfigError(f"{key}={value!r} would do nothing: {why}")
 
 
@@ -215,5 +213,5 @@ def parse_config(cls, argv: list[str], *, presets: dict[str, dict], prog: str, d
     dropped = {f.name: _default(f) for f in dataclasses.fields(cls)
                if f.name in from_preset and f.name in getattr(cfg, "unused_options", dict)()}
     cfg = dataclasses.replace(cfg, **dropped) if dropped else cfg
-    reject_unused(cfg, given=pairs)
+    reject_unused(cfg)
     return cfg
