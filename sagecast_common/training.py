@@ -60,27 +60,31 @@ def launch(train: Callable[[LaunchEnv, torch.device, StopSignals], dict], *, run
 
 @contextlib.contextmanager
 def lock_run(run: Path, env: LaunchEnv, device: torch.device) -> Iterator[None]:
-    """Hold an exclusive flock on RUN/.lock (rank 0 takes it; every rank learns whether it got it)."""
-    handle, holder = None, ""
+    """Hold an exclusive flock on RUN/.lock. Rank 0 takes it and every rank learns the outcome, so all of them
+    stop together when it is held elsewhere."""
+    handle, problem = None, None
     if env.is_main:
-        run.mkdir(parents=True, exist_ok=True)
-        handle = open(run / LOCK_NAME, "a+")  # noqa: SIM115 - held open for the whole run: the fd is the lock
         try:
+            run.mkdir(parents=True, exist_ok=True)
+            handle = open(run / LOCK_NAME, "a+")  # noqa: SIM115 - held open for the whole run: the fd is the lock
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             handle.truncate(0)
             handle.write(f"{os.getpid()}\n")
             handle.flush()
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "unknown"
+            problem = (f"{run} is in use by another trainer (PID {handle.read().strip() or 'unknown'}); wait for "
+                       "it or stop it, or use another run_dir")
+        except OSError as e:
+            problem = f"cannot use {run} as a run folder ({e.strerror}): choose another run_dir"
+        if problem and handle is not None:
             handle.close()
             handle = None
-    taken = torch.tensor([0.0 if env.is_main and handle is None else 1.0], device=device)
+    taken = torch.tensor([0.0 if problem else 1.0], device=device)
     if env.distributed:
         torch_dist.all_reduce(taken, op=torch_dist.ReduceOp.MIN)
     if taken.item() < 1:
-        raise UserError(f"{run} is in use by another trainer (PID {holder if env.is_main else 'on rank 0'}); "
-                        "wait for it or stop it, or use another run_dir")
+        raise UserError(problem or f"{run} could not be locked (see rank 0's error)")
     try:
         yield
     finally:

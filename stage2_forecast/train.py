@@ -173,8 +173,9 @@ def _encoders_path(cfg: Config) -> Path:
 
 
 def _encoders_sha256(cfg: Config) -> str | None:
-    """The hash of the stage-1 encoders a JEPA run's frozen context encoder is rebuilt from (None: detr)."""
-    return file_sha256(_encoders_path(cfg)) if cfg.variant == "jepa" else None
+    """The hash of the stage-1 encoders a frozen JEPA context encoder is rebuilt from (None: nothing rebuilt,
+    detr has no encoders and fine-tuned ones are in the checkpoint)."""
+    return file_sha256(_encoders_path(cfg)) if cfg.variant == "jepa" and not cfg.finetune else None
 
 
 def _check_encoders(cfg: Config, saved: str | None, path: Path) -> None:

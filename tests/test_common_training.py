@@ -280,3 +280,7 @@ def test_a_run_folder_has_one_trainer_and_a_killed_holder_leaves_no_stale_lock(t
         assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
     with lock_run(tmp_path, LaunchEnv(), torch.device("cpu")):  # released on exit: the same process takes it again
         pass
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match="cannot use .*a_file/run as a run folder"):
+        with lock_run(tmp_path / "a_file" / "run", LaunchEnv(), torch.device("cpu")):
+            pass
