@@ -158,7 +158,12 @@ def build_model(cfg: Config, mean, std, damping=None) -> nn.Module:
                               width=cfg.width, depth=cfg.depth, heads=cfg.heads, dropout=cfg.dropout,
                               residual=cfg.residual, damping=damping, base=_base(cfg))
     if cfg.variant == "jepa":
-        modules, meta = load_encoders(_encoders_path(cfg))
+        path = _encoders_path(cfg)
+        try:
+            modules, meta = load_encoders(path)
+        except Exception as e:  # torch.load fails on a damaged file with many types, IndexError among them
+            raise UserError(f"cannot load the stage-1 encoders {path} ({type(e).__name__}); rerun "
+                            f"`sagecast-stage1-train run_dir={cfg.stage1_run}` to write them again") from e
         names = [column.split("_", 1)[1] for column in samples.FEATURES[cfg.features]]
         return JepaForecaster(encoders=nn.ModuleDict({n: modules[n] for n in names}), mean=mean, std=std,
                               n_presets=len(SKY_PRESETS), horizons_min=cfg.horizons_min, img_size=meta.get("img_size"),

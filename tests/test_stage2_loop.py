@@ -219,3 +219,6 @@ def test_jepa_checkpoints_leave_out_the_frozen_encoders_and_load_run_rebuilds_th
                                                "encoders"].values(), strict=True)}, meta)
     with pytest.raises(UserError, match="encoders.pt changed since .* train stage 2 again"):
         train.load_run(tmp_path / "jepa")
+    (stage1 / "encoders.pt").write_bytes(b"truncated")
+    with pytest.raises(UserError, match="cannot load the stage-1 encoders .*encoders.pt"):
+        train.build_model(cfg, ckpt["mean"], ckpt["std"])
