@@ -101,6 +101,7 @@ PRESETS = {
              "batch_size": 256, "optimizer": "lars", "base_lr": 0.2, "trust_coefficient": 0.01, "bf16": True},
 }
 
+
 def _dataset(cfg: Config):
     from data import PairedSkyDataset
 
@@ -126,9 +127,9 @@ def train_one_epoch(net, optimizer, loader, *, cfg: Config, env, device, stop: S
     Returns {"step", "batches_done", "loss", "stopped"}."""
     net.train()
     meter, mean_loss, stopped = training.Throughput(), float("nan"), False
-    with training.closing_batches(loader) as batches:
-        bar = progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=env.is_main, initial=batches_done,
-                       total=steps_per_epoch)
+    with (training.closing_batches(loader) as batches,
+          progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=env.is_main, initial=batches_done,
+                   total=steps_per_epoch) as bar):
         for rgb, thermal in bar:
             lr = lr_of(step)
             set_lr(optimizer, lr)
@@ -153,7 +154,6 @@ def train_one_epoch(net, optimizer, loader, *, cfg: Config, env, device, stop: S
                 bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2g}", pps=f"{meter.rate:.0f}")
             if stopped:  # some rank was asked to stop: all save this step together
                 break
-        bar.close()
     return {"step": step, "batches_done": batches_done, "loss": mean_loss, "stopped": stopped or stop.requested}
 
 

@@ -262,9 +262,10 @@ def train_one_epoch(model, ddp, opt, ema, batches, *, cfg: Config, env, stop: St
     Returns {"step", "batches_done", "loss", "stopped"}."""
     model.train()
     meter, mean_loss, stopped = training.Throughput(), float("nan"), False
-    with training.closing_batches(batches) as source:
-        for batch in progress(source, desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=env.is_main,
-                              initial=batches_done, total=steps_per_epoch):
+    with (training.closing_batches(batches) as source,
+          progress(source, desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=env.is_main, initial=batches_done,
+                   total=steps_per_epoch) as bar):
+        for batch in bar:
             lr = lr_of(step)
             set_lr(opt, lr)
             pred = ddp(batch)
