@@ -9,7 +9,8 @@ What they share lives here:
 - `prepare_run_dir`, `write_run_info`: the folder, stale temporaries of a killed save removed, config.json and
   env.json.
 - `resume`: the checkpoint loaded with its schedule check, and the log cut back to the checkpoint's step.
-- `steps_per_epoch`: one rounding rule (down: a last partial batch is dropped, like DataLoader's drop_last).
+- `steps_per_epoch`: one rounding rule (down: a last partial batch is dropped, like DataLoader's drop_last);
+  `seed_epoch`: the epoch's random draws a function of (seed, epoch, rank).
 - `sync_step`: the one per-step all-reduce carrying the loss (finite check) and any rank's stop request.
 - `Throughput`, `closing_batches`: items/s of this process only, and a batch source always shut down.
 """
@@ -33,7 +34,7 @@ from sagecast_common.checkpoint import check_schedule, load_checkpoint
 from sagecast_common.cli import EXIT_INCOMPLETE, UserError, run_cli
 from sagecast_common.config import config_to_dict, parse_config
 from sagecast_common.dist import LaunchEnv, launch_env, setup, teardown
-from sagecast_common.runio import JsonlLogger, atomic_write_json, environment_info
+from sagecast_common.runio import JsonlLogger, atomic_write_json, environment_info, seed_everything
 from sagecast_common.stopping import StopSignals, stop_signals_blocked
 
 LOCK_NAME = ".lock"
@@ -130,6 +131,12 @@ def steps_per_epoch(samples_per_rank: int, per_rank_batch: int) -> int:
     """Batches per epoch on every rank: rounded down, a last partial batch is dropped (each rank has the same
     number of samples, `dist.rank_shard`, so the same count)."""
     return samples_per_rank // per_rank_batch
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Seed the global RNGs for `epoch` on `rank`: the epoch's random draws are a function of (seed, epoch,
+    rank), so a run resumed at an epoch boundary draws exactly what an uninterrupted one would."""
+    seed_everything(seed + 1_000_003 * (epoch + 1) + rank)
 
 
 def sync_step(loss: torch.Tensor, stop: StopSignals, env: LaunchEnv, *, step: int, epoch: int, terms: dict,

@@ -154,7 +154,9 @@ def train_one_epoch(net, optimizer, loader, *, cfg: Config, env, device, stop: S
                 bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2g}", pps=f"{meter.rate:.0f}")
             if stopped:  # some rank was asked to stop: all save this step together
                 break
-    return {"step": step, "batches_done": batches_done, "loss": mean_loss, "stopped": stopped or stop.requested}
+    # only the synchronised flag: a signal that reached one rank after the last step is acted on at the next one
+    # by all ranks together (one rank leaving alone would leave the others waiting in a collective forever)
+    return {"step": step, "batches_done": batches_done, "loss": mean_loss, "stopped": stopped}
 
 
 def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
@@ -219,7 +221,7 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
     stop_epoch = min(cfg.epochs, cfg.stop_after_epoch or cfg.epochs)
     trained = epoch < stop_epoch
     while epoch < stop_epoch:
-        seed_everything(cfg.seed + 1_000_003 * (epoch + 1) + env.rank)  # augmentations: f(seed, epoch, rank)
+        training.seed_epoch(cfg.seed, epoch, env.rank)  # augmentations
         # a fresh copy per epoch, as a worker process would get one: a dataset's own augmentation generator
         # then restarts from (seed, epoch) even with num_workers=0, so resuming at an epoch is bitwise. A
         # mid-epoch resume skips the batches already done (same order), with fresh augmentation draws.

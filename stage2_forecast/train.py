@@ -374,7 +374,7 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
                             final_ratio=cfg.final_lr_ratio)
     stop_epoch = min(cfg.epochs, cfg.stop_after_epoch or cfg.epochs)
     while epoch < stop_epoch and not done():
-        seed_everything(cfg.seed + 1_000_003 * (epoch + 1) + env.rank)  # dropout: f(seed, epoch, rank)
+        training.seed_epoch(cfg.seed, epoch, env.rank)  # dropout
         batches = _train_batches(table, wins["train"], shard(epoch), first=batches_done, steps=steps_per_epoch,
                                  per_rank=per_rank, cfg=cfg, clim=clim, base=starts.get("train"),
                                  target_images=ema is not None, device=device)
