@@ -8,6 +8,7 @@ per epoch, so the lr would jump) unless the user forces it.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,17 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
                         "a fresh run, or point run_dir elsewhere") from e
 
 
-def load_state(module: torch.nn.Module, state: dict, *, path: str | Path) -> None:
-    """`module.load_state_dict(state)`, with a UserError when the checkpoint was made for another model."""
+def load_state(module: torch.nn.Module, state: dict, *, path: str | Path, optional: Collection[str] = ()) -> None:
+    """`module.load_state_dict(state)`, with a UserError when the checkpoint was made for another model.
+
+    Keys in `optional` may be absent from `state` (weights the module already holds from elsewhere, such as
+    frozen encoders rebuilt from their own file); every other key must match.
+    """
     try:
-        module.load_state_dict(state)
+        result = module.load_state_dict(state, strict=False)
+        absent = [k for k in result.missing_keys if k not in optional]
+        if absent or result.unexpected_keys:
+            raise RuntimeError(f"missing keys {absent[:3]}, unexpected keys {result.unexpected_keys[:3]}")
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise UserError(f"{path} does not fit the configured model ({first}); use a new run_dir") from e

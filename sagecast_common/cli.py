@@ -59,12 +59,11 @@ def require(path: str | Path, *, made_by: str, what: str | None = None) -> Path:
 
 
 def run_cli(fn: Callable[[], int | None], *, prog: str) -> None:
-    """Call `fn`; exit with its status when non-zero. UserError and config errors become one line, exit 2."""
-    from sagecast_common.config import ConfigError
-
+    """Call `fn`; exit with its status when non-zero. A UserError (config errors included) becomes one line,
+    exit 2."""
     try:
         status = fn()
-    except (UserError, ConfigError) as e:
+    except UserError as e:
         fail(prog, str(e))
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

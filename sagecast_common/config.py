@@ -5,7 +5,13 @@
 Arguments are `--preset NAME` (or `preset=NAME`) and overrides written `key=value`, `--key=value` or
 `--key value` (a bool field alone, `--force-schedule`, means true). Fields declared with `option(...)` carry
 a one-line help and bounds (`ge`, `gt`); `Literal[...]` fields accept only their choices. Unknown keys fail
-with a "did you mean", bad values name what is expected; all as ConfigError (the CLI prints one line, exit 2).
+with a "did you mean", bad values name what is expected; all as ConfigError, a UserError (the CLI prints one
+line, exit 2).
+
+A config class may say which of its options do nothing under the others (`unused_options()`, e.g. the JEPA
+width when variant=detr). Such an option is refused when its value differs from the default (passing every
+key at its default, as a saved config does, stays valid); a preset's value for it is dropped instead, so one
+preset serves every variant.
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ import types
 import typing
 from typing import Any, Literal
 
+from sagecast_common.cli import UserError
+
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UserError):
+    """A config the CLI refuses: unknown key, wrong type, out of bounds, or an option that would do nothing."""
 
 
 def option(default: Any, help: str = "", *, ge: float | None = None, gt: float | None = None) -> Any:
@@ -123,6 +131,19 @@ def build_config(cls, overrides: dict[str, Any]):
     return cfg
 
 
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def reject_unused(cfg) -> None:
+    """ConfigError for an option `cfg.unused_options()` names whose value differs from its default."""
+    defaults = {f.name: _default(f) for f in dataclasses.fields(cfg)}
+    for key, why in getattr(cfg, "unused_options", dict)().items():
+        value = getattr(cfg, key)
+        if value != defaults[key]:
+            raise ConfigError(f"{key}={value!r} would do nothing: {why}")
+
+
 def config_to_dict(cfg) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
@@ -137,7 +158,7 @@ def help_text(cls, presets: dict[str, dict], prog: str) -> str:
     lines += ["", "options (key=value or --key value; later ones win over the preset):"]
     types_ = _field_types(cls)
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = _default(f)
         bounds = "".join(f", {op} {f.metadata[k]}" for k, op in (("ge", ">="), ("gt", ">"))
                          if f.metadata.get(k) is not None)
         lines.append(f"  --{f.name.replace('_', '-')}  [{_type_name(types_[f.name])}{bounds}]  "
@@ -187,4 +208,10 @@ def parse_config(cls, argv: list[str], *, presets: dict[str, dict], prog: str, d
     if unknown:
         raise _unknown(unknown, types_)
     overrides.update({k: _coerce(k, v, types_[k]) for k, v in pairs.items()})
-    return build_config(cls, overrides)
+    cfg = build_config(cls, overrides)
+    from_preset = set(presets.get(preset, {})) - set(pairs) if preset is not None else set()
+    dropped = {f.name: _default(f) for f in dataclasses.fields(cls)
+               if f.name in from_preset and f.name in getattr(cfg, "unused_options", dict)()}
+    cfg = dataclasses.replace(cfg, **dropped) if dropped else cfg
+    reject_unused(cfg)
+    return cfg

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,23 +125,6 @@ def setup(env: LaunchEnv, *, device: str = "auto") -> torch.device:
 def teardown() -> None:
     if torch_dist.is_initialized():
         torch_dist.destroy_process_group()
-
-
-def run_distributed(train: Callable, *, device: str):
-    """`train(env, device, stop)` in the launcher's process group with stop signals recorded; always torn down."""
-    from sagecast_common.stopping import StopSignals
-
-    env = launch_env()
-    dev = setup(env, device=device)
-    try:
-        with StopSignals() as stop:
-            return train(env, dev, stop)
-    finally:
-        teardown()
-
-
-def world_size() -> int:
-    return torch_dist.get_world_size() if torch_dist.is_initialized() else 1
 
 
 class _GatherWithGrad(torch.autograd.Function):

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from sagecast_common.cli import UserError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
@@ -119,15 +121,13 @@ class JsonlLogger:
     def __init__(self, path: str | os.PathLike, *, enabled: bool = True, tensorboard: bool = False):
         self.path = Path(path)
         self.enabled = enabled
-        self._tb = None
+        self._tb, self._told_torn = None, False
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                from sagecast_common.cli import UserError
-
                 raise UserError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
             self._tb = SummaryWriter(str(self.path.parent / "tb"))
 
@@ -143,11 +143,27 @@ class JsonlLogger:
             self._tb.flush()
 
     def read(self) -> list[dict[str, Any]]:
+        """The records; a torn last line (what a kill during a write leaves) is dropped with one notice, a
+        broken line before it is a UserError."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for i, line in enumerate(lines):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i < len(lines) - 1:
+                    raise UserError(f"{self.path} line {i + 1} is not JSON; move the file away to start its log "
+                                    "afresh") from None
+                if not self._told_torn:
+                    print(f"{self.path}: dropping its torn last line (a run killed while writing it)",
+                          file=sys.stderr)
+                    self._told_torn = True
+        return records
 
     def keep_until(self, step: int) -> None:
-        """Drop lines logged after `step` (a resumed run redoes them), so the log describes one run."""
+        """Drop lines logged after `step` (a resumed run redoes them) and a torn last line, so the log describes
+        one run."""
         if self.enabled:
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.read() if r["step"] <= step))

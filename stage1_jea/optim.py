@@ -28,9 +28,3 @@ def build_optimizer(model: nn.Module, *, name: str, weight_decay: float, trust_c
         return torch.optim.AdamW(groups, lr=0.0)
     raise ValueError(f"optimizer={name!r}: expected 'lars' or 'adamw'")
 
-
-def relative_change(before: dict[str, torch.Tensor], model: nn.Module) -> dict[str, float]:
-    """||w - w_before|| / ||w_before|| per weight tensor (ndim > 1): how far an optimiser moved each one."""
-    return {name: float((p.detach() - before[name]).norm() / before[name].norm().clamp_min(1e-12))
-            for name, p in model.named_parameters() if p.ndim > 1}
-

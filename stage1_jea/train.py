@@ -7,8 +7,10 @@ One process by default; under a launcher (torchrun, Open MPI, PALS/PMI, srun) it
 the global batch. Rerunning the same command resumes from RUN/ckpt.pt: bitwise the same as an uninterrupted
 run when it stopped at an epoch boundary; after a mid-epoch stop it continues with the epoch's remaining
 samples in the same order, with fresh augmentation draws. SIGTERM/SIGUSR1 (to the main process or the whole
-process group) save a checkpoint at the current step and exit 75. Writes RUN/{ckpt.pt, encoders.pt,
-config.json, env.json, log.jsonl} and plots (tensorboard=true: also RUN/tb/).
+process group) save a checkpoint at the current step and exit 75, as does `stop_after_epoch=N` after epoch N.
+Writes RUN/{ckpt.pt, config.json, env.json, log.jsonl}, plots (tensorboard=true: also RUN/tb/) and, once, when
+the schedule is finished, RUN/encoders.pt: the run's completion record and the next stage's input (resume state
+lives in ckpt.pt). RUN/.lock is held while training: a second trainer on the same folder exits 2.
 """
 
 from __future__ import annotations
@@ -16,27 +18,24 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
-import torch.distributed as torch_dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from sagecast_common.checkpoint import check_schedule, load_checkpoint, load_state, save_checkpoint
-from sagecast_common.cli import EXIT_INCOMPLETE, UserError, require, run_cli
-from sagecast_common.config import config_to_dict, option, parse_config
-from sagecast_common.dist import rank_shard, run_distributed
+from sagecast_common import training
+from sagecast_common.checkpoint import load_state, save_checkpoint
+from sagecast_common.cli import UserError, require
+from sagecast_common.config import config_to_dict, option, reject_unused
+from sagecast_common.dist import rank_shard
 from sagecast_common.encoders import save_encoders
 from sagecast_common.progress import progress
-from sagecast_common.runio import JsonlLogger, atomic_write_json, environment_info, seed_everything
+from sagecast_common.runio import JsonlLogger, seed_everything
 from sagecast_common.schedule import lr_at, set_lr
-from sagecast_common.stopping import StopSignals, ignore_stop_signals, stop_signals_blocked
+from sagecast_common.stopping import StopSignals, ignore_stop_signals
 from stage1_jea.loss import vicreg_loss
 from stage1_jea.model import TwoBranch, encoder_specs
 from stage1_jea.optim import build_optimizer
@@ -83,6 +82,10 @@ class Config:
     stop_after_epoch: int = option(0, "exit (checkpointed, status 75) after this epoch; 0: run all", ge=0)
     force_schedule: bool = option(False, "allow resuming with a changed schedule")
 
+    def unused_options(self) -> dict[str, str]:
+        """Options that do nothing under this config (see sagecast_common.config.reject_unused)."""
+        return {"trust_coefficient": "it is LARS's; optimizer=adamw"} if self.optimizer == "adamw" else {}
+
 
 PRESETS = {
     # quick: resnet10t at 64 px, 5 epochs, on 2 CPU cores (it beat MobileNetV3-small on retrieval). AdamW (peak lr
@@ -98,6 +101,7 @@ PRESETS = {
              "batch_size": 256, "optimizer": "lars", "base_lr": 0.2, "trust_coefficient": 0.01, "bf16": True},
 }
 
+
 def _dataset(cfg: Config):
     from data import PairedSkyDataset
 
@@ -111,7 +115,48 @@ def _init_worker(worker_id: int) -> None:
 
 
 def main(cfg: Config) -> dict:
-    return run_distributed(lambda env, device, stop: _train(cfg, env, device, stop), device=cfg.device)
+    reject_unused(cfg)
+    return training.launch(lambda env, device, stop: _train(cfg, env, device, stop), run_dir=cfg.run_dir,
+                           device=cfg.device)
+
+
+def train_one_epoch(net, optimizer, loader, *, cfg: Config, env, device, stop: StopSignals, log: JsonlLogger,
+                    lr_of, memory_format, autocast, step: int, epoch: int, batches_done: int, steps_per_epoch: int,
+                    ckpt: Path) -> dict:
+    """One epoch (the rest of it after a mid-epoch resume); stops early when any rank got a stop signal.
+    Returns {"step", "batches_done", "loss", "stopped"}."""
+    net.train()
+    meter, mean_loss, stopped = training.Throughput(), float("nan"), False
+    with (training.closing_batches(loader) as batches,
+          progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=env.is_main, initial=batches_done,
+                   total=steps_per_epoch) as bar):
+        for rgb, thermal in bar:
+            lr = lr_of(step)
+            set_lr(optimizer, lr)
+            rgb = rgb.to(device, non_blocking=True, memory_format=memory_format)
+            thermal = thermal.to(device, non_blocking=True, memory_format=memory_format)
+            with autocast:
+                h_rgb, h_thermal, z_rgb, z_thermal = net(rgb, thermal)
+            loss, terms = vicreg_loss(z_rgb.float(), z_thermal.float(), sim=cfg.sim_coeff, std=cfg.std_coeff,
+                                      cov=cfg.cov_coeff)
+            mean_loss, stopped = training.sync_step(loss, stop, env, step=step, epoch=epoch + 1, terms=terms,
+                                                    ckpt=ckpt)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step, batches_done = step + 1, batches_done + 1
+            meter.add(rgb.shape[0] * env.world_size)
+            if step % cfg.log_every == 0 or batches_done == steps_per_epoch:
+                stds = [h.detach().float().std(dim=0).mean().item() for h in (h_rgb, h_thermal)]
+                log.log({"step": step, "epoch": epoch + 1, "loss": mean_loss,
+                         **{k: v.item() for k, v in terms.items()}, "lr": lr, "emb_std": sum(stds) / 2,
+                         "emb_std_rgb": stds[0], "emb_std_thermal": stds[1], "pairs_per_s": meter.rate})
+                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2g}", pps=f"{meter.rate:.0f}")
+            if stopped:  # some rank was asked to stop: all save this step together
+                break
+    # only the synchronised flag: a signal that reached one rank after the last step is acted on at the next one
+    # by all ranks together (one rank leaving alone would leave the others waiting in a collective forever)
+    return {"step": step, "batches_done": batches_done, "loss": mean_loss, "stopped": stopped}
 
 
 def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
@@ -128,7 +173,7 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
     img_size = int(dataset[0][0].shape[-1])
     shard = lambda epoch: rank_shard(len(dataset), rank=env.rank, world_size=env.world_size, seed=cfg.seed,
                                      epoch=epoch)
-    steps_per_epoch = len(shard(0)) // per_rank
+    steps_per_epoch = training.steps_per_epoch(len(shard(0)), per_rank)
     if steps_per_epoch == 0:
         raise UserError(f"{len(dataset)} training pairs in {cfg.prepared} are fewer than one batch ({per_rank}/rank)")
 
@@ -146,18 +191,22 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
     # everything the lr depends on, fixed at the first run; a resume that would change it is refused
     schedule = {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "train_pairs": len(dataset),
                 **{k: getattr(cfg, k) for k in SCHEDULE_KEYS}}
-    logger = JsonlLogger(run / "log.jsonl", enabled=env.is_main, tensorboard=cfg.tensorboard)
-    if (run / "ckpt.pt").exists():
-        ckpt = load_checkpoint(run / "ckpt.pt")
-        check_schedule(ckpt.get("schedule", {}), schedule, force=cfg.force_schedule, path=run / "ckpt.pt")
+    training.prepare_run_dir(run, env)
+    log = JsonlLogger(run / "log.jsonl", enabled=env.is_main, tensorboard=cfg.tensorboard)
+    ckpt = training.resume(run, log, schedule=schedule, force=cfg.force_schedule, is_main=env.is_main)
+    if ckpt is not None:
         load_state(model, ckpt["model"], path=run / "ckpt.pt")
         optimizer.load_state_dict(ckpt["optimizer"])
         step, epoch, batches_done = ckpt["step"], ckpt["epoch"], ckpt["batches_done"]
-        logger.keep_until(step)
-        if env.is_main:
-            print(f"resuming {run} at step {step}/{total_steps} (epoch {epoch}, batch {batches_done})")
+    training.write_run_info(run, cfg, env, device)
+    if env.is_main and step < total_steps and (run / "encoders.pt").exists():
+        # it records a finished schedule; this one is not (a forced longer schedule): it is written again at the end
+        (run / "encoders.pt").unlink()
+        print(f"removed {run / 'encoders.pt'}: the schedule is not finished; it is written again when it is")
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
     peak_lr = cfg.base_lr * cfg.batch_size / 256
+    lr_of = lambda s: lr_at(s, total_steps=total_steps, warmup_steps=warmup_steps, peak=peak_lr,
+                            final_ratio=cfg.final_lr_ratio)
     net = torch.compile(model) if cfg.compile else model
     if env.distributed:
         net = DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
@@ -169,14 +218,10 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
                             step=step, epoch=epoch, batches_done=batches_done, total_steps=total_steps,
                             schedule=schedule, config=config_to_dict(cfg))
 
-    if env.is_main:
-        run.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run / "config.json", config_to_dict(cfg))
-        atomic_write_json(run / "env.json", {**environment_info(), "world_size": env.world_size,
-                                              "launcher": env.launcher, "device": str(device)})
     stop_epoch = min(cfg.epochs, cfg.stop_after_epoch or cfg.epochs)
+    trained = epoch < stop_epoch
     while epoch < stop_epoch:
-        seed_everything(cfg.seed + 1_000_003 * (epoch + 1) + env.rank)  # augmentations: f(seed, epoch, rank)
+        training.seed_epoch(cfg.seed, epoch, env.rank)  # augmentations
         # a fresh copy per epoch, as a worker process would get one: a dataset's own augmentation generator
         # then restarts from (seed, epoch) even with num_workers=0, so resuming at an epoch is bitwise. A
         # mid-epoch resume skips the batches already done (same order), with fresh augmentation draws.
@@ -184,54 +229,11 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
                             drop_last=True, num_workers=cfg.num_workers, worker_init_fn=_init_worker,
                             generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 104729 + env.rank),
                             pin_memory=cuda)
-        net.train()
-        t0, pairs = time.perf_counter(), 0
-        batches = _batches(loader)
-        bar = progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=env.is_main,
-                       initial=batches_done, total=steps_per_epoch)
-        stopped = False
-        try:
-            for rgb, thermal in bar:
-                lr = lr_at(step, total_steps=total_steps, warmup_steps=warmup_steps, peak=peak_lr,
-                           final_ratio=cfg.final_lr_ratio)
-                set_lr(optimizer, lr)
-                rgb = rgb.to(device, non_blocking=True, memory_format=memory_format)
-                thermal = thermal.to(device, non_blocking=True, memory_format=memory_format)
-                with autocast:
-                    h_rgb, h_thermal, z_rgb, z_thermal = net(rgb, thermal)
-                loss, terms = vicreg_loss(z_rgb.float(), z_thermal.float(), sim=cfg.sim_coeff, std=cfg.std_coeff,
-                                          cov=cfg.cov_coeff)
-                # one all-reduce carries the loss (finite check, logging) and any rank's stop signal
-                shared = torch.stack([loss.detach(), torch.tensor(float(stop.requested), device=device)])
-                if env.distributed:
-                    torch_dist.all_reduce(shared)
-                mean_loss = shared[0].item() / env.world_size
-                if not np.isfinite(mean_loss):
-                    values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-                    raise RuntimeError(f"non-finite loss at step {step} (epoch {epoch + 1}): {values}. "
-                                       f"{run / 'ckpt.pt'} still holds the last good checkpoint; lower base_lr.")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step, batches_done, pairs = step + 1, batches_done + 1, pairs + per_rank * env.world_size
-                if step % cfg.log_every == 0 or batches_done == steps_per_epoch:
-                    rate = pairs / (time.perf_counter() - t0)
-                    stds = [h.detach().float().std(dim=0).mean().item() for h in (h_rgb, h_thermal)]
-                    logger.log({"step": step, "epoch": epoch + 1, "loss": mean_loss,
-                                **{k: v.item() for k, v in terms.items()}, "lr": lr, "emb_std": sum(stds) / 2,
-                                "emb_std_rgb": stds[0], "emb_std_thermal": stds[1], "pairs_per_s": rate})
-                    bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2g}", pps=f"{rate:.0f}")
-                stopped = shared[1].item() > 0  # some rank was asked to stop: all save this step together
-                if stopped:
-                    break
-        finally:
-            # End the workers now, through the loader's own shutdown. Left to garbage collection, a loop left
-            # early (stop signal, error) can keep them until interpreter exit, where multiprocessing terminate()s
-            # them with SIGTERM — which they ignore — and then waits for them forever: a preempted job would hang
-            # instead of exiting 75.
-            bar.close()
-            batches.close()
-        if stopped or stop.requested:
+        stats = train_one_epoch(net, optimizer, loader, cfg=cfg, env=env, device=device, stop=stop, log=log,
+                                lr_of=lr_of, memory_format=memory_format, autocast=autocast, step=step, epoch=epoch,
+                                batches_done=batches_done, steps_per_epoch=steps_per_epoch, ckpt=run / "ckpt.pt")
+        step, batches_done = stats["step"], stats["batches_done"]
+        if stats["stopped"]:
             checkpoint()
             if env.is_main:
                 print(f"signal received: saved {run / 'ckpt.pt'} at step {step}; rerun to resume", flush=True)
@@ -239,36 +241,23 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
         epoch, batches_done = epoch + 1, 0
         checkpoint()
         if env.is_main:
-            meta = {"img_size": img_size, "prepared": str(Path(cfg.prepared).resolve()),
-                    "norm_stats": json.loads((Path(cfg.prepared) / "norm_stats.json").read_text()),
-                    "specs": specs, "step": step, "total_steps": total_steps, "epoch": epoch}
-            save_encoders(run / "encoders.pt", {"rgb": (model.rgb, specs["rgb"]),
-                                                 "thermal": (model.thermal, specs["thermal"])}, meta)
-            plot_training(logger.read(), run)
-            last = logger.read()[-1]
+            plot_training(log.read(), run)
+            last = log.read()[-1]
             print(f"epoch {epoch}/{cfg.epochs} step {step}/{total_steps} loss {last['loss']:.3f} "
                   f"(inv {last['inv']:.3f} var {last['var']:.3f} cov {last['cov']:.3f}) lr {last['lr']:.3g} "
                   f"emb_std {last['emb_std']:.3f} {last['pairs_per_s']:.1f} pairs/s", flush=True)
-    return {"step": step, "total_steps": total_steps, "interrupted": False}
-
-
-def _batches(loader):
-    """The loader's batches, its workers started with the stop signals blocked (see sagecast_common.stopping)."""
-    with stop_signals_blocked():
-        batches = iter(loader)
-    yield from batches
+    finished = step >= total_steps
+    if finished and env.is_main and (trained or not (run / "encoders.pt").exists()):
+        meta = {"img_size": img_size, "prepared": str(Path(cfg.prepared).resolve()),
+                "norm_stats": json.loads((Path(cfg.prepared) / "norm_stats.json").read_text()),
+                "specs": specs, "step": step, "total_steps": total_steps, "epoch": epoch}
+        save_encoders(run / "encoders.pt", {"rgb": (model.rgb, specs["rgb"]),
+                                             "thermal": (model.thermal, specs["thermal"])}, meta)
+    return {"step": step, "total_steps": total_steps, "interrupted": not finished}
 
 
 def cli(argv: list[str] | None = None) -> None:
-    def run() -> int:
-        result = main(parse_config(Config, sys.argv[1:] if argv is None else argv, presets=PRESETS, prog=PROG))
-        if result["step"] < result["total_steps"]:
-            print(f"stopped at step {result['step']}/{result['total_steps']} with a checkpoint; rerun the same "
-                  "command to resume", file=sys.stderr)
-            return EXIT_INCOMPLETE
-        return 0
-
-    run_cli(run, prog=PROG)
+    training.run_training_cli(main, Config, PRESETS, prog=PROG, argv=argv)
 
 
 if __name__ == "__main__":

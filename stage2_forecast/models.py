@@ -214,3 +214,11 @@ class JepaForecaster(nn.Module):
         x = self.predictor(torch.cat([ctx_tokens, masks], dim=1), src_key_padding_mask=pad)
         out = rearrange(self.head(x[:, P:]), "b (h p) d -> b h p d", h=H)
         return out + _residual(batch, z, self.damping, self.base) if self.residual else out
+
+
+def frozen_keys(model: nn.Module) -> frozenset[str]:
+    """State-dict keys of frozen stage-1 encoders (JEPA, finetune=False): a copy of the stage-1 run's
+    encoders.pt, which checkpoints leave out and loading rebuilds from that file."""
+    if isinstance(model, JepaForecaster) and not model.finetune:
+        return frozenset(f"encoders.{k}" for k in model.encoders.state_dict())
+    return frozenset()

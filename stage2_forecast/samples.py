@@ -26,9 +26,10 @@ import torch
 from data.dataset import normalised_frames
 from data.formats import SKY_PRESETS
 
-# pooled = both; grid = the encoders' g × g feature maps, (row, col, channel) flattened, from stage1_jea.export.
+# both = the pooled vectors of both modalities; grid = the encoders' g × g feature maps, (row, col, channel)
+# flattened, from stage1_jea.export.
 FEATURES = {"rgb": ("emb_rgb",), "thermal": ("emb_thermal",), "both": ("emb_rgb", "emb_thermal"),
-            "pooled": ("emb_rgb", "emb_thermal"), "grid": ("grid_rgb", "grid_thermal")}
+            "grid": ("grid_rgb", "grid_thermal")}
 
 
 @dataclass

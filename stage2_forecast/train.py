@@ -6,11 +6,14 @@
 
 Reads only files: RUN/embeddings.{parquet,json}, RUN/encoders.pt (jepa) and the prepared dir. Writes
 RUN_DIR/config.json, env.json, log.jsonl (one JSON line per log step), ckpt.pt (auto-resumed; holds the
-latest and the best-on-val weights), loss.png, lr.png (tensorboard=true: also RUN_DIR/tb/). The loss is MSE
-(or smooth-L1) on standardised targets over valid (horizon, preset) slots; a non-finite loss stops the run.
-The same discipline as stage 1, from sagecast_common: one lr schedule, equal batch counts on every rank,
-SIGTERM/SIGUSR1 → checkpoint at the current step and exit 75, a resume over changed data or schedule refused
-unless force_schedule=true, resume bitwise at epoch boundaries (mid-epoch: the epoch's remaining samples).
+latest and the best-on-val weights, without frozen stage-1 encoders: `load_run` rebuilds those from the
+stage-1 run's encoders.pt), loss.png, lr.png (tensorboard=true: also RUN_DIR/tb/) and last, when training is
+over, complete.json (best epoch, its val MSE, steps): the run's completion record. The loss is MSE (or
+smooth-L1) on standardised targets over valid (horizon, preset) slots; a non-finite loss stops the run
+(FloatingPointError). The loop has stage 1's shape and discipline (sagecast_common.training): one lr schedule,
+equal batch counts on every rank, SIGTERM/SIGUSR1 → checkpoint at the current step and exit 75 (as after
+`stop_after_epoch=N`), a resume over changed data or schedule refused unless force_schedule=true, resume
+bitwise at epoch boundaries (mid-epoch: the epoch's remaining samples), RUN_DIR/.lock held while training.
 The residual starts from a baseline fitted in closed form on train (stage2_forecast.baselines): the damped
 anomaly, or with residual_base=ridge the ridge on the last scan. The best-on-val weights start as that untrained
 model and training stops after `patience` epochs without a better val MSE, so a run never ends worse on val
@@ -21,31 +24,29 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-import torch.distributed as torch_dist
 from torch import nn
 
 from data.formats import SKY_PRESETS
-from sagecast_common.checkpoint import check_schedule, load_checkpoint, load_state, save_checkpoint
-from sagecast_common.cli import EXIT_INCOMPLETE, UserError, require, run_cli
-from sagecast_common.config import build_config, config_to_dict, option, parse_config
-from sagecast_common.dist import rank_shard, run_distributed
+from sagecast_common import training
+from sagecast_common.checkpoint import load_checkpoint, load_state, save_checkpoint
+from sagecast_common.cli import UserError, require
+from sagecast_common.config import ConfigError, build_config, config_to_dict, option, reject_unused
+from sagecast_common.dist import rank_shard
 from sagecast_common.encoders import load_encoders
 from sagecast_common.progress import progress
-from sagecast_common.runio import JsonlLogger, atomic_write_json, environment_info, seed_everything
+from sagecast_common.runio import JsonlLogger, atomic_write_json, file_sha256, seed_everything
 from sagecast_common.schedule import lr_at, set_lr
 from sagecast_common.stopping import StopSignals
 from stage2_forecast import baselines, samples
 from stage2_forecast.ema import ema_target_terms, ema_update
 from stage2_forecast.loss import forecast_loss
-from stage2_forecast.models import DetrForecaster, JepaForecaster
+from stage2_forecast.models import DetrForecaster, JepaForecaster, frozen_keys
 from stage2_forecast.plots import plot_training
 
 PROG = "sagecast-stage2-train"
@@ -96,7 +97,32 @@ class Config:
     threads: int = option(0, "torch CPU threads (0 = torch default)", ge=0)
     log_every: int = option(10, "steps between log.jsonl lines", ge=1)
     tensorboard: bool = option(False, "also write RUN_DIR/tb/ TensorBoard events (rank 0)")
+    stop_after_epoch: int = option(0, "exit (checkpointed, status 75) after this epoch; 0: run all", ge=0)
     force_schedule: bool = option(False, "allow resuming with a changed schedule or data")
+
+    def unused_options(self) -> dict[str, str]:
+        """Options that do nothing under this config (see sagecast_common.config.reject_unused)."""
+        unused = {}
+        if self.variant == "detr":
+            unused["finetune"] = "variant=detr has no encoders to fine-tune"
+            unused["jepa_width"] = "it is the jepa predictor's width; variant=detr uses width"
+        else:
+            unused["width"] = "it is the detr transformer's width; variant=jepa uses jepa_width"
+        if not self.residual:
+            unused["residual_base"] = "residual=false adds no baseline forecast"
+        if self.target != "ema":
+            unused["ema_momentum"] = unused["vc_weight"] = "they act only with target=ema"
+        return unused
+
+    def check(self) -> None:
+        """ConfigError for combinations that cannot run."""
+        if self.target == "ema" and self.variant != "jepa":
+            raise ConfigError("target=ema needs variant=jepa (the detr variant has no encoder to average)")
+        if self.target == "ema" and not self.finetune:
+            raise ConfigError("target=ema needs finetune=true: with frozen encoders the EMA copy never changes")
+        if self.features == "grid" and needs_images(self):
+            raise ConfigError("features=grid needs the exported grids: the encoders run here (finetune, "
+                              "target=ema) give pooled features")
 
 
 PRESETS: dict[str, dict] = {
@@ -132,7 +158,12 @@ def build_model(cfg: Config, mean, std, damping=None) -> nn.Module:
                               width=cfg.width, depth=cfg.depth, heads=cfg.heads, dropout=cfg.dropout,
                               residual=cfg.residual, damping=damping, base=_base(cfg))
     if cfg.variant == "jepa":
-        modules, meta = load_encoders(Path(cfg.stage1_run) / "encoders.pt")
+        path = _encoders_path(cfg)
+        try:
+            modules, meta = load_encoders(path)
+        except Exception as e:  # torch.load fails on a damaged file with many types, IndexError among them
+            raise UserError(f"cannot load the stage-1 encoders {path} ({type(e).__name__}); rerun "
+                            f"`sagecast-stage1-train run_dir={cfg.stage1_run}` to write them again") from e
         names = [column.split("_", 1)[1] for column in samples.FEATURES[cfg.features]]
         return JepaForecaster(encoders=nn.ModuleDict({n: modules[n] for n in names}), mean=mean, std=std,
                               n_presets=len(SKY_PRESETS), horizons_min=cfg.horizons_min, img_size=meta.get("img_size"),
@@ -141,15 +172,40 @@ def build_model(cfg: Config, mean, std, damping=None) -> nn.Module:
     raise UserError(f"variant={cfg.variant!r}: expected detr or jepa")
 
 
+def _encoders_path(cfg: Config) -> Path:
+    return require(Path(cfg.stage1_run) / "encoders.pt", what="stage-1 encoders",
+                   made_by=f"sagecast-stage1-train run_dir={cfg.stage1_run}")
+
+
+def _encoders_sha256(cfg: Config) -> str | None:
+    """The hash of the stage-1 encoders a frozen JEPA context encoder is rebuilt from (None: nothing rebuilt,
+    detr has no encoders and fine-tuned ones are in the checkpoint)."""
+    return file_sha256(_encoders_path(cfg)) if cfg.variant == "jepa" and not cfg.finetune else None
+
+
+def _check_encoders(cfg: Config, saved: str | None, path: Path) -> None:
+    if saved is not None and _encoders_sha256(cfg) != saved:
+        raise UserError(f"{_encoders_path(cfg)} changed since {path} was trained (the stage-1 run was retrained?): "
+                        "its frozen encoders are no longer the ones this run used; train stage 2 again")
+
+
+def saved_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint stores: all but frozen stage-1 encoders (the stage-1 run's encoders.pt)."""
+    frozen = frozen_keys(model)
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
 def load_run(run_dir: str | Path, *, best: bool = True) -> tuple[Config, nn.Module, dict]:
-    """(config, model in eval mode, {mean, std, clim} numpy) from RUN_DIR/ckpt.pt alone; best-on-val weights
+    """(config, model in eval mode, {mean, std, clim} numpy) from RUN_DIR/ckpt.pt and, for a JEPA run, the
+    stage-1 run's encoders.pt (its frozen encoders; refused if that file changed since); best-on-val weights
     by default. The climatology travels with the run: a held-out evaluation uses the training one."""
     path = require(Path(run_dir) / "ckpt.pt", made_by=f"{PROG} run_dir={run_dir}", what="stage-2 checkpoint")
     ckpt = load_checkpoint(path)
     # runs from before residual_base existed started from the damped anomaly
     cfg = build_config(Config, {"residual_base": "damped", **ckpt["config"]})
+    _check_encoders(cfg, ckpt.get("encoders_sha256"), path)
     model = build_model(cfg, ckpt["mean"], ckpt["std"])
-    load_state(model, ckpt["best_model" if best else "model"], path=path)
+    load_state(model, ckpt["best_model" if best else "model"], path=path, optional=frozen_keys(model))
     return cfg, model.eval(), {k: ckpt[k].numpy() for k in ("mean", "std", "clim")}
 
 
@@ -183,8 +239,62 @@ def to_device(batch, device):
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def main(cfg: Config) -> dict:
+    cfg.check()
+    reject_unused(cfg)
+    return training.launch(lambda env, device, stop: _train(cfg, env, device, stop), run_dir=cfg.run_dir,
+                           device=cfg.device)
+
+
+def _train_batches(table, win, order, *, first: int, steps: int, per_rank: int, cfg: Config, clim, base,
+                   target_images: bool, device):
+    """The epoch's batches from `first` on, gathered in this process (the windows index the scan table)."""
+    for b in range(first, steps):
+        yield to_device(samples.gather(table, win, np.asarray(order[b * per_rank:(b + 1) * per_rank]),
+                                       day_only=cfg.day_only, clim=clim, images=needs_images(cfg),
+                                       target_images=target_images, base=base), device)
+
+
+def train_one_epoch(model, ddp, opt, ema, batches, *, cfg: Config, env, stop: StopSignals, log: JsonlLogger,
+                    lr_of, step: int, epoch: int, batches_done: int, steps_per_epoch: int, total_steps: int,
+                    ckpt: Path) -> dict:
+    """One epoch (the rest of it after a mid-epoch resume); stops early when any rank got a stop signal.
+    Returns {"step", "batches_done", "loss", "stopped"}."""
+    model.train()
+    meter, mean_loss, stopped = training.Throughput(), float("nan"), False
+    with (training.closing_batches(batches) as source,
+          progress(source, desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=env.is_main, initial=batches_done,
+                   total=steps_per_epoch) as bar):
+        for batch in bar:
+            lr = lr_of(step)
+            set_lr(opt, lr)
+            pred = ddp(batch)
+            target = batch["tgt_z"]
+            if ema is not None:
+                target, vc, vc_terms = ema_target_terms(model, ema, batch)
+            loss, terms = forecast_loss(pred, target, batch["tgt_mask"], kind=cfg.loss)
+            if ema is not None:
+                loss, terms = loss + cfg.vc_weight * vc, {**terms, **vc_terms}
+            mean_loss, stopped = training.sync_step(loss, stop, env, step=step, epoch=epoch + 1, terms=terms,
+                                                    ckpt=ckpt)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if ema is not None:
+                m = cfg.ema_momentum + (1 - cfg.ema_momentum) * step / max(1, total_steps)
+                ema_update(ema, model.encoders, momentum=m)
+            step, batches_done = step + 1, batches_done + 1
+            meter.add(cfg.batch_size)
+            if step % cfg.log_every == 0:
+                log.log({"step": step, "epoch": epoch + 1, "lr": lr, "loss": mean_loss, **terms,
+                         "samples_per_s": meter.rate})
+            if stopped:  # some rank was asked to stop: all save this step together
+                break
+    return {"step": step, "batches_done": batches_done, "loss": mean_loss, "stopped": stopped}
+
+
 @torch.no_grad()
-def evaluate_loss(model, table, win, cfg, device, clim, base=None) -> dict[str, float]:
+def validate(model, table, win, cfg: Config, device, clim, base=None) -> dict[str, float]:
     """Validation MSE of the model and of persistence on the same valid slots."""
     model.eval()
     err = per = n = 0.0
@@ -200,18 +310,7 @@ def evaluate_loss(model, table, win, cfg, device, clim, base=None) -> dict[str, 
             "val_skill": 1 - err / per if per > 0 else float("nan")}
 
 
-def main(cfg: Config) -> dict:
-    return run_distributed(lambda env, device, stop: _train(cfg, env, device, stop), device=cfg.device)
-
-
 def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
-    if cfg.target == "ema" and cfg.variant != "jepa":
-        raise UserError("target=ema needs variant=jepa (the detr variant has no encoder to average)")
-    if cfg.target == "ema" and not cfg.finetune:
-        raise UserError("target=ema needs finetune=true: with frozen encoders the EMA copy never changes")
-    if cfg.features == "grid" and needs_images(cfg):
-        raise UserError("features=grid needs the exported grids: the encoders run here (finetune, target=ema) "
-                        "give pooled features")
     if cfg.batch_size % env.world_size:
         raise UserError(f"batch_size={cfg.batch_size} is not divisible by the world size {env.world_size}")
     require(Path(cfg.stage1_run) / "embeddings.parquet", what="stage-1 embeddings",
@@ -224,10 +323,11 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
     cfg, starts = residual_starts(cfg, table, wins, clim, damping)
     n_train = len(wins["train"])
     shard = lambda epoch: rank_shard(n_train, rank=env.rank, world_size=env.world_size, seed=cfg.seed, epoch=epoch)
-    steps_per_epoch = -(-len(shard(0)) // per_rank)  # equal shares, so the same count on every rank
+    steps_per_epoch = training.steps_per_epoch(len(shard(0)), per_rank)
     if steps_per_epoch == 0:
-        raise UserError(f"no training samples from {cfg.stage1_run} on {env.world_size} rank(s): check splits, "
-                        "horizons and day_only")
+        raise UserError(f"{n_train} training samples from {cfg.stage1_run} are fewer than one batch "
+                        f"({per_rank}/rank on {env.world_size} rank(s)): check splits, horizons and day_only, or "
+                        "lower batch_size")
     model = build_model(cfg, mean, std, damping).to(device)
     ddp = nn.parallel.DistributedDataParallel(model) if env.distributed else model
     # The damping is the baseline's closed-form fit: weight decay would pull it toward 0 (climatology).
@@ -238,108 +338,76 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
     total = cfg.epochs * steps_per_epoch
     schedule = {"total_steps": total, "steps_per_epoch": steps_per_epoch, "train_samples": n_train,
                 **{k: getattr(cfg, k) for k in SCHEDULE_KEYS}}
-    step, epoch, batches_done, best_epoch, best_model = 0, 0, 0, 0, copy.deepcopy(model.state_dict())
+    step, epoch, batches_done, best_epoch, best_model = 0, 0, 0, 0, copy.deepcopy(saved_state(model))
     # The untrained model (= the baseline it starts from) is the first candidate for the best weights.
-    best_val = (evaluate_loss(model, table, wins["val"], cfg, device, clim, starts.get("val"))["val_mse"]
-                if len(wins["val"]) else 0.0)
+    best_val = validate(model, table, wins["val"], cfg, device, clim, starts.get("val"))["val_mse"] if len(
+        wins["val"]) else 0.0
+    encoders_sha256 = _encoders_sha256(cfg)
+    training.prepare_run_dir(run, env)
     log = JsonlLogger(run / "log.jsonl", enabled=env.is_main, tensorboard=cfg.tensorboard)
-    if (run / "ckpt.pt").exists():  # auto-resume; a broken checkpoint raises rather than restarting silently
-        ckpt = load_checkpoint(run / "ckpt.pt", map_location=device)
-        check_schedule(ckpt.get("schedule", {}), schedule, force=cfg.force_schedule, path=run / "ckpt.pt")
-        load_state(model, ckpt["model"], path=run / "ckpt.pt")
-        opt.load_state_dict(ckpt["opt"])
+    ckpt = training.resume(run, log, schedule=schedule, force=cfg.force_schedule, device=device, is_main=env.is_main)
+    if ckpt is not None:
+        _check_encoders(cfg, ckpt.get("encoders_sha256"), run / "ckpt.pt")
+        load_state(model, ckpt["model"], path=run / "ckpt.pt", optional=frozen_keys(model))
+        opt.load_state_dict(ckpt["optimizer"])
         step, epoch, batches_done = ckpt["step"], ckpt["epoch"], ckpt["batches_done"]
         best_val, best_model, best_epoch = ckpt["best_val"], ckpt["best_model"], ckpt["best_epoch"]
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
-        log.keep_until(step)
-        if env.is_main:
-            print(f"resuming {run} at step {step}/{total} (epoch {epoch}, batch {batches_done})")
+    training.write_run_info(run, cfg, env, device)
+    done = lambda: epoch >= cfg.epochs or epoch - best_epoch >= cfg.patience  # noqa: E731
+    if env.is_main and not done():
+        (run / "complete.json").unlink(missing_ok=True)  # a forced longer schedule: not complete any more
 
     def checkpoint():
         if env.is_main:
-            save_checkpoint(run / "ckpt.pt", model=model.state_dict(), opt=opt.state_dict(), step=step, epoch=epoch,
-                            batches_done=batches_done, schedule=schedule, config=config_to_dict(cfg),
+            save_checkpoint(run / "ckpt.pt", model=saved_state(model), optimizer=opt.state_dict(), step=step,
+                            epoch=epoch, batches_done=batches_done, schedule=schedule, config=config_to_dict(cfg),
                             mean=torch.as_tensor(mean), std=torch.as_tensor(std), clim=torch.as_tensor(clim),
                             best_val=best_val, best_epoch=best_epoch, best_model=best_model,
-                            ema=ema.state_dict() if ema is not None else {})
+                            ema=ema.state_dict() if ema is not None else {}, encoders_sha256=encoders_sha256)
 
     if env.is_main:
-        atomic_write_json(run / "config.json", config_to_dict(cfg))
-        atomic_write_json(run / "env.json", {**environment_info(), "world_size": env.world_size,
-                                              "launcher": env.launcher, "device": str(device)})
         print(f"{cfg.variant}: {n_train} train / {len(wins['val'])} val samples, "
               f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters")
-    model.train()
-    while epoch < cfg.epochs and epoch - best_epoch < cfg.patience:
-        seed_everything(cfg.seed + 1_000_003 * (epoch + 1) + env.rank)  # dropout: f(seed, epoch, rank)
-        order, t0, stopped = shard(epoch), time.perf_counter(), False
-        for b in progress(range(batches_done, steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                          enabled=env.is_main, initial=batches_done, total=steps_per_epoch):
-            lr = lr_at(step, total_steps=total, warmup_steps=cfg.warmup_steps, peak=cfg.lr,
-                       final_ratio=cfg.final_lr_ratio)
-            set_lr(opt, lr)
-            batch = to_device(samples.gather(table, wins["train"], np.asarray(order[b * per_rank:(b + 1) * per_rank]),
-                                             day_only=cfg.day_only, clim=clim, images=needs_images(cfg),
-                                             target_images=ema is not None, base=starts.get("train")), device)
-            pred = ddp(batch)
-            target = batch["tgt_z"]
-            if ema is not None:
-                target, vc, vc_terms = ema_target_terms(model, ema, batch)
-            loss, terms = forecast_loss(pred, target, batch["tgt_mask"], kind=cfg.loss)
-            if ema is not None:
-                loss, terms = loss + cfg.vc_weight * vc, {**terms, **vc_terms}
-            # one all-reduce carries the loss (finite check, logging) and any rank's stop request
-            shared = torch.stack([loss.detach(), torch.tensor(float(stop.requested), device=device)])
-            if env.distributed:
-                torch_dist.all_reduce(shared)
-            mean_loss = shared[0].item() / env.world_size
-            if not np.isfinite(mean_loss):
-                raise FloatingPointError(f"non-finite loss {mean_loss} at step {step}: stopping ({terms}); "
-                                         f"{run / 'ckpt.pt'} holds the last good checkpoint")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if ema is not None:
-                m = cfg.ema_momentum + (1 - cfg.ema_momentum) * step / max(1, total)
-                ema_update(ema, model.encoders, momentum=m)
-            step, batches_done = step + 1, batches_done + 1
-            if step % cfg.log_every == 0:
-                log.log({"step": step, "epoch": epoch + 1, "lr": lr, "loss": mean_loss, **terms, "samples_per_s":
-                         batches_done * cfg.batch_size / (time.perf_counter() - t0)})
-            stopped = shared[1].item() > 0  # some rank was asked to stop: all save this step together
-            if stopped:
-                break
-        if stopped:
+    lr_of = lambda s: lr_at(s, total_steps=total, warmup_steps=cfg.warmup_steps, peak=cfg.lr,  # noqa: E731
+                            final_ratio=cfg.final_lr_ratio)
+    stop_epoch = min(cfg.epochs, cfg.stop_after_epoch or cfg.epochs)
+    while epoch < stop_epoch and not done():
+        training.seed_epoch(cfg.seed, epoch, env.rank)  # dropout
+        batches = _train_batches(table, wins["train"], shard(epoch), first=batches_done, steps=steps_per_epoch,
+                                 per_rank=per_rank, cfg=cfg, clim=clim, base=starts.get("train"),
+                                 target_images=ema is not None, device=device)
+        stats = train_one_epoch(model, ddp, opt, ema, batches, cfg=cfg, env=env, stop=stop, log=log, lr_of=lr_of,
+                                step=step, epoch=epoch, batches_done=batches_done, steps_per_epoch=steps_per_epoch,
+                                total_steps=total, ckpt=run / "ckpt.pt")
+        step, batches_done = stats["step"], stats["batches_done"]
+        if stats["stopped"]:
             checkpoint()
             if env.is_main:
                 print(f"signal received: saved {run / 'ckpt.pt'} at step {step}; rerun to resume", flush=True)
             return {"step": step, "epoch": epoch, "total_steps": total, "best_val_mse": best_val, "interrupted": True}
         epoch, batches_done = epoch + 1, 0
-        val = evaluate_loss(model, table, wins["val"], cfg, device, clim, starts.get("val")) if len(wins["val"]) else {}
+        val = validate(model, table, wins["val"], cfg, device, clim, starts.get("val")) if len(wins["val"]) else {}
         if val.get("val_mse", 0.0) < best_val or not len(wins["val"]):
-            best_val, best_epoch, best_model = val.get("val_mse", 0.0), epoch, copy.deepcopy(model.state_dict())
+            best_val, best_epoch, best_model = val.get("val_mse", 0.0), epoch, copy.deepcopy(saved_state(model))
         checkpoint()
         if env.is_main:
-            log.log({"step": step, "epoch": epoch, "loss": mean_loss, **val})
-            print(f"epoch {epoch}/{cfg.epochs} step {step}/{total} loss {mean_loss:.4f} "
+            log.log({"step": step, "epoch": epoch, "loss": stats["loss"], **val})
+            print(f"epoch {epoch}/{cfg.epochs} step {step}/{total} loss {stats['loss']:.4f} "
                   + " ".join(f"{k} {v:.4f}" for k, v in val.items()), flush=True)
     if env.is_main:
         plot_training(log.read(), run)
+        if done():  # the completion record, last
+            atomic_write_json(run / "complete.json", {"best_epoch": best_epoch, "best_val_mse": best_val,
+                                                      "epoch": epoch, "step": step, "total_steps": total,
+                                                      "early_stopped": epoch < cfg.epochs})
     return {"step": step, "epoch": epoch, "total_steps": total, "best_val_mse": best_val, "best_epoch": best_epoch,
-            "interrupted": False}
+            "interrupted": not done()}
 
 
 def cli(argv: list[str] | None = None) -> None:
-    def run() -> int:
-        result = main(parse_config(Config, sys.argv[1:] if argv is None else argv, presets=PRESETS, prog=PROG))
-        if result["interrupted"]:
-            print(f"stopped at step {result['step']}/{result['total_steps']} with a checkpoint; rerun the same "
-                  "command to resume", file=sys.stderr)
-            return EXIT_INCOMPLETE
-        return 0
-
-    run_cli(run, prog=PROG)
+    training.run_training_cli(main, Config, PRESETS, prog=PROG, argv=argv)
 
 
 if __name__ == "__main__":

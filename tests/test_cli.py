@@ -14,6 +14,7 @@ from data.sage import download, nodes
 from data.synthetic import generate
 from data.synthetic import stats as synthetic_stats
 from sagecast_common import cli as cli_module
+from sagecast_common.config import ConfigError, parse_config, reject_unused
 from sagecast_pipeline import compare as pipeline_compare
 from sagecast_report import browser as report_browser
 from sagecast_report import build as report
@@ -53,13 +54,49 @@ def test_training_config_errors_are_one_line_exit_2(capsys, train, argv, expecte
     assert line == f"{train.PROG}: error: {expected}" or line.startswith(f"{train.PROG}: error: {expected}")
 
 
+@pytest.mark.parametrize("train, argv, expected", [
+    (s2_train, ["--variant", "detr", "finetune=true"], "finetune=True would do nothing: variant=detr has no encoders"),
+    (s2_train, ["residual=false", "residual_base=ridge"], "residual_base='ridge' would do nothing: residual=false"),
+    (s2_train, ["--variant", "jepa", "ema_momentum=0.99"], "ema_momentum=0.99 would do nothing: they act only with "
+                                                           "target=ema"),
+    (s2_train, ["vc_weight=2"], "vc_weight=2.0 would do nothing: they act only with target=ema"),
+    (s2_train, ["--variant", "jepa", "--preset", "quick", "width=96"], "width=96 would do nothing: it is the detr "
+                                                                         "transformer's width"),
+    (s2_train, ["jepa_width=32"], "jepa_width=32 would do nothing: it is the jepa predictor's width"),
+    (s1_train, ["--preset", "quick", "trust_coefficient=0.01"], "trust_coefficient=0.01 would do nothing: it is "
+                                                                "LARS's; optimizer=adamw"),
+])
+def test_options_that_would_do_nothing_are_one_line_exit_2(capsys, train, argv, expected):
+    line = one_error_line(capsys, train.cli, argv)
+    assert line.startswith(f"{train.PROG}: error: {expected}")
+
+
+@pytest.mark.parametrize("variant", ["detr", "jepa"])
+@pytest.mark.parametrize("preset", ["quick", "full"])
+def test_presets_serve_both_variants(variant, preset):
+    cfg = parse_config(s2_train.Config, ["--variant", variant, "--preset", preset], presets=s2_train.PRESETS,
+                                prog="t")
+    reject_unused(cfg)  # what main() checks again
+    width, other = ("width", "jepa_width") if variant == "detr" else ("jepa_width", "width")
+    assert getattr(cfg, width) == s2_train.PRESETS[preset][width]  # the variant's own width from the preset
+    assert getattr(cfg, other) == s2_train.Config.__dataclass_fields__[other].default  # the other's left at default
+    s1 = parse_config(s1_train.Config, ["--preset", preset], presets=s1_train.PRESETS, prog="t")
+    reject_unused(s1)
+
+
+def test_main_refuses_a_changed_option_that_would_do_nothing(tmp_path):
+    with pytest.raises(ConfigError, match="width=64 would do nothing"):
+        s2_train.main(s2_train.Config(variant="jepa", width=64, stage1_run=str(tmp_path), run_dir=str(tmp_path)))
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
 def test_key_value_and_flag_forms_are_the_same():
-    a = s1_train.parse_config(s1_train.Config, ["--epochs", "3", "--base-lr", "0.5", "--force-schedule"],
+    a = parse_config(s1_train.Config, ["--epochs", "3", "--base-lr", "0.5", "--force-schedule"],
                               presets=s1_train.PRESETS, prog="t")
-    b = s1_train.parse_config(s1_train.Config, ["epochs=3", "base_lr=0.5", "force_schedule=true"],
+    b = parse_config(s1_train.Config, ["epochs=3", "base_lr=0.5", "force_schedule=true"],
                               presets=s1_train.PRESETS, prog="t")
     assert a == b and a.epochs == 3 and a.force_schedule
-    cfg = s2_train.parse_config(s2_train.Config, ["--variant", "jepa", "--preset", "quick", "--day-only", "false"],
+    cfg = parse_config(s2_train.Config, ["--variant", "jepa", "--preset", "quick", "--day-only", "false"],
                                 presets=s2_train.PRESETS, prog="t")
     assert (cfg.variant, cfg.epochs, cfg.day_only) == ("jepa", 40, False)
 

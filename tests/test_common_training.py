@@ -136,3 +136,151 @@ def test_save_figure_is_atomic_and_closes(tmp_path):
     save_figure(fig, tmp_path / "a.png")
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plt.fignum_exists(fig.number) and [p.name for p in tmp_path.iterdir()] == ["a.png"]
+
+
+def test_one_user_error_type_through_the_cli(capsys):
+    from sagecast_common.cli import run_cli
+    from sagecast_common.config import ConfigError
+
+    assert issubclass(ConfigError, UserError)
+    for error in (UserError("a user error\nsecond line"), ConfigError("a config error")):
+        def fail(error=error):
+            raise error
+
+        with pytest.raises(SystemExit) as e:
+            run_cli(fail, prog="tool")
+        assert e.value.code == 2 and capsys.readouterr().err == f"tool: error: {str(error).splitlines()[0]}\n"
+
+
+def test_unused_options_are_refused_when_changed_and_dropped_from_a_preset():
+    from dataclasses import dataclass
+
+    from sagecast_common.config import ConfigError, build_config, parse_config, reject_unused
+
+    @dataclass
+    class Cfg:
+        variant: str = "a"
+        width: int = 8
+        a_only: int = 1
+
+        def unused_options(self):
+            return {"a_only": "variant b has no a"} if self.variant == "b" else {}
+
+    presets = {"wide": {"width": 16, "a_only": 4}}
+    assert parse_config(Cfg, ["--preset", "wide", "variant=b"], presets=presets, prog="t") == Cfg("b", 16, 1)
+    assert parse_config(Cfg, ["--preset", "wide"], presets=presets, prog="t") == Cfg("a", 16, 4)
+    with pytest.raises(ConfigError, match=r"^a_only=4 would do nothing: variant b has no a$"):
+        parse_config(Cfg, ["--preset", "wide", "variant=b", "a_only=4"], presets=presets, prog="t")
+    with pytest.raises(ConfigError, match="a_only=3 would do nothing"):
+        reject_unused(build_config(Cfg, {"variant": "b", "a_only": 3}))
+    # every key at its default, as when a saved config is passed back in full, stays valid
+    assert parse_config(Cfg, ["variant=b", "a_only=1"], presets=presets, prog="t") == Cfg("b", 8, 1)
+
+
+def test_steps_per_epoch_round_down_in_both_stages():
+    from sagecast_common.training import steps_per_epoch
+
+    assert [steps_per_epoch(n, 8) for n in (7, 8, 15, 16, 17)] == [0, 1, 1, 2, 2]
+
+
+def test_sync_step_raises_floating_point_error_naming_the_terms_and_reports_stops(tmp_path):
+    from sagecast_common.dist import LaunchEnv
+    from sagecast_common.training import sync_step
+
+    with StopSignals() as stop:
+        kw = {"step": 4, "epoch": 2, "terms": {"mse": torch.tensor(float("inf"))}, "ckpt": tmp_path / "ckpt.pt"}
+        with pytest.raises(FloatingPointError, match=r"non-finite loss at step 4 \(epoch 2\): mse=inf\. .*ckpt.pt "
+                                                     "still holds the last good checkpoint"):
+            sync_step(torch.tensor(float("nan")), stop, LaunchEnv(), **kw)
+        assert sync_step(torch.tensor(2.5), stop, LaunchEnv(), **kw) == (2.5, False)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert sync_step(torch.tensor(2.5), stop, LaunchEnv(), **kw) == (2.5, True)
+
+
+def test_throughput_counts_only_this_invocation(monkeypatch):
+    from sagecast_common import training
+
+    clock = iter([100.0, 104.0])
+    monkeypatch.setattr(training, "perf_counter", lambda: next(clock))
+    meter = training.Throughput()
+    meter.add(16)
+    meter.add(16)
+    assert meter.rate == 8.0
+
+
+def test_closing_batches_ends_dataloader_workers_when_the_loop_is_left_early():
+    import multiprocessing
+
+    from torch.utils.data import DataLoader
+
+    from sagecast_common.training import closing_batches
+
+    loader = DataLoader(list(range(64)), batch_size=2, num_workers=1)
+    with pytest.raises(RuntimeError, match="left early"):
+        with closing_batches(loader) as batches:
+            next(batches)
+            assert multiprocessing.active_children()
+            raise RuntimeError("left early")
+    assert not multiprocessing.active_children()
+
+
+def test_a_torn_last_log_line_is_dropped_once_and_a_broken_middle_line_refused(tmp_path, capsys):
+    log = JsonlLogger(tmp_path / "log.jsonl")
+    log.log({"step": 1, "loss": 1.0})
+    log.log({"step": 2, "loss": 0.5})
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')  # what a kill in the middle of a write leaves
+    log.keep_until(2)
+    assert log.read() == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}]
+    assert capsys.readouterr().err.count("dropping its torn last line") == 1
+    (tmp_path / "log.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(UserError, match="log.jsonl line 2 is not JSON"):
+        log.read()
+
+
+def test_stale_checkpoint_temporaries_are_removed_at_start(tmp_path):
+    from sagecast_common.dist import LaunchEnv
+    from sagecast_common.training import prepare_run_dir
+
+    for name in (".ckpt.pt.x1y2.tmp", ".encoders.pt.ab.tmp", "keep.tmp", ".other.abc.tmp"):
+        (tmp_path / name).write_bytes(b"partial")
+    prepare_run_dir(tmp_path, LaunchEnv())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.abc.tmp", "keep.tmp"]
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+import torch
+from sagecast_common.dist import LaunchEnv
+from sagecast_common.training import lock_run
+with lock_run(Path(sys.argv[1]), LaunchEnv(), torch.device("cpu")):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_run_folder_has_one_trainer_and_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    import subprocess
+    import sys
+
+    from sagecast_common.dist import LaunchEnv
+    from sagecast_common.training import lock_run
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=rf"in use by another trainer \(PID {holder.pid}\)"):
+            with lock_run(tmp_path, LaunchEnv(), torch.device("cpu")):
+                pass
+    finally:
+        holder.kill()  # SIGKILL: no cleanup runs; the kernel drops the lock with the process
+        holder.wait()
+    with lock_run(tmp_path, LaunchEnv(), torch.device("cpu")):
+        assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
+    with lock_run(tmp_path, LaunchEnv(), torch.device("cpu")):  # released on exit: the same process takes it again
+        pass
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match="cannot use .*a_file/run as a run folder"):
+        with lock_run(tmp_path / "a_file" / "run", LaunchEnv(), torch.device("cpu")):
+            pass

@@ -142,10 +142,15 @@ def test_importing_the_package_does_no_work():
     assert out.stdout.strip() == "vicreg_loss"
 
 
+def relative_change(before: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, float]:
+    """||w - w_before|| / ||w_before|| per weight tensor (ndim > 1): how far an optimiser moved each one."""
+    return {name: float((p.detach() - before[name]).norm() / before[name].norm().clamp_min(1e-12))
+            for name, p in model.named_parameters() if p.ndim > 1}
+
+
 def _one_step(name: str, *, lr: float, **kw) -> float:
     """Relative change ||Δw|| / ||w|| of a Linear(4, 3) with every weight 0.5 after one optimiser step."""
     from sagecast_common.schedule import set_lr
-    from stage1_jea.optim import relative_change
 
     layer = torch.nn.Linear(4, 3)
     with torch.no_grad():
@@ -170,7 +175,6 @@ def test_one_optimiser_step_moves_the_weights_by_a_known_relative_amount():
 
 def test_quick_preset_optimiser_step_moves_every_conv_weight():
     from sagecast_common.schedule import set_lr
-    from stage1_jea.optim import relative_change
 
     torch.manual_seed(0)
     model = TwoBranch(specs=encoder_specs("resnet10t", "resnet10t", img_size=32), projector_dims="16-16")

@@ -9,7 +9,7 @@ import signal
 import pytest
 import torch
 
-from sagecast_common.cli import UserError
+from sagecast_common.cli import EXIT_INCOMPLETE, UserError
 from sagecast_common.config import build_config, parse_config
 from sagecast_common.encoders import load_encoders
 from stage1_jea import train
@@ -43,7 +43,8 @@ def test_resume_is_bitwise_identical_and_writes_run_files(fake_data, tmp_path):
     out = train.main(_cfg(fake_data, straight))
     assert out == {"step": 6, "total_steps": 6, "interrupted": False}  # 27 day train rows // 8 = 3 steps/epoch
     first = train.main(_cfg(fake_data, resumed, stop_after_epoch=1))
-    assert first["step"] == 3
+    assert first == {"step": 3, "total_steps": 6, "interrupted": True}  # the CLI exits 75
+    assert not (resumed / "encoders.pt").exists()  # the completion record: written only when the schedule is done
     ckpt = torch.load(resumed / "ckpt.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["total_steps"], ckpt["config"]["epochs"]) == (1, 6, 2)
     assert ckpt["schedule"] == {"total_steps": 6, "steps_per_epoch": 3, "train_pairs": 27, "epochs": 2,
@@ -81,10 +82,16 @@ def test_signal_mid_epoch_saves_the_current_step_and_resume_finishes_the_schedul
     assert out["interrupted"] and out["step"] == 2
     saved = torch.load(run / "ckpt.pt", weights_only=True)
     assert (saved["step"], saved["epoch"], saved["batches_done"]) == (2, 0, 2)
+    assert not (run / "encoders.pt").exists()
+    with open(run / "log.jsonl", "a") as f:
+        f.write('{"step": 3, "epoch": 1, "lo')  # a SIGKILL while writing a line leaves it torn
     monkeypatch.setattr(train, "vicreg_loss", real_loss)
     assert train.main(_cfg(fake_data, run)) == {"step": 6, "total_steps": 6, "interrupted": False}
     assert [json.loads(x)["step"] for x in (run / "log.jsonl").read_text().splitlines()] == list(range(1, 7))
     assert not torch.equal(saved["model"]["proj_rgb.0.weight"], _weights(run)["proj_rgb.0.weight"])
+    written = (run / "encoders.pt").stat().st_mtime_ns
+    assert train.main(_cfg(fake_data, run))["interrupted"] is False  # a finished run: nothing to do
+    assert (run / "encoders.pt").stat().st_mtime_ns == written  # written once
 
 
 def test_changed_schedule_is_refused_unless_forced(fake_data, tmp_path):
@@ -121,9 +128,28 @@ def test_non_finite_loss_stops_with_last_good_checkpoint_intact(fake_data, tmp_p
 
     real_loss = train.vicreg_loss
     monkeypatch.setattr(train, "vicreg_loss", nan_loss)
-    with pytest.raises(RuntimeError, match=r"non-finite loss at step 3 .*var=nan.*last good checkpoint"):
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 3 .*var=nan.*last good checkpoint"):
         train.main(_cfg(fake_data, run))
     assert (run / "ckpt.pt").read_bytes() == before
+
+
+def test_a_second_trainer_on_the_same_run_dir_exits_2_naming_the_holder(fake_data, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from tests.test_common_training import HOLD_LOCK
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(SystemExit) as e:
+            train.cli([f"{k}={v}" for k, v in {**TINY, "prepared": fake_data, "run_dir": tmp_path}.items()])
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err.splitlines()
+    assert e.value.code == 2 and err == [f"{train.PROG}: error: {tmp_path} is in use by another trainer (PID "
+                                         f"{holder.pid}); wait for it or stop it, or use another run_dir"]
 
 
 def test_unreadable_checkpoint_raises(fake_data, tmp_path):
@@ -150,7 +176,7 @@ def test_cli_exits_nonzero_until_the_schedule_is_done(tiny_prepared, tmp_path):
     cmd = [sys.executable, "-m", "stage1_jea.train", *args, f"prepared={tiny_prepared}", f"run_dir={tmp_path}",
            "epochs=2"]
     first = subprocess.run([*cmd, "stop_after_epoch=1"], capture_output=True, text=True)
-    assert first.returncode == train.EXIT_INCOMPLETE, first.stderr
+    assert first.returncode == EXIT_INCOMPLETE, first.stderr
     assert "rerun the same command to resume" in first.stderr
     second = subprocess.run(cmd, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
@@ -178,7 +204,7 @@ def test_sigterm_to_the_whole_process_group_with_workers_checkpoints_the_current
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail(f"still running 180 s after SIGTERM: {proc.communicate()[1][-2000:]}")
-    assert proc.returncode == train.EXIT_INCOMPLETE, err
+    assert proc.returncode == EXIT_INCOMPLETE, err
     assert "signal received" in out and "Traceback" not in err
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert ckpt["step"] >= 4 and ckpt["step"] == json.loads(log.read_text().splitlines()[-1])["step"]

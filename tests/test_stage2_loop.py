@@ -3,11 +3,13 @@ SIGTERM/SIGUSR1 → checkpoint at the current step + exit 75, and a resume over 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -17,8 +19,10 @@ from stage2_forecast import samples, train
 
 
 def tiny(stage1_run, run_dir, **kw):
+    width = "jepa_width" if kw.get("variant") == "jepa" else "width"  # the other variant's width is refused
     return train.Config(**{**dict(stage1_run=str(stage1_run), run_dir=str(run_dir), epochs=2, batch_size=8,
-                                  width=32, dropout=0.0, log_every=1, horizons_min=(5.0, 15.0), device="cpu"), **kw})
+                                  dropout=0.0, log_every=1, horizons_min=(5.0, 15.0), device="cpu", **{width: 32}),
+                           **kw})
 
 
 REAL_LOAD_DATA = train.load_data
@@ -98,9 +102,123 @@ def test_signal_saves_the_current_step_exits_75_and_resume_finishes(fake_stage1_
 def test_resume_over_changed_data_or_schedule_is_refused_unless_forced(fake_stage1_run, tmp_path, monkeypatch):
     first_train_windows(20, monkeypatch)
     train.main(tiny(fake_stage1_run, tmp_path, epochs=1))
-    with pytest.raises(UserError, match=r"schedule changed \(total_steps: 3 -> 6, epochs: 1 -> 2\).*force_sched"):
+    # 20 samples in batches of 8: 2 steps per epoch, the last partial batch dropped as in stage 1
+    with pytest.raises(UserError, match=r"schedule changed \(total_steps: 2 -> 4, epochs: 1 -> 2\).*force_sched"):
         train.main(tiny(fake_stage1_run, tmp_path, epochs=2))
     first_train_windows(30, monkeypatch)  # the stage-1 run was re-exported over more days
-    with pytest.raises(UserError, match=r"steps_per_epoch: 3 -> 4, train_samples: 20 -> 30"):
+    with pytest.raises(UserError, match=r"steps_per_epoch: 2 -> 3, train_samples: 20 -> 30"):
         train.main(tiny(fake_stage1_run, tmp_path, epochs=1))
-    assert train.main(tiny(fake_stage1_run, tmp_path, epochs=2, force_schedule=True))["step"] == 3 + 4
+    assert train.main(tiny(fake_stage1_run, tmp_path, epochs=2, force_schedule=True))["step"] == 2 + 3
+
+
+def _log(run_dir):
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_stop_after_epoch_exits_75_and_completion_is_recorded_last(fake_stage1_run, tmp_path, monkeypatch, capsys):
+    first_train_windows(16, monkeypatch)  # 2 steps per epoch
+    argv = [f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in
+            vars(tiny(fake_stage1_run, tmp_path, stop_after_epoch=1, patience=5)).items()]
+    with pytest.raises(SystemExit) as e:
+        train.cli(argv)
+    assert e.value.code == EXIT_INCOMPLETE and "rerun the same command" in capsys.readouterr().err
+    saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert (saved["epoch"], saved["step"]) == (1, 2) and "optimizer" in saved and "opt" not in saved
+    assert not (tmp_path / "complete.json").exists()
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write('{"step": 3, "epo')  # a SIGKILL while writing a line leaves it torn
+    (tmp_path / ".ckpt.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")  # and one during a save, its temporary
+    out = train.main(tiny(fake_stage1_run, tmp_path, patience=5))
+    assert not out["interrupted"] and out["step"] == 4
+    assert "dropping its torn last line" in capsys.readouterr().err
+    assert not (tmp_path / ".ckpt.pt.k1ll3d.tmp").exists()
+    assert [r["step"] for r in _log(tmp_path) if "lr" in r] == [1, 2, 3, 4]
+    done = json.loads((tmp_path / "complete.json").read_text())
+    assert done == {"best_epoch": out["best_epoch"], "best_val_mse": out["best_val_mse"], "epoch": 2, "step": 4,
+                    "total_steps": 4, "early_stopped": False}
+    assert (tmp_path / "complete.json").stat().st_mtime_ns >= (tmp_path / "ckpt.pt").stat().st_mtime_ns
+
+
+def test_after_a_mid_epoch_resume_throughput_counts_this_run_and_the_batch_source_is_closed(
+        fake_stage1_run, tmp_path, monkeypatch):
+    from sagecast_common import training
+
+    first_train_windows(24, monkeypatch)  # 3 steps per epoch
+    real_gather, sources = samples.gather, []
+
+    def signal_on_batch_two(*a, **kw):
+        if "target_images" in kw and len(sources) == 1 and not hasattr(signal_on_batch_two, "sent"):
+            signal_on_batch_two.calls = getattr(signal_on_batch_two, "calls", 0) + 1
+            if signal_on_batch_two.calls == 2:
+                signal_on_batch_two.sent = True
+                os.kill(os.getpid(), signal.SIGTERM)
+        return real_gather(*a, **kw)
+
+    def recorded(*a, **kw):
+        sources.append(real_batches(*a, **kw))
+        return sources[-1]
+
+    real_batches = train._train_batches
+    monkeypatch.setattr(samples, "gather", signal_on_batch_two)
+    monkeypatch.setattr(train, "_train_batches", recorded)
+    assert train.main(tiny(fake_stage1_run, tmp_path, epochs=1))["interrupted"]
+    assert sources[0].gi_frame is None  # the stop left the epoch early: its batch source was shut down
+    clock = iter(range(100, 200))
+    monkeypatch.setattr(training, "perf_counter", lambda: float(next(clock)))  # one second per reading
+    assert not train.main(tiny(fake_stage1_run, tmp_path, epochs=1))["interrupted"]
+    last = [r for r in _log(tmp_path) if "lr" in r][-1]
+    # one batch of 8 in one second since the resume (counting the 2 batches before it gave 24/s)
+    assert (last["step"], last["samples_per_s"]) == (3, 8.0)
+
+
+def test_jepa_checkpoints_leave_out_the_frozen_encoders_and_load_run_rebuilds_them(fake_stage1_run, tmp_path,
+                                                                                   monkeypatch):
+    import shutil
+
+    from sagecast_common.encoders import load_encoders, save_encoders
+
+    stage1 = tmp_path / "stage1"
+    shutil.copytree(fake_stage1_run, stage1)
+    first_train_windows(16, monkeypatch)
+    full_states, real_saved_state = [], train.saved_state
+
+    def keep_full_state(model):
+        full_states.append(copy.deepcopy(model.state_dict()))
+        return real_saved_state(model)
+
+    monkeypatch.setattr(train, "saved_state", keep_full_state)
+    cfg = tiny(stage1, tmp_path / "jepa", variant="jepa", epochs=1, residual_base="damped")
+    train.main(cfg)
+    path = tmp_path / "jepa" / "ckpt.pt"
+    ckpt = torch.load(path, weights_only=True)
+    encoder_keys = {k for k in full_states[-1] if k.startswith("encoders.")}
+    assert encoder_keys and set(ckpt["model"]) == set(full_states[-1]) - encoder_keys
+    assert not encoder_keys & set(ckpt["best_model"])
+    full = {**ckpt, "model": full_states[-1], "best_model": {**ckpt["best_model"], **{
+        k: v for k, v in full_states[-1].items() if k in encoder_keys}}}
+    torch.save(full, tmp_path / "full.pt")
+    assert path.stat().st_size < (tmp_path / "full.pt").stat().st_size
+
+    # the trained model's own forecasts, encoders run on the images
+    table, mean, std, wins, clim, _ = train.load_data(cfg)
+    batch = samples.gather(table, wins["val"], np.arange(8), clim=clim, images=True)
+    reference = train.build_model(cfg, ckpt["mean"], ckpt["std"])
+    reference.load_state_dict(full_states[-1])
+    _, loaded, _ = train.load_run(tmp_path / "jepa", best=False)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch), reference.eval()(batch), rtol=0, atol=0)
+    torch.save(full, path)  # a checkpoint from before the change, encoders included, still loads
+    train.load_run(tmp_path / "jepa")
+
+    modules, meta = load_encoders(stage1 / "encoders.pt")  # stage 1 retrained: other encoders, same file
+    with torch.no_grad():
+        next(modules["rgb"].parameters()).add_(1.0)
+    save_encoders(stage1 / "encoders.pt", {n: (m, {k: v for k, v in entry.items() if k != "state_dict"})
+                                           for (n, m), entry in zip(modules.items(), torch.load(
+                                               fake_stage1_run / "encoders.pt", weights_only=True)[
+                                               "encoders"].values(), strict=True)}, meta)
+    with pytest.raises(UserError, match="encoders.pt changed since .* train stage 2 again"):
+        train.load_run(tmp_path / "jepa")
+    (stage1 / "encoders.pt").write_bytes(b"truncated")
+    with pytest.raises(UserError, match="cannot load the stage-1 encoders .*encoders.pt"):
+        train.build_model(cfg, ckpt["mean"], ckpt["std"])

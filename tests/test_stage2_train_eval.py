@@ -14,8 +14,9 @@ from tests.fixtures_stage2 import make_fake_stage1
 
 
 def tiny(run, run_dir, **kw):
-    base = dict(stage1_run=str(run), run_dir=str(run_dir), epochs=2, batch_size=16, width=32, jepa_width=32,
-                dropout=0.0, log_every=1, horizons_min=(5.0, 15.0))
+    width = "jepa_width" if kw.get("variant") == "jepa" else "width"  # the other variant's width is refused
+    base = dict(stage1_run=str(run), run_dir=str(run_dir), epochs=2, batch_size=16, dropout=0.0, log_every=1,
+                horizons_min=(5.0, 15.0), **{width: 32})
     return train.Config(**{**base, **kw})
 
 
