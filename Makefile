@@ -48,7 +48,7 @@ clean:
 	rm -rf $(RUNS)
 
 # DETR vs JEPA with 95 % intervals: >= 20 synthetic days, one stage-1 run, both variants x 3 seeds, the
-# report on the test split and on a held-out sky (README "Comparing the variants"). Resumable: rerun to continue.
+# report on the test split and on a held-out sky (docs/stage2.md "Comparing the variants"). Resumable: rerun to continue.
 COMPARE_ARGS ?=
 .PHONY: compare
 compare: | $(STAMP)

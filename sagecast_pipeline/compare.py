@@ -17,7 +17,7 @@ and otherwise run again, resuming its own checkpoint (rerun to resume):
 SIGINT/SIGTERM are passed on to the running step, which is waited for (training checkpoints, exits 75).
 `--features grid` trains and reports stage 2 on the exported 2×2 feature grids instead (OUT/stage2_grid,
 OUT/report_grid, OUT/report_grid_heldout), reusing steps 1–3 of a finished comparison.
-Writes OUT/timings.json (seconds per step), the measured pieces behind README's time estimate.
+Writes OUT/timings.json (seconds per step), the measured pieces behind the time estimate in docs/results.md.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
                          "and stage-1 steps are shared, so this reuses a finished default comparison)")
     ap.add_argument("--synthetic", default="", help="extra data.synthetic arguments (quoted)")
     # Two stage-1 epochs instead of the quick preset's five keep the whole comparison within an hour on 2 cores
-    # (README "Comparing the variants" has the measured pieces); pass --stage1 epochs=5 for the preset's.
+    # (docs/results.md has the measured pieces); pass --stage1 epochs=5 for the preset's.
     ap.add_argument("--stage1", nargs="*", default=["epochs=2"], help="stage-1 key=value overrides")
     ap.add_argument("--stage2", nargs="*", default=[], help="extra stage-2 key=value overrides")
     ap.add_argument("--probe-every", type=int, default=3,

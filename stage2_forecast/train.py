@@ -214,7 +214,7 @@ def residual_starts(cfg: Config, table, wins, clim, damping) -> tuple[Config, di
 
     auto compares the two starts on val, the split early stopping and the ridge penalty already use: the
     learned variants should start from the strongest linear baseline, and which one that is depends on the
-    data (on `make compare` the ridge; on the quick default's 2 train days, see README).
+    data (on `make compare` the ridge; on the quick default's 2 train days, see docs/results.md).
     """
     if not cfg.residual or cfg.residual_base == "damped":
         return cfg, {}

@@ -16,7 +16,7 @@ import pytest
 from sagecast_pipeline import compare, run
 
 REPO = Path(__file__).resolve().parents[1]
-# hourly scans, tiny encoders and one stage-2 epoch: the wiring, not the science (README has the full run)
+# hourly scans, tiny encoders and one stage-2 epoch: the wiring, not the science (docs/results.md has the full run)
 TINY_STAGE1 = ["rgb_arch=resnet10t", "thermal_arch=resnet10t", "projector=32-32", "epochs=1", "batch_size=16",
                "num_workers=0", "device=cpu"]
 TINY_STAGE2 = ["epochs=1", "batch_size=8", "horizons_min=60,120", "context_scans=2", "device=cpu"]

@@ -1,4 +1,4 @@
-"""Tests for `data.download` (query, plan, fetch) against the SAGE double in tests/sage_double.py."""
+"""Tests for `data.sage.download` (query, plan, fetch) against the SAGE double in tests/sage_double.py."""
 
 from __future__ import annotations
 
@@ -303,7 +303,7 @@ def test_killed_midway_then_rerun(env):
 
 @pytest.mark.slow
 def test_synthetic_day_through_the_double_then_prepare(env):
-    """The whole offline flow: data.synthetic → double → data.download → data.prepare."""
+    """The whole offline flow: data.synthetic → double → data.sage.download → data.prepare."""
     from data.synthetic.generate import generate
 
     src, out = env / "src", env / "out"

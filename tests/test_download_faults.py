@@ -1,4 +1,4 @@
-"""data.download against odd servers and hostile names (issue 15 cases 4 and 5, issue 27): every per-file
+"""data.sage.download against odd servers and hostile names (issue 15 cases 4 and 5, issue 27): every per-file
 problem is a row of failed_urls.csv and the run goes on; a file is kept only when complete and within
 --max-file-mb; proxies (never carrying credentials in plain http) and ~/.netrc; control characters in names;
 numeric options."""

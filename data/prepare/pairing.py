@@ -1,7 +1,7 @@
 """Find the RGB and thermal files under a raw folder and pair them (used by `python -m data.prepare`).
 
 Two layouts are read, also side by side in one folder:
-  (a) `RAW/<VSN>/{rgb,thermal}/{ts_ns}-{filename}` (data.download, data.synthetic): a capture is (VSN, ts_ns);
+  (a) `RAW/<VSN>/{rgb,thermal}/{ts_ns}-{filename}` (data.sage.download, data.synthetic): a capture is (VSN, ts_ns);
   (b) the original workflow's `RAW/rgb/`, `RAW/rgb/processed/`, `RAW/thermal/` with names like
       `rgb_20230521-095736_W057_6144x2048_position10.jpg`: a capture is (VSN, UTC second).
 Within a capture, an RGB JPG and a thermal celsius CSV with the same position (and custom-mode image

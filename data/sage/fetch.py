@@ -1,4 +1,4 @@
-"""Authenticated, resumable, parallel HTTP download of SAGE storage files (the engine of `data.download`).
+"""Authenticated, resumable, parallel HTTP download of SAGE storage files (the engine of `data.sage.download`).
 
 Standard library only (http.client): every request has a timeout, redirects are followed by hand so the
 Authorization header goes to the storage origin and nowhere else, and the credentials never appear in a

@@ -1,6 +1,6 @@
 """Weather regimes for the synthetic sky: one regime per local day, drawn from (seed, node, date).
 
-Regimes (typical values, see README "Synthetic sky" for where they come from):
+Regimes (typical values, see docs/data.md "Synthetic sky" for where they come from):
 
 | regime        | layer(s)                          | mean cover | base km | wind m/s | lifetime of a 1 km structure |
 |---------------|-----------------------------------|------------|---------|----------|------------------------------|
