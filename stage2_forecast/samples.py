@@ -27,7 +27,7 @@ from data.dataset import normalised_frames
 from data.formats import SKY_PRESETS
 
 # both = the pooled vectors of both modalities; grid = the encoders' g × g feature maps, (row, col, channel)
-# flattened, from stage1_jea.export.
+# flattened, as the stage-1 export writes them (embeddings.parquet).
 FEATURES = {"rgb": ("emb_rgb",), "thermal": ("emb_thermal",), "both": ("emb_rgb", "emb_thermal"),
             "grid": ("grid_rgb", "grid_thermal")}
 
