@@ -12,6 +12,7 @@ Console scripts are `sagecast-<tool>` ([project.scripts] in pyproject.toml); `py
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -56,6 +57,16 @@ def require(path: str | Path, *, made_by: str, what: str | None = None) -> Path:
     if not path.exists():
         raise UserError(f"{what or path} not found ({path}): make it with `{made_by}`")
     return path
+
+
+def read_json(path: str | Path, *, made_by: str, what: str | None = None):
+    """The JSON in `path`; a missing, truncated or garbage file is a UserError naming it and the command that
+    makes it again."""
+    path = require(path, made_by=made_by, what=what)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{what or path} is unreadable ({path}: {e}): make it again with `{made_by}`") from None
 
 
 def run_cli(fn: Callable[[], int | None], *, prog: str) -> None:

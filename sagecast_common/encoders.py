@@ -13,6 +13,7 @@ import timm
 import torch
 from torch import nn
 
+from sagecast_common.cli import UserError
 from sagecast_common.runio import atomic_path
 
 
@@ -43,10 +44,16 @@ def save_encoders(path: str | os.PathLike, encoders: dict[str, tuple[nn.Module, 
 
 
 def load_encoders(path: str | os.PathLike, *, map_location="cpu") -> tuple[dict[str, nn.Module], dict[str, Any]]:
-    """Rebuild the encoders saved by `save_encoders`; a missing or mismatched key raises."""
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+    """Rebuild the encoders saved by `save_encoders`. A file that is not such a checkpoint (truncated, garbage,
+    another format) is a UserError naming it; a mismatched state dict still raises (a code bug, not a file)."""
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+        entries = payload["encoders"].items()
+    except Exception as e:  # torch.load fails on a damaged file with many types (UnpicklingError, IndexError, ...)
+        raise UserError(f"cannot read the stage-1 encoders {path} ({type(e).__name__}): it is damaged or not "
+                        "written by sagecast-stage1-train; rerun stage-1 training") from None
     modules = {}
-    for name, entry in payload["encoders"].items():
+    for name, entry in entries:
         module = build_encoder(entry["arch"], in_chans=entry["in_chans"], kwargs=entry.get("kwargs"))
         module.load_state_dict(entry["state_dict"], strict=True)
         modules[name] = module

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Subset
 
-from sagecast_common.cli import UserError, make_parser, require, run_cli
+from sagecast_common.cli import UserError, make_parser, read_json, require, run_cli
 from sagecast_common.encoders import build_encoder
 from sagecast_common.linalg import rankme, ridge_on_val
 from sagecast_common.plots import pca_2d
@@ -79,7 +79,7 @@ def project(emb: dict[str, np.ndarray], projectors: dict[str, torch.nn.Module]) 
 
 
 def _trained_projectors(run: Path, dims: dict[str, int]) -> dict[str, torch.nn.Module]:
-    config = json.loads((run / "config.json").read_text())
+    config = read_json(run / "config.json", made_by=f"sagecast-stage1-train run_dir={run}", what="stage-1 config")
     heads = {b: projector(d, config["projector"]) for b, d in dims.items()}
     state = torch.load(run / "ckpt.pt", map_location="cpu", weights_only=True)["model"]
     for b, head in heads.items():

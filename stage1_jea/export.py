@@ -12,7 +12,6 @@ SHA-256 of encoders.pt, run config, prepared dir and its fingerprint).
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from sagecast_common.cli import UserError, make_parser, run_cli
+from sagecast_common.cli import UserError, make_parser, read_json, run_cli
 from sagecast_common.encoders import load_encoders
 from sagecast_common.runio import atomic_path, atomic_write_json, file_sha256
 from stage1_jea.model import pooled_and_grid
@@ -102,7 +101,8 @@ def export(run: str | Path, *, batch_size: int = 256, prepared: str | Path | Non
         "checkpoint_sha256": file_sha256(run / "encoders.pt"),
         "checkpoint": "encoders.pt",
         "step": meta.get("step"),
-        "config": json.loads(config_path.read_text()) if config_path.exists() else None,
+        "config": read_json(config_path, made_by=f"sagecast-stage1-train run_dir={run}", what="stage-1 config")
+        if config_path.exists() else None,
         "prepared_dir": str(prepared),
         "prepared_fingerprint": "sha256:" + file_sha256(prepared / "index.parquet"),
         "rows": len(index),

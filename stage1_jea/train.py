@@ -92,7 +92,8 @@ PRESETS = {
     # 2e-3 at batch 64): LARS with eta 0.001 moved weights 7.5e-5 per step, 1.2 % over the run (issue 13). torch's
     # default thread count: on an idle 2-core machine 2 threads ran 62 pairs/s against 41 with threads=1.
     # Projector 256 (4x the batch, VICReg's own ratio): with 1024 the variance term stayed flat (18.7 -> 18.6) and
-    # thermal->RGB retrieval was 1.1x aligned random init; with 256 it fell 17.7 -> 15.6 and reached 1.47x (docs/results.md).
+    # thermal->RGB retrieval was 1.1x aligned random init; with 256 it fell 17.7 -> 15.6 and reached 1.47x
+    # (docs/results.md).
     "quick": {"rgb_arch": "resnet10t", "thermal_arch": "resnet10t", "projector": "256-256-256", "epochs": 5,
               "batch_size": 64, "optimizer": "adamw", "base_lr": 0.008, "weight_decay": 0.05, "warmup_epochs": 1.0,
               "num_workers": 1},

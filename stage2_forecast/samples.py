@@ -15,16 +15,17 @@ array has one extra all-masked row at the end, so index -1 (a masked slot) gathe
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from data.dataset import normalised_frames
 from data.formats import SKY_PRESETS
+from sagecast_common.cli import UserError, read_json, require
 
 # both = the pooled vectors of both modalities; grid = the encoders' g × g feature maps, (row, col, channel)
 # flattened, as the stage-1 export writes them (embeddings.parquet).
@@ -66,11 +67,15 @@ class Windows:
 
 
 def read_stage1(stage1_run: str | Path) -> tuple[pd.DataFrame, dict]:
+    """The stage-1 embeddings table and its sidecar; missing or unreadable ones are a UserError naming the file."""
     run = Path(stage1_run)
-    for name in ("embeddings.parquet", "embeddings.json"):
-        if not (run / name).exists():
-            raise FileNotFoundError(f"{run / name} is missing: run `python -m stage1_jea.export --run {run}` first")
-    return pd.read_parquet(run / "embeddings.parquet"), json.loads((run / "embeddings.json").read_text())
+    made_by = f"sagecast-stage1-export --run {run}"
+    meta = read_json(run / "embeddings.json", made_by=made_by, what="stage-1 embeddings sidecar")
+    path = require(run / "embeddings.parquet", made_by=made_by, what="stage-1 embeddings")
+    try:
+        return pd.read_parquet(path), meta
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise UserError(f"{path} is unreadable ({e}): rerun `{made_by}`") from None
 
 
 def load_scan_table(stage1_run: str | Path, *, features: str = "both", gap_s: float = 60.0,

@@ -132,6 +132,22 @@ def test_missing_inputs_name_the_command_that_makes_them(capsys, tmp_path):
     assert "prepared index not found" in line and "`make data" in line
 
 
+def test_damaged_stage1_files_are_one_line_errors_naming_them(capsys, tmp_path):
+    run = tmp_path / "s1"
+    run.mkdir()
+    (run / "encoders.pt").write_bytes(b"\x80garbage")  # a truncated pickle
+    (run / "embeddings.parquet").write_bytes(b"PAR1 not a parquet file")
+    (run / "embeddings.json").write_text("{}")
+    (run / "config.json").write_text('{"projector": ')  # torn
+    line = one_error_line(capsys, s1_export.main, ["--run", str(run)])
+    assert f"cannot read the stage-1 encoders {run / 'encoders.pt'}" in line
+    line = one_error_line(capsys, s2_train.cli, [f"stage1_run={run}", f"run_dir={tmp_path / 's2'}", "device=cpu"])
+    assert f"{run / 'embeddings.parquet'} is unreadable" in line and "`sagecast-stage1-export --run" in line
+    with pytest.raises(cli_module.UserError, match="stage-1 config is unreadable .*sagecast-stage1-train"):
+        cli_module.read_json(run / "config.json", made_by=f"sagecast-stage1-train run_dir={run}",
+                             what="stage-1 config")
+
+
 ARGPARSE_TOOLS = [(s1_export, "sagecast-stage1-export"), (s1_evaluate, "sagecast-stage1-evaluate"),
                   (s2_evaluate, "sagecast-stage2-evaluate"), (generate, "sagecast-synthetic"),
                   (prepare_run, "sagecast-prepare"), (download, "sagecast-download"), (nodes, "sagecast-nodes"),
