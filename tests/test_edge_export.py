@@ -52,7 +52,8 @@ def test_jepa_run_exports_and_forecasts(tiny_stage1_run, tmp_path):
     from tests.fixtures_edge import EDGE_STAGE2
 
     run = tmp_path / "jepa"
-    train.main(train.Config(**{**EDGE_STAGE2, "variant": "jepa", "jepa_width": 16, "residual_base": "damped",
+    detr_only = {k: v for k, v in EDGE_STAGE2.items() if k != "width"}  # jepa refuses the detr width
+    train.main(train.Config(**{**detr_only, "variant": "jepa", "jepa_width": 16, "residual_base": "damped",
                                "stage1_run": str(tiny_stage1_run), "run_dir": str(run)}))
     out = edge_export.export(tiny_stage1_run, run, tmp_path / "model")
     model = EdgeModel(out)
