@@ -254,11 +254,15 @@ def test_cobalt_mpi_mode_is_one_rank_per_gpu(tmp_path):
 
 @pytest.mark.parametrize("with_scontrol", [True, False])
 def test_slurm_uses_srun_and_the_first_host(tmp_path, with_scontrol):
-    if not with_scontrol and shutil.which("scontrol"):
-        pytest.skip("a real scontrol is on PATH")
     extra = {"scontrol": "#!/bin/bash\nprintf 'nid003\\nnid004\\n'\n"} if with_scontrol else {}
     env = fake_bin(tmp_path, "srun", extra=extra) | {"SLURM_JOB_NODELIST": "nid[003-004]", "SLURM_JOB_ID": "5",
                                                       "SLURM_JOB_NUM_NODES": "2"}
+    if not with_scontrol:  # a PATH with only what the launcher needs, so a real scontrol stays out of sight
+        tools = tmp_path / "tools"
+        tools.mkdir()
+        for name in ("bash", "sed", "awk", "mktemp", "cksum", "cut", "rm"):
+            (tools / name).symlink_to(shutil.which(name))
+        env["PATH"] = f"{tmp_path / 'bin'}:{tools}"
     out = run_stage(env, "--nproc", "2", "--", "m")
     assert out.returncode == 0, out.stderr
     argv = " ".join(calls(tmp_path)[0]["argv"])
