@@ -75,10 +75,12 @@ def calls(tmp_path: Path) -> list[dict]:
     return [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
 
 
-def submit(tmp_path, env, *args, check=True):
+def submit(tmp_path, env, *args, check=True, parse_overrides=False):
+    """jobs/submit with the fakes; `parse_overrides`: let it parse the train overrides (seconds: imports torch)."""
     (tmp_path / "runs" / "prepared").mkdir(parents=True, exist_ok=True)
     (tmp_path / "runs" / "prepared" / "complete.json").touch()
     base = ["--project", "P", "--queue", "full-node", "--nodes", "2", "--runs-root", str(tmp_path / "runs")]
+    base += [] if parse_overrides else ["--no-check"]
     out = subprocess.run([sys.executable, str(SUBMIT), *base, *args], env=env, capture_output=True, text=True)
     if check:
         assert out.returncode == 0, out.stderr
@@ -534,3 +536,21 @@ def test_stage2_alone_depends_on_the_runs_stage1_job_still_queued(tmp_path, sche
     assert [x for x in DEPEND[scheduler] if x in second] == DEPEND[scheduler]
     record = json.loads((tmp_path / "runs" / "later" / "submit.json").read_text())
     assert set(record["jobs"]) == {"stage1", "stage2"}
+
+
+@pytest.mark.slow
+def test_overrides_are_parsed_before_anything_is_queued(tmp_path):
+    """A bad override used to fail only inside the job, after the queue wait."""
+    env = fake_bin(tmp_path, "sbatch") | {"FAKE_IDS": "5 6 7"}
+    bad = submit(tmp_path, env, "--scheduler", "slurm", "--name", "b", "stage1", "stage2", "--", "stage2.epochs=0",
+                 check=False, parse_overrides=True)
+    line = one_line_exit_2(bad)
+    assert "sagecast-stage2-train" in line and "epochs" in line and calls(tmp_path) == []
+    assert not (tmp_path / "runs" / "b" / "submit.json").exists()
+    submit(tmp_path, env, "--scheduler", "slurm", "--name", "g", "stage1", "stage2", "--", "epochs=2",
+           "stage1.batch_size=8", parse_overrides=True)
+    assert len(calls(tmp_path)) == 2
+    # a login node without the project environment: submitted, the job parses them
+    bare = submit(tmp_path, env | {"PYTHON": shutil.which("python3")}, "--scheduler", "slurm", "--name", "n",
+                  "stage1", "--", "epochs=2", parse_overrides=True)
+    assert "overrides not checked here" in bare.stderr and len(calls(tmp_path)) == 3

@@ -48,16 +48,16 @@ def runs_root(tmp_path_factory, tiny_prepared):
     return root
 
 
-def submit(slurm, runs_root: Path, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def submit(slurm, runs_root: Path, name: str, *args: str, parse_overrides: bool = False) -> None:
+    """jobs/submit CPU-only jobs of 2 CPUs each (the node has 4); `parse_overrides`: let it parse the overrides
+    first (seconds: it imports torch), else the job does."""
     env = {**slurm.env, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     out = subprocess.run([sys.executable, str(REPO / "jobs" / "submit"), "--scheduler", "slurm", "--project", "test",
                           "--queue", "debug", "--walltime", "10", "--gpus-per-node", "0", "--cpus-per-node", "2",
-                          "--runs-root", str(runs_root), "--name", name, *args],
-                         env=env, capture_output=True, text=True, timeout=120)
-    if check:
-        assert out.returncode == 0, out.stderr
-    return out
+                          "--runs-root", str(runs_root), "--name", name, *([] if parse_overrides else ["--no-check"]),
+                          *args], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
 
 
 def job_ids(runs_root: Path, name: str) -> dict[str, str]:
@@ -89,7 +89,7 @@ def when(info: dict[str, str], key: str) -> float:
 def test_chain_runs_in_order_next_to_another_run_and_stage2_alone_follows_a_queued_stage1(slurm, runs_root):
     """Run a: stage 1 (one process), then stage 2 submitted alone while stage 1 is queued or running; run b:
     stage 1 with two CPU processes at the same time, on the same node (each job its own rendezvous port)."""
-    submit(slurm, runs_root, "a", "stage1", "--", *STAGE1)
+    submit(slurm, runs_root, "a", "stage1", "--", *STAGE1, parse_overrides=True)
     submit(slurm, runs_root, "b", "--procs-per-node", "2", "stage1", "--", *STAGE1)
     a1 = job_ids(runs_root, "a")["stage1"]
     assert slurm.job(a1)["JobState"] in ("PENDING", "RUNNING"), "too late to test a dependency on a queued job"
@@ -113,6 +113,7 @@ def test_chain_runs_in_order_next_to_another_run_and_stage2_alone_follows_a_queu
 
 
 def test_a_bad_override_fails_stage1_and_cancels_stage2(slurm, runs_root):
+    """Submitted unchecked (--no-check, or a login node without the project): the job refuses it."""
     submit(slurm, runs_root, "bad", "stage1", "stage2", "--", *STAGE1, "stage1.batch_size=-4")
     ids = job_ids(runs_root, "bad")
     s1 = slurm.wait_job(ids["stage1"], ENDED, 120)
