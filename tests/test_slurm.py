@@ -89,7 +89,7 @@ def when(info: dict[str, str], key: str) -> float:
 def test_chain_runs_in_order_next_to_another_run_and_stage2_alone_follows_a_queued_stage1(slurm, runs_root):
     """Run a: stage 1 (one process), then stage 2 submitted alone while stage 1 is queued or running; run b:
     stage 1 with two CPU processes at the same time, on the same node (each job its own rendezvous port)."""
-    submit(slurm, runs_root, "a", "stage1", "--", *STAGE1, parse_overrides=True)
+    submit(slurm, runs_root, "a", "stage1", "--", *STAGE1)
     submit(slurm, runs_root, "b", "--procs-per-node", "2", "stage1", "--", *STAGE1)
     a1 = job_ids(runs_root, "a")["stage1"]
     assert slurm.job(a1)["JobState"] in ("PENDING", "RUNNING"), "too late to test a dependency on a queued job"
