@@ -20,8 +20,9 @@
 #   75 (checkpointed, resubmit to resume) when a worker stopped with 75 (it leaves the file
 #      $SAGECAST_STOP_MARKER: torchrun and srun would turn its 75 into 1), or when a stop signal sent to this
 #      script (forwarded to the launcher, which is waited for) ended the launcher.
-# Slurm steps get the job's --cpus-per-task (srun does not inherit it); torchrun passes SIGUSR1 on to the
-# workers as well as TERM/INT/HUP/QUIT (PET_SIGNALS_TO_HANDLE, read by torch >= 2.4).
+# Slurm steps get the job's --cpus-per-task, or its CPUs on the node shared out among the tasks (srun does not
+# inherit --cpus-per-task); torchrun passes SIGUSR1 on to the workers as well as TERM/INT/HUP/QUIT
+# (PET_SIGNALS_TO_HANDLE, read by torch >= 2.4).
 #
 # Options:
 #   --local            ignore any scheduler variables: this host only (CPU testing: --local --nproc 2)
@@ -154,9 +155,14 @@ per_node() {
         slurm)
             cmd=(srun --nodes "$nodes" --ntasks "$n" --ntasks-per-node "$ppn" --kill-on-bad-exit=1)
             # srun does not inherit the batch job's --cpus-per-task (Slurm >= 22.05): without it every task,
-            # its torchrun workers and their DataLoader workers would share one core.
-            if [[ -n "${SLURM_CPUS_PER_TASK:-}" ]]; then
-                cmd+=(--cpus-per-task "$SLURM_CPUS_PER_TASK")
+            # its torchrun workers and their DataLoader workers would share one core. A whole-node job
+            # (--exclusive) has no --cpus-per-task: its CPUs on this node are shared out among the tasks.
+            cpus="${SLURM_CPUS_PER_TASK:-}"
+            if [[ -z "$cpus" && "${SLURM_CPUS_ON_NODE:-}" =~ ^[0-9]+$ ]]; then
+                cpus=$((SLURM_CPUS_ON_NODE / ppn))
+            fi
+            if [[ "$cpus" =~ ^[0-9]+$ ]] && ((cpus > 0)); then
+                cmd+=(--cpus-per-task "$cpus")
             fi
             cmd+=("$@")
             ;;

@@ -439,6 +439,12 @@ def test_single_steps_run_as_a_slurm_job_step_with_the_jobs_cpus(tmp_path):
     assert argv[:9] == ["--nodes", "1", "--ntasks", "1", "--ntasks-per-node", "1", "--kill-on-bad-exit=1",
                         "--cpus-per-task", "6"]
     assert argv[-5:] == ["python", "-m", "stage1_jea.export", "--run", "R"]
+    # a whole-node job (--exclusive) has no SLURM_CPUS_PER_TASK: the node's CPUs are shared out among the ranks
+    env = env | {"SLURM_CPUS_ON_NODE": "32", "FAKE_LOG": str(tmp_path / "mpi.jsonl")}
+    del env["SLURM_CPUS_PER_TASK"]
+    assert run_stage(env, "--mpi", "--nproc", "4", "--", "stage1_jea.train").returncode == 0
+    argv = json.loads((tmp_path / "mpi.jsonl").read_text())["argv"]
+    assert argv[argv.index("--cpus-per-task") + 1] == "8" and argv[argv.index("--ntasks-per-node") + 1] == "4"
 
 
 WORKER = """import os, signal, sys, time
