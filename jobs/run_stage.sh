@@ -213,7 +213,9 @@ for sig in TERM USR1 INT; do
     # shellcheck disable=SC2064  # $sig is meant to expand now, $child when the signal comes
     trap "signalled=1; kill -s $sig \"\$child\" 2>/dev/null || true" "$sig"
 done
-"${cmd[@]}" &
+# (A background command of a script starts with SIGINT and SIGQUIT ignored, which Python would keep: Ctrl-C
+# on --local or --single must still reach the tool.)
+(trap - INT QUIT; exec "${cmd[@]}") &
 child=$!
 status=0
 wait "$child" || status=$?

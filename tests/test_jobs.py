@@ -488,6 +488,13 @@ def test_a_stop_signal_to_a_single_step_launcher_is_forwarded_and_waited_for(tmp
     assert proc.returncode == 75, err
 
 
+def test_ctrl_c_still_reaches_a_single_step(tmp_path):
+    """The launcher runs the tool in the background to forward signals; Ctrl-C (SIGINT) must still stop it."""
+    (tmp_path / "sigint_state.py").write_text("import signal\nprint(signal.getsignal(signal.SIGINT))\n")
+    env = fake_bin(tmp_path) | {"PYTHONPATH": str(tmp_path), "PYTHON": sys.executable}
+    assert "default_int_handler" in run_stage(env, "--single", "--", "sigint_state").stdout
+
+
 def test_cpu_only_jobs_set_processes_apart_from_gpus(tmp_path):
     env = fake_bin(tmp_path, "sbatch") | {"FAKE_IDS": "5 6 7"}
     submit(tmp_path, env, "--scheduler", "slurm", "--name", "cpu", "--gpus-per-node", "0", "--procs-per-node", "2",
