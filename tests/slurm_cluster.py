@@ -8,10 +8,11 @@
 Nothing outside the folder is read or written: munged gets its own key, socket and seed file, the daemons
 their own ports, spool and state folders, and the clients find the config through SLURM_CONF. No systemd and
 no cgroups are needed (proctrack/linuxproc, task/none), so it runs as root in a container. The node has two
-GPU gres backed by empty files (nothing reads them; a job just gets CUDA_VISIBLE_DEVICES) and reports twice
-the host's CPUs, so two small jobs can run side by side on a 2-core machine. Jobs stay visible to `scontrol`
-for an hour after they end (MinJobAge): without slurmdbd there is no sacct, and scontrol shows state and exit
-code. Every daemon is stopped by its PID on exit.
+GPU gres backed by empty files (nothing reads them) and reports twice the host's CPUs (at least 4), so two
+small jobs of 2 CPUs run side by side even on a 2-core machine. The folder's path must be short (under about 70
+characters, as pytest's temporary folders are): munged's and slurmd's sockets live in it. Jobs stay visible to
+`scontrol` for an hour after they end (MinJobAge): without slurmdbd there is no sacct, and scontrol shows state
+and exit code. Every daemon is stopped by its PID on exit.
 
 Run `python -m tests.slurm_cluster` to start one in ./slurm-cluster and print how to use it (Ctrl-C stops it).
 """
@@ -45,7 +46,7 @@ def free_ports(n: int) -> list[int]:
 class SlurmCluster:
     def __init__(self, root: Path, *, cpus: int | None = None):
         self.root = Path(root).resolve()
-        self.cpus = cpus or 2 * (os.cpu_count() or 1)
+        self.cpus = cpus or max(4, 2 * (os.cpu_count() or 1))
         self.node = socket.gethostname().split(".")[0]
         self.pids: dict[str, int] = {}
         self.conf = self.root / "slurm.conf"
@@ -54,6 +55,8 @@ class SlurmCluster:
 
     # -- setup -----------------------------------------------------------------------------------------------
     def write_config(self) -> None:
+        if len(str(self.socket)) > 100:  # a unix socket path has at most 107 bytes
+            raise RuntimeError(f"{self.root}: too long a path for the cluster's sockets; use a shorter folder")
         for d in ("munge", "state", "spool", "log", "dev"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         (self.root / "munge").chmod(0o700)
