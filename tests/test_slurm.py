@@ -41,6 +41,13 @@ def slurm(tmp_path_factory):
         yield cluster
 
 
+@pytest.fixture(autouse=True)
+def cancel_leftover_jobs(slurm):
+    """A failed test's jobs must not hold the node's CPUs through the next test."""
+    yield
+    subprocess.run(["scancel", "--full", f"--user={os.getuid()}"], env=slurm.env, capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def runs_root(tmp_path_factory, tiny_prepared):
     root = tmp_path_factory.mktemp("slurm_runs")
@@ -93,9 +100,10 @@ def test_chain_runs_in_order_next_to_another_run_and_stage2_alone_follows_a_queu
     submit(slurm, runs_root, "b", "--procs-per-node", "2", "stage1", "--", *STAGE1)
     a1 = job_ids(runs_root, "a")["stage1"]
     assert slurm.job(a1)["JobState"] in ("PENDING", "RUNNING"), "too late to test a dependency on a queued job"
-    submit(slurm, runs_root, "a", "stage2", "--", *STAGE1, *STAGE2)  # no embeddings.parquet yet: depends on a1
+    # No embeddings.parquet yet: it depends on a1. Given the node's 2 GPUs, stage 2 (one process) asks for one.
+    submit(slurm, runs_root, "a", "--gpus-per-node", "2", "stage2", "--", *STAGE1, *STAGE2)
     a2, b1 = job_ids(runs_root, "a")["stage2"], job_ids(runs_root, "b")["stage1"]
-    assert f"afterok:{a1}" in slurm.job(a2)["Dependency"]
+    assert f"afterok:{a1}" in slurm.job(a2)["Dependency"] and slurm.job(a2)["TresPerNode"] == "gres:gpu:1"
 
     s2 = slurm.wait_job(a2, ENDED, 420)
     s1, b = slurm.job(a1), slurm.wait_job(b1, ENDED, 120)
