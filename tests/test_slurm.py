@@ -131,13 +131,13 @@ def test_a_bad_override_fails_stage1_and_cancels_stage2(slurm, runs_root):
     assert s2["JobState"] == "CANCELLED"
 
 
-def stop_running_stage1(slurm, runs_root: Path, job: str, signal_name: str) -> int:
-    """scancel --signal the job; asserts Slurm recorded exit 75 and a checkpoint; the step it was saved at."""
+def stop_running(slurm, runs_root: Path, name: str, stage: str, job: str, signal_name: str, run: Path) -> int:
+    """scancel --signal the job; asserts Slurm recorded exit 75 and a checkpoint in `run`; the step it was saved at."""
     subprocess.run(["scancel", f"--signal={signal_name}", job], env=slurm.env, check=True)
     info = slurm.wait_job(job, ENDED, 120)
-    out = job_log(runs_root, "stop", "stage1", job)
+    out = job_log(runs_root, name, stage, job)
     assert (info["JobState"], info["ExitCode"]) == ("FAILED", "75:0"), out[-3000:]
-    assert (runs_root / "stop" / "stage1" / "ckpt.pt").is_file()
+    assert (run / "ckpt.pt").is_file()
     return int(re.search(r"saved \S+ at step (\d+)", out).group(1))
 
 
@@ -149,7 +149,7 @@ def test_a_stop_signal_checkpoints_exits_75_and_a_resubmission_resumes(slurm, ru
     submit(slurm, runs_root, "stop", "stage1", "--", *overrides)
     first = job_ids(runs_root, "stop")["stage1"]
     wait_for_text(slurm, first, run / "log.jsonl", r"\n", 120)  # training steps are being logged
-    stopped_at = stop_running_stage1(slurm, runs_root, first, "TERM")
+    stopped_at = stop_running(slurm, runs_root, "stop", "stage1", first, "TERM", run)
     assert stopped_at > 0
 
     submit(slurm, runs_root, "stop", "stage1", "--", *overrides)
@@ -157,4 +157,18 @@ def test_a_stop_signal_checkpoints_exits_75_and_a_resubmission_resumes(slurm, ru
     resumed = wait_for_text(slurm, second, logs / f"stage1-{second}.out", r"resuming \S+ at step (\d+)/", 120)
     assert int(resumed.group(1)) == stopped_at
     wait_for_text(slurm, second, logs / f"stage1-{second}.out", r"step (\d+)/\d+ loss", 120)  # training again
-    assert stop_running_stage1(slurm, runs_root, second, "USR1") > stopped_at
+    assert stop_running(slurm, runs_root, "stop", "stage1", second, "USR1", run) > stopped_at
+
+
+def test_a_stop_signal_reaches_stage2_training_a_one_process_step(slurm, runs_root):
+    """Stage 2 runs as an `srun -n1` step: `scancel --signal` (job steps only) reached nobody in the batch shell."""
+    stage1 = runs_root / "a" / "stage1"  # run a's, from the chain test; else a stage 1 of its own
+    if not (stage1 / "embeddings.parquet").is_file():
+        stage1 = runs_root / "s2stop" / "stage1"
+        submit(slurm, runs_root, "s2stop", "stage1", "--", *STAGE1)
+        assert slurm.wait_job(job_ids(runs_root, "s2stop")["stage1"], ENDED, 300)["JobState"] == "COMPLETED"
+    submit(slurm, runs_root, "s2stop", "--stage1-run", str(stage1), "stage2", "--", *STAGE2, "stage2.epochs=500")
+    job = job_ids(runs_root, "s2stop")["stage2"]
+    run = runs_root / "s2stop" / "stage2" / "detr"
+    wait_for_text(slurm, job, run / "log.jsonl", r"\n", 120)
+    assert stop_running(slurm, runs_root, "s2stop", "stage2", job, "TERM", run) > 0
