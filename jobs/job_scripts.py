@@ -50,7 +50,9 @@ def header(a, stage: str, nodes: int, wall: str, logs: Path) -> list[str]:
              f"--ntasks-per-node={tasks}"]
     # CPUs: the given number per node, else the whole node (--exclusive; run_stage.sh then gives each step the
     # node's CPUs). Without either, Slurm gives each task one core, shared by its workers and data loaders.
-    lines += [f"--cpus-per-task={max(a.cpus_per_node // tasks, 1)}"] if a.cpus_per_node else ["--exclusive"]
+    # Stage 2's one GPU comes with that GPU's share of the node's CPUs.
+    cpus = a.cpus_per_node * gpus // a.gpus_per_node if gpus and stage == "stage2" else a.cpus_per_node
+    lines += [f"--cpus-per-task={max(cpus // tasks, 1)}"] if a.cpus_per_node else ["--exclusive"]
     lines += [f"--time={wall}", f"--output={logs / stage}-%j.out"]
     if gpus:
         lines.append(f"--gpus-per-node={gpus}")

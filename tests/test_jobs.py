@@ -496,7 +496,7 @@ def test_ctrl_c_still_reaches_a_single_step(tmp_path):
 
 
 def test_cpu_only_jobs_set_processes_apart_from_gpus(tmp_path):
-    env = fake_bin(tmp_path, "sbatch") | {"FAKE_IDS": "5 6 7"}
+    env = fake_bin(tmp_path, "sbatch") | {"FAKE_IDS": "5 6 7 8 9"}
     submit(tmp_path, env, "--scheduler", "slurm", "--name", "cpu", "--gpus-per-node", "0", "--procs-per-node", "2",
            "--cpus-per-node", "8", "stage1", "stage2")
     for stage in ("stage1", "stage2"):
@@ -507,6 +507,10 @@ def test_cpu_only_jobs_set_processes_apart_from_gpus(tmp_path):
            "--cpus-per-node", "32", "stage1")
     text = (tmp_path / "runs" / "mpi" / "stage1.sbatch").read_text()
     assert "#SBATCH --ntasks-per-node=4" in text and "#SBATCH --cpus-per-task=8" in text
+    submit(tmp_path, env, "--scheduler", "slurm", "--name", "s2", "--gpus-per-node", "4", "--cpus-per-node", "32",
+           "stage1", "stage2")
+    text = (tmp_path / "runs" / "s2" / "stage2.sbatch").read_text()  # one GPU and its share of the CPUs
+    assert "#SBATCH --gpus-per-node=1" in text and "#SBATCH --cpus-per-task=8" in text
     bad = submit(tmp_path, env, "--scheduler", "slurm", "--name", "neg", "--gpus-per-node", "-1", "stage1",
                  check=False)
     assert "cannot be negative" in one_line_exit_2(bad)
