@@ -43,11 +43,21 @@ def header(a, stage: str, nodes: int, wall: str, logs: Path) -> list[str]:
         if a.filesystems:
             lines.append(f"-l filesystems={a.filesystems.replace(',', ':')}")
         return [f"#PBS {x}" for x in lines]
-    tasks = a.gpus_per_node if a.mpi and stage == "stage1" else 1
+    # Stage 1 starts one torchrun per node (or one MPI rank per process); stage 2 runs one process on one GPU.
+    tasks = a.procs_per_node if a.mpi and stage == "stage1" else 1
+    gpus = a.gpus_per_node if stage == "stage1" else min(a.gpus_per_node, 1)
     lines = [f"--job-name={job}", f"--account={a.project}", f"--partition={a.queue}", f"--nodes={nodes}",
-             f"--ntasks-per-node={tasks}", f"--time={wall}", f"--output={logs / stage}-%j.out"]
-    if a.gpus_per_node:
-        lines.append(f"--gpus-per-node={a.gpus_per_node}")
+             f"--ntasks-per-node={tasks}"]
+    # CPUs: the given number per node, else the whole node (--exclusive; run_stage.sh then gives each step the
+    # node's CPUs). Without either, Slurm gives each task one core, shared by its workers and data loaders.
+    # Stage 2's one GPU comes with that GPU's share of the node's CPUs.
+    cpus = a.cpus_per_node * gpus // a.gpus_per_node if gpus and stage == "stage2" else a.cpus_per_node
+    lines += [f"--cpus-per-task={max(cpus // tasks, 1)}"] if a.cpus_per_node else ["--exclusive"]
+    lines += [f"--time={wall}", f"--output={logs / stage}-%j.out"]
+    if gpus:
+        lines.append(f"--gpus-per-node={gpus}")
+    if a.grace:  # TERM to the job's steps this many seconds before the wall time: training checkpoints, exits 75
+        lines.append(f"--signal=TERM@{a.grace}")
     return [f"#SBATCH {x}" for x in lines]
 
 
@@ -62,7 +72,11 @@ def job_steps(a, paths: dict[str, Path], overrides: dict[str, list[str]]) -> dic
 
 STEP_FUNCTION = [
     "# A step runs unless its completion record exists: a resubmitted job resumes at its first unfinished step.",
-    'step() { if [[ -f "$1" ]]; then echo "done: $1"; else shift; "$@"; fi; }',
+    "# A stop signal to every process of the job (scancel --full, qsig) reaches the step too, whose launcher",
+    "# waits for it; this shell then ends with 75 (resubmit to resume) instead of starting the next step.",
+    "stopped=0",
+    "trap 'stopped=1' TERM USR1",
+    'step() { if [[ -f "$1" ]]; then echo "done: $1"; else shift; "$@"; fi; if ((stopped)); then exit 75; fi; }',
 ]
 
 
@@ -89,7 +103,7 @@ def render(a, stage: str, steps: list[Step], paths: dict[str, Path]) -> str:
         opts = f" --container {q(str(a.container))}" + "".join(f" --bind {q(b)}" for b in binds)
     if any(s.distributed for s in steps):
         mpi = " --mpi" if a.mpi else ""
-        body += [f"launch=(jobs/run_stage.sh --nproc {a.gpus_per_node}{mpi}{opts})"]
+        body += [f"launch=(jobs/run_stage.sh --nproc {a.procs_per_node}{mpi}{opts})"]
     body += [f"single=(jobs/run_stage.sh --single{opts})", "", *STEP_FUNCTION, ""]
     body += [step_line(s) for s in steps]
     hdr = header(a, stage, nodes, wall, paths["run"] / "logs")

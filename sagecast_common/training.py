@@ -203,6 +203,8 @@ def run_training_cli(main: Callable[[Any], dict], config_cls, presets: dict, *, 
         if result["interrupted"]:
             print(f"stopped at step {result['step']}/{result['total_steps']} with a checkpoint; rerun the same "
                   "command to resume", file=sys.stderr)
+            if os.environ.get("SAGECAST_STOP_MARKER"):  # torchrun/srun report 75 as 1; jobs/run_stage.sh reads this
+                Path(os.environ["SAGECAST_STOP_MARKER"]).touch()
             return EXIT_INCOMPLETE
         return 0
 

@@ -10,9 +10,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,13 +45,23 @@ if ids:
     print(ids[n])
 sys.exit(int(os.environ.get("FAKE_RC", "0")))
 """
+# squeue/qstat: the job ids in FAKE_ACTIVE are queued or running, any other is unknown (both exit non-zero).
+FAKE_QUERY = """#!{python}
+import os, sys
+job = [a.split("=", 1)[1] if a.startswith("--jobs=") else a for a in sys.argv[1:] if not a.startswith("-")
+       or a.startswith("--jobs=")][-1]
+if job not in os.environ.get("FAKE_ACTIVE", "").split():
+    sys.exit(1)
+print(job + " sagecast user 00:01 R")
+"""
 
 
 def fake_bin(tmp_path: Path, *names: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     """A PATH with recording fakes for `names` first; returns the environment to run with."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    scripts = {n: FAKE.format(python=sys.executable) for n in names} | (extra or {})
+    scripts = {n: FAKE_QUERY.format(python=sys.executable) for n in ("squeue", "qstat")}
+    scripts |= {n: FAKE.format(python=sys.executable) for n in names} | (extra or {})
     for name, text in scripts.items():
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
@@ -63,10 +75,12 @@ def calls(tmp_path: Path) -> list[dict]:
     return [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
 
 
-def submit(tmp_path, env, *args, check=True):
+def submit(tmp_path, env, *args, check=True, parse_overrides=False):
+    """jobs/submit with the fakes; `parse_overrides`: let it parse the train overrides (seconds: imports torch)."""
     (tmp_path / "runs" / "prepared").mkdir(parents=True, exist_ok=True)
     (tmp_path / "runs" / "prepared" / "complete.json").touch()
     base = ["--project", "P", "--queue", "full-node", "--nodes", "2", "--runs-root", str(tmp_path / "runs")]
+    base += [] if parse_overrides else ["--no-check"]
     out = subprocess.run([sys.executable, str(SUBMIT), *base, *args], env=env, capture_output=True, text=True)
     if check:
         assert out.returncode == 0, out.stderr
@@ -141,9 +155,10 @@ def test_slurm_script_has_no_pbs_lines(tmp_path):
         lines = (tmp_path / "runs" / "s" / f"{stage}.sbatch").read_text().splitlines()
         assert not any(x.startswith(("#PBS", "#COBALT")) for x in lines)
         assert "#SBATCH --account=P" in lines and "#SBATCH --ntasks-per-node=1" in lines
-        assert "#SBATCH --gpus-per-node=8" in lines and "#SBATCH --time=06:00:00" in lines
-    assert "#SBATCH --nodes=2" in (tmp_path / "runs" / "s" / "stage1.sbatch").read_text()
-    assert "#SBATCH --nodes=1" in (tmp_path / "runs" / "s" / "stage2.sbatch").read_text()
+        assert "#SBATCH --time=06:00:00" in lines and "#SBATCH --exclusive" in lines
+    stage1, stage2 = ((tmp_path / "runs" / "s" / f"{s}.sbatch").read_text() for s in ("stage1", "stage2"))
+    assert "#SBATCH --nodes=2" in stage1 and "#SBATCH --gpus-per-node=8" in stage1
+    assert "#SBATCH --nodes=1" in stage2 and "#SBATCH --gpus-per-node=1" in stage2, "stage 2 runs one process"
 
 
 def test_dry_run_submits_and_writes_nothing(tmp_path):
@@ -223,7 +238,7 @@ def test_pbs_starts_one_torchrun_per_node_with_c10d(tmp_path):
     assert argv[:6] == ["-n", "2", "--ppn", "1", "--hostfile", str(nodefile)]
     tail = " ".join(argv)
     for want in ("torch.distributed.run --nnodes 2 --nproc-per-node 4", "--rdzv-backend c10d",
-                 "--rdzv-endpoint n1:29500", "--rdzv-id 99.pbs", "-m stage1_jea.train epochs=1"):
+                 "--rdzv-endpoint n1:29599", "--rdzv-id 99.pbs", "-m stage1_jea.train epochs=1"):
         assert want in tail
 
 
@@ -241,16 +256,20 @@ def test_cobalt_mpi_mode_is_one_rank_per_gpu(tmp_path):
 
 @pytest.mark.parametrize("with_scontrol", [True, False])
 def test_slurm_uses_srun_and_the_first_host(tmp_path, with_scontrol):
-    if not with_scontrol and shutil.which("scontrol"):
-        pytest.skip("a real scontrol is on PATH")
     extra = {"scontrol": "#!/bin/bash\nprintf 'nid003\\nnid004\\n'\n"} if with_scontrol else {}
     env = fake_bin(tmp_path, "srun", extra=extra) | {"SLURM_JOB_NODELIST": "nid[003-004]", "SLURM_JOB_ID": "5",
                                                       "SLURM_JOB_NUM_NODES": "2"}
+    if not with_scontrol:  # a PATH with only what the launcher needs, so a real scontrol stays out of sight
+        tools = tmp_path / "tools"
+        tools.mkdir()
+        for name in ("bash", "sed", "awk", "mktemp", "cksum", "cut", "rm"):
+            (tools / name).symlink_to(shutil.which(name))
+        env["PATH"] = f"{tmp_path / 'bin'}:{tools}"
     out = run_stage(env, "--nproc", "2", "--", "m")
     assert out.returncode == 0, out.stderr
     argv = " ".join(calls(tmp_path)[0]["argv"])
     assert argv.startswith("--nodes 2 --ntasks 2 --ntasks-per-node 1")
-    assert "--rdzv-endpoint nid003:29500" in argv and "--rdzv-id 5" in argv
+    assert "--rdzv-endpoint nid003:29505" in argv and "--rdzv-id 5" in argv
 
 
 def test_container_wraps_the_python_process(tmp_path):
@@ -390,3 +409,165 @@ def test_stage2_alone_needs_the_prepared_folder_its_report_shows(tmp_path):
     out = submit(tmp_path, env, "--scheduler", "pbs", "--name", "s2", "--stage1-run", str(stage1), "--prepared",
                  str(tmp_path / "nope"), "stage2", check=False)
     assert "--prepared" in one_line_exit_2(out) and calls(tmp_path) == []
+
+
+ONE_HOST = {"scontrol": "#!/bin/bash\necho n1\n"}  # `scontrol show hostnames n1`
+
+
+def test_rendezvous_port_comes_from_the_job_id(tmp_path):
+    """Two jobs on one node must not meet in one rendezvous (a fixed 29500 did: the second joined the first)."""
+    ports = []
+    for job in ("41", "42", "4242424242424"):
+        env = fake_bin(tmp_path, "srun", extra=ONE_HOST) | {"SLURM_JOB_NODELIST": "n1", "SLURM_JOB_ID": job,
+                                                             "FAKE_LOG": str(tmp_path / f"{job}.jsonl")}
+        env.pop("MASTER_PORT", None)
+        assert run_stage(env, "--nproc", "2", "--", "m").returncode == 0
+        argv = json.loads((tmp_path / f"{job}.jsonl").read_text())["argv"]
+        ports.append(int(argv[argv.index("--rdzv-endpoint") + 1].split(":")[1]))
+    assert len(set(ports)) == 3 and all(1024 < p < 65536 for p in ports)
+    env |= {"FAKE_LOG": str(tmp_path / "fixed.jsonl")}
+    assert run_stage(env, "--port", "31000", "--nproc", "2", "--", "m").returncode == 0
+    assert "n1:31000" in (tmp_path / "fixed.jsonl").read_text()
+
+
+def test_single_steps_run_as_a_slurm_job_step_with_the_jobs_cpus(tmp_path):
+    """`scancel --signal` signals job steps, not the batch shell: a step started without srun never heard it."""
+    env = fake_bin(tmp_path, "srun", extra=ONE_HOST) | {"SLURM_JOB_NODELIST": "n1", "SLURM_JOB_ID": "8",
+                                                         "SLURM_CPUS_PER_TASK": "6"}
+    assert run_stage(env, "--single", "--", "stage1_jea.export", "--run", "R").returncode == 0
+    argv = calls(tmp_path)[0]["argv"]
+    assert argv[:9] == ["--nodes", "1", "--ntasks", "1", "--ntasks-per-node", "1", "--kill-on-bad-exit=1",
+                        "--cpus-per-task", "6"]
+    assert argv[-5:] == ["python", "-m", "stage1_jea.export", "--run", "R"]
+    # a whole-node job (--exclusive) has no SLURM_CPUS_PER_TASK: the node's CPUs are shared out among the ranks
+    env = env | {"SLURM_CPUS_ON_NODE": "32", "FAKE_LOG": str(tmp_path / "mpi.jsonl")}
+    del env["SLURM_CPUS_PER_TASK"]
+    assert run_stage(env, "--mpi", "--nproc", "4", "--", "stage1_jea.train").returncode == 0
+    argv = json.loads((tmp_path / "mpi.jsonl").read_text())["argv"]
+    assert argv[argv.index("--cpus-per-task") + 1] == "8" and argv[argv.index("--ntasks-per-node") + 1] == "4"
+
+
+WORKER = """import os, signal, sys, time
+def stop(signum, frame):  # what the training does: checkpoint, leave the marker, exit 75
+    open(os.environ["SAGECAST_STOP_MARKER"], "w").close()
+    sys.exit(75)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGUSR1, stop)
+open(sys.argv[1] + "." + os.environ.get("RANK", "0"), "w").close()
+time.sleep(120)
+"""
+
+
+def start_worker_launch(tmp_path, *launch):
+    (tmp_path / "stopping_worker.py").write_text(WORKER)
+    env = fake_bin(tmp_path) | {"PYTHONPATH": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(["bash", str(RUN_STAGE), *launch, "--", "stopping_worker", str(tmp_path / "up")],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    n = 2 if "--nproc" in launch else 1
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("up.*"))) < n:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
+def test_a_stop_signal_through_torchrun_ends_the_launcher_with_75(tmp_path, sig):
+    """torchrun turns a worker's 75 into 1 and (by default) dies of SIGUSR1; the launcher must report 75."""
+    proc = start_worker_launch(tmp_path, "--local", "--nproc", "2")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-3000:]
+
+
+def test_a_stop_signal_to_a_single_step_launcher_is_forwarded_and_waited_for(tmp_path):
+    proc = start_worker_launch(tmp_path, "--single")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err
+
+
+def test_ctrl_c_still_reaches_a_single_step(tmp_path):
+    """The launcher runs the tool in the background to forward signals; Ctrl-C (SIGINT) must still stop it."""
+    (tmp_path / "sigint_state.py").write_text("import signal\nprint(signal.getsignal(signal.SIGINT))\n")
+    env = fake_bin(tmp_path) | {"PYTHONPATH": str(tmp_path), "PYTHON": sys.executable}
+    assert "default_int_handler" in run_stage(env, "--single", "--", "sigint_state").stdout
+
+
+def test_cpu_only_jobs_set_processes_apart_from_gpus(tmp_path):
+    env = fake_bin(tmp_path, "sbatch") | {"FAKE_IDS": "5 6 7 8 9"}
+    submit(tmp_path, env, "--scheduler", "slurm", "--name", "cpu", "--gpus-per-node", "0", "--procs-per-node", "2",
+           "--cpus-per-node", "8", "stage1", "stage2")
+    for stage in ("stage1", "stage2"):
+        text = (tmp_path / "runs" / "cpu" / f"{stage}.sbatch").read_text()
+        assert "--gpus-per-node" not in text and "#SBATCH --cpus-per-task=8" in text and "--exclusive" not in text
+    assert "jobs/run_stage.sh --nproc 2" in (tmp_path / "runs" / "cpu" / "stage1.sbatch").read_text()
+    submit(tmp_path, env, "--scheduler", "slurm", "--name", "mpi", "--gpus-per-node", "4", "--mpi",
+           "--cpus-per-node", "32", "stage1")
+    text = (tmp_path / "runs" / "mpi" / "stage1.sbatch").read_text()
+    assert "#SBATCH --ntasks-per-node=4" in text and "#SBATCH --cpus-per-task=8" in text
+    submit(tmp_path, env, "--scheduler", "slurm", "--name", "s2", "--gpus-per-node", "4", "--cpus-per-node", "32",
+           "stage1", "stage2")
+    text = (tmp_path / "runs" / "s2" / "stage2.sbatch").read_text()  # one GPU and its share of the CPUs
+    assert "#SBATCH --gpus-per-node=1" in text and "#SBATCH --cpus-per-task=8" in text
+    bad = submit(tmp_path, env, "--scheduler", "slurm", "--name", "neg", "--gpus-per-node", "-1", "stage1",
+                 check=False)
+    assert "cannot be negative" in one_line_exit_2(bad)
+
+
+@pytest.mark.parametrize("grace, want", [(None, "#SBATCH --signal=TERM@120"), ("300", "#SBATCH --signal=TERM@300"),
+                                         ("0", None)])
+def test_slurm_jobs_get_a_stop_signal_before_the_wall_time(tmp_path, grace, want):
+    env = fake_bin(tmp_path, "sbatch") | {"FAKE_IDS": "5 6"}
+    submit(tmp_path, env, "--scheduler", "slurm", "--name", "g", *(["--grace", grace] if grace else []),
+           "stage1", "stage2")
+    for stage in ("stage1", "stage2"):
+        lines = (tmp_path / "runs" / "g" / f"{stage}.sbatch").read_text().splitlines()
+        assert [x for x in lines if x.startswith("#SBATCH --signal")] == ([want] if want else [])
+
+
+@pytest.mark.parametrize("scheduler", sorted(SCHED))
+def test_resubmitting_while_the_runs_jobs_are_queued_is_refused_unless_forced(tmp_path, scheduler):
+    """Two stage-1 jobs training in one folder overwrite each other's checkpoints."""
+    prog, ids, stage1_id = SCHED[scheduler]
+    env = fake_bin(tmp_path, prog) | {"FAKE_IDS": " ".join([*ids, "9", "10"])}
+    submit(tmp_path, env, "--scheduler", scheduler, "--name", "twice", "stage1", "stage2")
+    env["FAKE_ACTIVE"] = stage1_id
+    again = submit(tmp_path, env, "--scheduler", scheduler, "--name", "twice", "stage1", "stage2", check=False)
+    assert stage1_id in one_line_exit_2(again) and "--force" in again.stderr and len(calls(tmp_path)) == 2
+    submit(tmp_path, env, "--scheduler", scheduler, "--name", "twice", "--force", "stage1")
+    env["FAKE_ACTIVE"] = ""  # the jobs ended: resubmitting resumes
+    submit(tmp_path, env, "--scheduler", scheduler, "--name", "twice", "stage1")
+    assert len(calls(tmp_path)) == 4
+
+
+@pytest.mark.parametrize("scheduler", sorted(SCHED))
+def test_stage2_alone_depends_on_the_runs_stage1_job_still_queued(tmp_path, scheduler):
+    prog, ids, stage1_id = SCHED[scheduler]
+    env = fake_bin(tmp_path, prog) | {"FAKE_IDS": " ".join(ids)}
+    submit(tmp_path, env, "--scheduler", scheduler, "--name", "later", "stage1")
+    env["FAKE_ACTIVE"] = stage1_id  # no embeddings.parquet yet, but stage 1 is queued
+    submit(tmp_path, env, "--scheduler", scheduler, "--name", "later", "stage2")
+    second = calls(tmp_path)[1]["argv"]
+    assert [x for x in DEPEND[scheduler] if x in second] == DEPEND[scheduler]
+    record = json.loads((tmp_path / "runs" / "later" / "submit.json").read_text())
+    assert set(record["jobs"]) == {"stage1", "stage2"}
+
+
+@pytest.mark.slow
+def test_overrides_are_parsed_before_anything_is_queued(tmp_path):
+    """A bad override used to fail only inside the job, after the queue wait."""
+    env = fake_bin(tmp_path, "sbatch") | {"FAKE_IDS": "5 6 7"}
+    bad = submit(tmp_path, env, "--scheduler", "slurm", "--name", "b", "stage1", "stage2", "--", "stage2.epochs=0",
+                 check=False, parse_overrides=True)
+    line = one_line_exit_2(bad)
+    assert "sagecast-stage2-train" in line and "epochs" in line and calls(tmp_path) == []
+    assert not (tmp_path / "runs" / "b" / "submit.json").exists()
+    submit(tmp_path, env, "--scheduler", "slurm", "--name", "g", "stage1", "stage2", "--", "epochs=2",
+           "stage1.batch_size=8", parse_overrides=True)
+    assert len(calls(tmp_path)) == 2
+    # a login node without the project environment: submitted, the job parses them
+    bare = submit(tmp_path, env | {"PYTHON": shutil.which("python3")}, "--scheduler", "slurm", "--name", "n",
+                  "stage1", "--", "epochs=2", parse_overrides=True)
+    assert "overrides not checked here" in bare.stderr and len(calls(tmp_path)) == 3
