@@ -120,9 +120,9 @@ def test_missing_inputs_name_the_command_that_makes_them(capsys, tmp_path):
     assert "stage-1 embeddings not found" in line and f"`sagecast-stage1-export --run {nope}`" in line
     line = one_error_line(capsys, s1_export.main, ["--run", nope])
     assert f"`sagecast-stage1-train run_dir={nope}`" in line
-    line = one_error_line(capsys, s2_train.cli, [f"stage1_run={nope}", "device=cpu"])
+    line = one_error_line(capsys, s2_train.cli, [f"stage1_run={nope}", f"run_dir={tmp_path / 's2'}", "device=cpu"])
     assert f"`sagecast-stage1-export --run {nope}`" in line
-    line = one_error_line(capsys, s1_train.cli, [f"prepared={nope}", "device=cpu"])
+    line = one_error_line(capsys, s1_train.cli, [f"prepared={nope}", f"run_dir={tmp_path / 's1'}", "device=cpu"])
     assert "prepared index not found" in line and "`sagecast-prepare`" in line
     line = one_error_line(capsys, s2_evaluate.main, ["--stage1-run", nope, "--runs", nope, "--out", nope])
     assert f"`sagecast-stage2-train run_dir={nope}`" in line
