@@ -69,7 +69,8 @@ def interval(ci) -> str:
 def data_section(prepared: Path, index, rgb, thermal) -> str:
     rep = inputs.read_json(prepared / "report.json") or {}
     out = [f"<p>{len(index)} pairs ({int(index['is_day'].sum())} day, {int((~index['is_day']).sum())} night) "
-           f"from {esc(rep.get('raw', prepared))}; skipped {esc(rep.get('skipped_by_reason', 'not available'))}.</p>"]
+           f"from {esc(beside(rep.get('raw', prepared), prepared))}; "
+           f"skipped {esc(rep.get('skipped_by_reason', 'not available'))}.</p>"]
     for vsn in sorted(index["vsn"].unique()):
         out.append(fig_html(figs.data_strip(index, rgb, thermal, vsn), f"{vsn}: captures across one day per sky "
                             "preset (day chosen as the widest range of cloud fraction)", fmt="jpeg"))
@@ -183,6 +184,16 @@ def verdict_section(prepared: Path, stage1: Path, stage2: Path, scores: dict | N
             out.append(f"<details><summary>{esc(name)} config.json</summary><pre>"
                        f"{esc(json.dumps(cfg, indent=1, sort_keys=True))}</pre></details>")
     return "\n".join(out)
+
+
+def beside(path: str | Path, prepared: Path) -> str:
+    """`path` as seen from where `prepared` was given: prepare records the raw folder's absolute path, which would
+    put a machine's own folders on the page; a raw folder next to the prepared one reads `runs/raw`."""
+    path, home = Path(path), Path(prepared).resolve().parent
+    try:
+        return str(Path(prepared).parent / path.resolve().relative_to(home))
+    except ValueError:  # elsewhere: the page says where it is
+        return str(path)
 
 
 def build(*, prepared: Path, stage1: Path, stage2: Path, out: Path, report_dir: Path | None = None) -> Path:

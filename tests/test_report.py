@@ -187,3 +187,12 @@ def test_labels_name_a_method_or_each_of_its_runs():
     fc = pd.DataFrame({"method": ["persistence", "detr", "detr", "jepa"], "run": ["", "detr_s0", "detr_s1", "j"]})
     assert labels(fc) == {("persistence", ""): "persistence", ("detr", "detr_s0"): "detr_s0",
                           ("detr", "detr_s1"): "detr_s1", ("jepa", "j"): "jepa"}
+
+
+def test_a_raw_folder_beside_the_prepared_one_is_shown_relative(tmp_path, monkeypatch):
+    from sagecast_report.build import beside
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "prepared").mkdir(parents=True)
+    assert beside(tmp_path / "runs" / "raw", Path("runs/prepared")) == "runs/raw"  # no machine path on the page
+    assert beside("/elsewhere/raw", Path("runs/prepared")) == "/elsewhere/raw"  # not beside: where it is
