@@ -70,8 +70,8 @@ def read_stage1(stage1_run: str | Path) -> tuple[pd.DataFrame, dict]:
     """The stage-1 embeddings table and its sidecar; missing or unreadable ones are a UserError naming the file."""
     run = Path(stage1_run)
     made_by = f"sagecast-stage1-export --run {run}"
-    meta = read_json(run / "embeddings.json", made_by=made_by, what="stage-1 embeddings sidecar")
     path = require(run / "embeddings.parquet", made_by=made_by, what="stage-1 embeddings")
+    meta = read_json(run / "embeddings.json", made_by=made_by, what="stage-1 embeddings sidecar")
     try:
         return pd.read_parquet(path), meta
     except (pa.ArrowException, OSError, ValueError) as e:

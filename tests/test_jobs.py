@@ -492,7 +492,11 @@ def test_ctrl_c_still_reaches_a_single_step(tmp_path):
     """The launcher runs the tool in the background to forward signals; Ctrl-C (SIGINT) must still stop it."""
     (tmp_path / "sigint_state.py").write_text("import signal\nprint(signal.getsignal(signal.SIGINT))\n")
     env = fake_bin(tmp_path) | {"PYTHONPATH": str(tmp_path), "PYTHON": sys.executable}
-    assert "default_int_handler" in run_stage(env, "--single", "--", "sigint_state").stdout
+    # As from a terminal: SIGINT at its default when the launcher starts. A test runner that was itself started in
+    # the background inherits it ignored, and an ignored SIGINT stays ignored in every child (so says POSIX).
+    out = subprocess.run(["bash", str(RUN_STAGE), "--single", "--", "sigint_state"], env=env, capture_output=True,
+                         text=True, cwd=REPO, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert "default_int_handler" in out.stdout, out.stderr
 
 
 def test_cpu_only_jobs_set_processes_apart_from_gpus(tmp_path):

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from sagecast_common.cli import UserError
 from stage2_forecast import samples
 
 
@@ -68,7 +69,7 @@ def test_gather_masks_and_shapes(table):
 def test_bad_inputs_fail_clearly(table, tmp_path):
     with pytest.raises(ValueError, match="must exceed the tolerance"):
         samples.build_windows(table, horizons_min=(2.0, 15.0))
-    with pytest.raises(FileNotFoundError, match="embeddings.parquet"):
+    with pytest.raises(UserError, match="embeddings.parquet.*sagecast-stage1-export"):
         samples.load_scan_table(tmp_path)
     with pytest.raises(ValueError, match="features"):
         samples.load_scan_table(tmp_path, features="ir")
