@@ -55,16 +55,26 @@ def runs_root(tmp_path_factory, tiny_prepared):
     return root
 
 
-def submit(slurm, runs_root: Path, name: str, *args: str, parse_overrides: bool = False) -> None:
-    """jobs/submit CPU-only jobs of 2 CPUs each (the node has 4); `parse_overrides`: let it parse the overrides
-    first (seconds: it imports torch), else the job does."""
+def jobs_submit(slurm, runs_root: Path, name: str, *args: str, parse_overrides: bool = False):
+    """jobs/submit CPU-only jobs of 2 CPUs each (the node has 4; later arguments win); `parse_overrides`: let it
+    parse the overrides first (seconds: it imports torch), else the job does. Its finished process."""
     env = {**slurm.env, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    out = subprocess.run([sys.executable, str(REPO / "jobs" / "submit"), "--scheduler", "slurm", "--project", "test",
-                          "--queue", "debug", "--walltime", "10", "--gpus-per-node", "0", "--cpus-per-node", "2",
-                          "--runs-root", str(runs_root), "--name", name, *([] if parse_overrides else ["--no-check"]),
-                          *args], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, str(REPO / "jobs" / "submit"), "--scheduler", "slurm", "--project", "test",
+                           "--queue", "debug", "--walltime", "10", "--gpus-per-node", "0", "--cpus-per-node", "2",
+                           "--runs-root", str(runs_root), "--name", name, *([] if parse_overrides else ["--no-check"]),
+                           *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def submit(slurm, runs_root: Path, name: str, *args: str, parse_overrides: bool = False) -> None:
+    out = jobs_submit(slurm, runs_root, name, *args, parse_overrides=parse_overrides)
     assert out.returncode == 0, out.stderr
+
+
+def refused(out: subprocess.CompletedProcess) -> str:
+    """The one-line error of a jobs/submit that exited 2."""
+    assert (out.returncode, len(out.stderr.strip().splitlines())) == (2, 1), out.stderr
+    return out.stderr
 
 
 def job_ids(runs_root: Path, name: str) -> dict[str, str]:
@@ -172,3 +182,68 @@ def test_a_stop_signal_reaches_stage2_training_a_one_process_step(slurm, runs_ro
     run = runs_root / "s2stop" / "stage2" / "detr"
     wait_for_text(slurm, job, run / "log.jsonl", r"\n", 120)
     assert stop_running(slurm, runs_root, "s2stop", "stage2", job, "TERM", run) > 0
+
+
+@pytest.fixture
+def held(slurm):
+    """The partition DOWN: Slurm accepts jobs but starts none, so a test can read what it recorded for free."""
+    subprocess.run(["scontrol", "update", "PartitionName=debug", "State=DOWN"], env=slurm.env, check=True)
+    yield
+    subprocess.run(["scancel", f"--user={os.getuid()}"], env=slurm.env, check=True)  # before they could start
+    subprocess.run(["scontrol", "update", "PartitionName=debug", "State=UP"], env=slurm.env, check=True)
+
+
+def queued(slurm) -> list[str]:
+    out = subprocess.run(["squeue", "--noheader", "--format=%i", f"--user={os.getuid()}"], env=slurm.env,
+                         capture_output=True, text=True, check=True)
+    return sorted(out.stdout.split(), key=int)
+
+
+def recorded(slurm, job: str) -> dict[str, str]:
+    """slurm.job, with the keys holding '/' too (CPUs/Task)."""
+    return dict(re.findall(r"([\w/]+)=(\S*)", slurm.scontrol("show", "job", "-o", job)))
+
+
+def test_cpus_per_node_become_cpus_per_task_and_the_default_takes_the_whole_node(slurm, runs_root, held):
+    """Without --cpus-per-task Slurm gave each job one CPU, shared by every training process and loader."""
+    submit(slurm, runs_root, "cpus", "--cpus-per-node", "3", "stage1", "stage2", "--", *STAGE1)
+    for job in job_ids(runs_root, "cpus").values():  # CPU-only: stage 2 gets the node's share too
+        info = recorded(slurm, job)
+        assert (info["NumCPUs"], info["CPUs/Task"], info["OverSubscribe"]) == ("3", "3", "OK"), info
+    submit(slurm, runs_root, "whole", "--cpus-per-node", "0", "stage1", "--", *STAGE1)
+    assert recorded(slurm, job_ids(runs_root, "whole")["stage1"])["OverSubscribe"] == "NO"  # --exclusive
+
+
+def test_a_submission_sbatch_refuses_leaves_the_name_free(slurm, runs_root, held):
+    """submit.json was written before sbatch ran: the corrected retry was refused for changed overrides."""
+    out = jobs_submit(slurm, runs_root, "retry", "--queue", "nosuch", "stage1", "--", *STAGE1, "stage1.batch_size=4")
+    assert out.returncode == 2 and "invalid partition" in out.stderr.lower(), out.stderr
+    assert not (runs_root / "retry" / "submit.json").exists() and queued(slurm) == []
+    submit(slurm, runs_root, "retry", "stage1", "--", *STAGE1)
+    assert queued(slurm) == [job_ids(runs_root, "retry")["stage1"]]
+
+
+def test_a_second_submit_while_stage1_is_queued_is_refused_unless_forced(slurm, runs_root, held):
+    """Two stage-1 jobs training in one folder would overwrite each other's checkpoints."""
+    submit(slurm, runs_root, "twice", "stage1", "--", *STAGE1)
+    first = job_ids(runs_root, "twice")["stage1"]
+    assert f"stage1 {first}" in refused(jobs_submit(slurm, runs_root, "twice", "stage1", "--", *STAGE1))
+    assert queued(slurm) == [first] and job_ids(runs_root, "twice")["stage1"] == first
+    submit(slurm, runs_root, "twice", "--force", "stage1", "--", *STAGE1)
+    second = job_ids(runs_root, "twice")["stage1"]
+    assert queued(slurm) == [first, second]
+    history = json.loads((runs_root / "twice" / "submit.json").read_text())["history"]
+    assert [h["id"] for h in history] == [first, second]  # the first job is not forgotten
+
+
+def test_the_grace_signal_reaches_sbatch_and_bad_values_are_refused_before_queueing(slurm, runs_root, held):
+    """sbatch parses `--signal=TERM@N` (it refuses N > 65535); Slurm 22.05 shows no signal in `scontrol show job`,
+    so the script it stores is read back. A bad --grace or train override is refused by jobs/submit itself."""
+    submit(slurm, runs_root, "grace", "--grace", "65535", "stage1", "--", *STAGE1)
+    job = job_ids(runs_root, "grace")["stage1"]
+    script = slurm.scontrol("write", "batch_script", job, "-")
+    assert "#SBATCH --signal=TERM@65535\n" in script and queued(slurm) == [job]
+    assert "--grace" in refused(jobs_submit(slurm, runs_root, "grace2", "--grace", "65536", "stage1"))
+    assert "batch_size" in refused(jobs_submit(slurm, runs_root, "grace2", "stage1", "--", *STAGE1,
+                                               "stage1.batch_size=-4", parse_overrides=True))
+    assert queued(slurm) == [job] and not (runs_root / "grace2" / "submit.json").exists()
