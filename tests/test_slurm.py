@@ -177,7 +177,8 @@ def test_a_stop_signal_reaches_stage2_training_a_one_process_step(slurm, runs_ro
         stage1 = runs_root / "s2stop" / "stage1"
         submit(slurm, runs_root, "s2stop", "stage1", "--", *STAGE1)
         assert slurm.wait_job(job_ids(runs_root, "s2stop")["stage1"], ENDED, 300)["JobState"] == "COMPLETED"
-    submit(slurm, runs_root, "s2stop", "--stage1-run", str(stage1), "stage2", "--", *STAGE2, "stage2.epochs=500")
+    submit(slurm, runs_root, "s2stop", "--stage1-run", str(stage1), "stage2", "--", *STAGE2, "stage2.epochs=500",
+           "stage2.patience=500")  # no early stop: still training when the signal comes
     job = job_ids(runs_root, "s2stop")["stage2"]
     run = runs_root / "s2stop" / "stage2" / "detr"
     wait_for_text(slurm, job, run / "log.jsonl", r"\n", 120)
