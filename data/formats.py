@@ -16,6 +16,9 @@ import numpy as np
 from data.prepare.thermal_parse import parse_grid
 
 SKY_PRESETS = (1, 5, 9, 13, 17, 21, 25, 29)
+# Preset p looks along azimuth column (p-1)//4 at tilt (p-1)%4 (SAGE_DATA.md §3). A row is one tilt, named.
+ROW_TILTS = {"sky": 0, "horizon": 1}
+HORIZON_PRESETS = tuple(p + 1 for p in SKY_PRESETS)
 THERMAL_W, THERMAL_H = 336, 252
 _F32_MAX = float(np.finfo(np.float32).max)
 MAX_THERMAL_SIDE = 4096  # a header claiming more is refused before any allocation (real: 336x252, 640x480)
@@ -122,6 +125,35 @@ def thermal_fov_box(width: int, height: int, *, scale: float = 1.1) -> tuple[int
 
 def is_sky_preset(position) -> bool:
     return isinstance(position, int) and position in SKY_PRESETS
+
+
+def preset_column(position: int) -> int:
+    """Azimuth column 0..7 of a numbered preset."""
+    return (position - 1) // 4
+
+
+def preset_tilt(position: int) -> int:
+    """Tilt 0..3 of a numbered preset: 0 sky, 1 horizon, 2 below horizon, 3 ground."""
+    return (position - 1) % 4
+
+
+def preset_row(position: int) -> str | None:
+    """Row name ("sky", "horizon") of a preset, None for the two rows below the horizon."""
+    return {t: name for name, t in ROW_TILTS.items()}.get(preset_tilt(position))
+
+
+def parse_rows(text: str) -> tuple[str, ...]:
+    """`--rows sky,horizon` -> ("sky", "horizon") in scan order; ValueError naming the known rows otherwise."""
+    names = [n.strip() for n in str(text).split(",") if n.strip()]
+    unknown = [n for n in names if n not in ROW_TILTS]
+    if not names or unknown:
+        raise ValueError(f"rows must be a comma list of {', '.join(ROW_TILTS)}, got {text!r}")
+    return tuple(sorted(set(names), key=list(ROW_TILTS).index))
+
+
+def row_presets(rows=("sky",)) -> tuple[int, ...]:
+    """Presets of the named rows in scan order: each row's 8 columns, the sky row first."""
+    return tuple(c * 4 + 1 + ROW_TILTS[r] for r in rows for c in range(8))
 
 
 def download_problem(path: str | os.PathLike) -> tuple[str, str] | None:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 SKY_ELEVATION_DEG = 50.0  # elevation of the image centre for the sky row (tilt 0) of presets
+# Image-centre elevation per tilt: the horizon row (tilt 1) sits half a field of view lower and sees 14–50°
+# (SAGE_DATA.md §8: it looks farther upwind); the sky row sees 32–68°.
+TILT_ELEVATION_DEG = (SKY_ELEVATION_DEG, SKY_ELEVATION_DEG - 18.0)
 THERMAL_VFOV_DEG = 36.0  # vertical field of view of the thermal sensor (= the default optical crop)
 PRESET_AZIMUTH_STEP_DEG = 45.0  # 8 azimuth columns
 CLOUD_MARGIN_C = 8.0
@@ -23,6 +26,14 @@ CLEAR_HORIZON_C = -10.0
 def preset_azimuth_deg(position: int, *, north_offset_deg: float = 0.0) -> float:
     """Azimuth (degrees clockwise from north) that preset `position` faces: column (p-1)//4 × 45°."""
     return ((position - 1) // 4 * PRESET_AZIMUTH_STEP_DEG + north_offset_deg) % 360.0
+
+
+def preset_elevation_deg(position: int) -> float:
+    """Elevation of the image centre of preset `position` (sky and horizon rows only)."""
+    tilt = (position - 1) % 4
+    if tilt >= len(TILT_ELEVATION_DEG):
+        raise ValueError(f"preset {position} is below the horizon row (tilt {tilt}); no elevation modelled")
+    return TILT_ELEVATION_DEG[tilt]
 
 
 def row_elevation_deg(n_rows: int, *, centre_deg: float = SKY_ELEVATION_DEG,

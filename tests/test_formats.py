@@ -68,3 +68,28 @@ def test_clear_sky_is_coldest_overhead_and_cloud_rule_counts_warm_pixels():
     assert cloud_fraction(img) == 0.0
     img[:3, :5] = 0.0  # a warm (cloudy) patch over 15 of 60 pixels
     assert cloud_fraction(img) == pytest.approx(15 / 60)
+
+
+def test_rows_name_their_presets_in_scan_order():
+    from data.formats import HORIZON_PRESETS, SKY_PRESETS, parse_rows, preset_column, preset_row, row_presets
+
+    assert row_presets() == SKY_PRESETS
+    assert row_presets(parse_rows("horizon, sky")) == SKY_PRESETS + HORIZON_PRESETS
+    assert [preset_row(p) for p in (1, 2, 3, 4, 30)] == ["sky", "horizon", None, None, "horizon"]
+    assert [preset_column(p) for p in (1, 2, 29, 30)] == [0, 0, 7, 7]
+    with pytest.raises(ValueError, match="sky, horizon"):
+        parse_rows("sky,ground")
+
+
+def test_skyline_is_per_site_and_reaches_into_the_horizon_row_only():
+    from data.sky import THERMAL_VFOV_DEG, TILT_ELEVATION_DEG
+    from data.synthetic.layout import node_key
+    from data.synthetic.site import obstructed, skyline_deg
+
+    az = np.arange(0, 360, 0.5)
+    a, b = skyline_deg(node_key("W056"), az), skyline_deg(node_key("W0A1"), az)
+    assert not np.allclose(a, b)
+    sky_bottom = TILT_ELEVATION_DEG[0] - THERMAL_VFOV_DEG / 2
+    horizon_bottom = TILT_ELEVATION_DEG[1] - THERMAL_VFOV_DEG / 2
+    assert a.max() < sky_bottom and (a > horizon_bottom).any()
+    assert obstructed(node_key("W056"), -1.0, az).all() and not obstructed(node_key("W056"), 40.0, az).any()

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from data.formats import thermal_fov_box
-from data.sky import SKY_ELEVATION_DEG, THERMAL_VFOV_DEG, clear_sky_celsius, preset_azimuth_deg
+from data.sky import THERMAL_VFOV_DEG, clear_sky_celsius, preset_azimuth_deg, preset_elevation_deg
 from data.synthetic.field import sample_layer, threshold
 
 EDGE = 0.15  # opacity ramp width in units of the field's standard deviation
@@ -91,7 +91,7 @@ def _angles(position: int, nx: int, ny: int, box, hfov: float):
     """Elevation, azimuth (deg) of the pixel centres of an nx × ny grid whose thermal field of view is `box`."""
     left, top, right, bottom = box
     ys, xs = np.arange(ny) + 0.5, np.arange(nx) + 0.5
-    el = SKY_ELEVATION_DEG + THERMAL_VFOV_DEG * (0.5 - (ys - top) / (bottom - top))
+    el = preset_elevation_deg(position) + THERMAL_VFOV_DEG * (0.5 - (ys - top) / (bottom - top))
     az = preset_azimuth_deg(position) + hfov * ((xs - left) / (right - left) - 0.5)
     return np.meshgrid(el, az, indexing="ij")
 
@@ -110,7 +110,7 @@ def preset_view(position: int, optical_w: int, optical_h: int, thermal_w: int, t
     el_t, az_t = _angles(position, TRUTH_W, TRUTH_H, (0, 0, TRUTH_W, TRUTH_H), hfov)
     e, a = np.radians(el_o), np.radians(az_o)
     direction = np.stack([np.cos(e) * np.sin(a), np.cos(e) * np.cos(a), np.sin(e)], axis=-1).astype(np.float32)
-    rows = SKY_ELEVATION_DEG + THERMAL_VFOV_DEG * (0.5 - (np.arange(thermal_h) + 0.5) / thermal_h)
+    rows = preset_elevation_deg(position) + THERMAL_VFOV_DEG * (0.5 - (np.arange(thermal_h) + 0.5) / thermal_h)
     clear = clear_sky_celsius(rows)[:, None].astype(np.float32)
     low = np.clip((90.0 - el_o) / 60.0, 0.0, 1.0).astype(np.float32)
     return PresetView(_rays(el_f, az_f), _rays(el_t, az_t), field_box, (ho, wo), clear, low, direction,
