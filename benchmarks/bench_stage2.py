@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sagecast_common.bootstrap import replicate_totals
 from sagecast_common.linalg import RidgePath
 from stage2_forecast import baselines, evaluate, samples
-from stage2_forecast.bootstrap import replicate_totals
 from stage2_forecast.loss import forecast_loss
 from stage2_forecast.train import Config, build_model
 

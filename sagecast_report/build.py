@@ -66,6 +66,12 @@ def interval(ci) -> str:
     return f"[{num(ci[0])}, {num(ci[1])}]" if isinstance(ci, list | tuple) and len(ci) == 2 else "—"
 
 
+def with_ci(block: dict, key: str) -> str:
+    """`value [lo, hi]` of block[key] and block[key + "_ci"] (older metrics without an interval: the value)."""
+    ci = block.get(f"{key}_ci")
+    return num(block.get(key)) + (f" {interval(ci)}" if ci is not None else "")
+
+
 def data_section(prepared: Path, index, rgb, thermal) -> str:
     rep = inputs.read_json(prepared / "report.json") or {}
     out = [f"<p>{len(index)} pairs ({int(index['is_day'].sum())} day, {int((~index['is_day']).sum())} night) "
@@ -92,14 +98,18 @@ def stage1_section(stage1: Path, index, rgb, thermal) -> str:
     metrics = inputs.read_json(stage1 / "metrics.json")
     if metrics:
         rows = []
-        for label, key in (("trained", "trained"), ("random init", "random_init")):
+        for label, key in (("trained", "trained"), ("random init", "random_init"), ("raw pixels 8×8", "raw_pixels")):
             m = metrics.get(key, {})
             r, p = m.get("retrieval", {}), m.get("probes", {}).get("cloud_fraction", {})
-            rows.append([label, num(r.get("rgb_to_thermal", {}).get("top1")), num(r.get("rgb_to_thermal", {})
-                        .get("top5")), num(r.get("thermal_to_rgb", {}).get("top5")), num(p.get("ridge_test_r2"))])
-        chance = metrics.get("trained", {}).get("retrieval", {}).get("chance_top5")
-        out.append(table_html(["encoders", "RGB→thermal top-1", "RGB→thermal top-5", "thermal→RGB top-5",
-                               "cloud-fraction ridge R²"], rows) + f"<p>chance top-5: {num(chance, '.4f')}</p>")
+            r_t, t_r = r.get("rgb_to_thermal", {}), r.get("thermal_to_rgb", {})
+            rows.append([label, with_ci(r_t, "top1"), with_ci(r_t, "top5"), with_ci(t_r, "top5"),
+                         with_ci(p, "ridge_test_r2")])
+        retrieval = metrics.get("trained", {}).get("retrieval", {})
+        out.append(table_html(["features", "RGB→thermal top-1", "RGB→thermal top-5", "thermal→RGB top-5",
+                               "cloud-fraction ridge R²"], rows)
+                   + f"<p>Test split, CCA-aligned retrieval; chance top-5: {num(retrieval.get('chance_top5'), '.4f')}. "
+                   f"Intervals: 95 % over {retrieval.get('test_days', '—')} test days resampled (one stage-1 seed: "
+                   "the spread across stage-1 seeds is not in them).</p>")
     out.append("<h3>Embeddings: trained vs random init</h3>")
     pca = inputs.read_parquet(stage1 / "features_pca.parquet", inputs.PCA_COLUMNS)
     if pca is not None and len(pca):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from data.sky import cloud_mask
+from sagecast_common.bootstrap import day_labels, interval, replicate_totals, totals_by_day
 
 REGS = (1e-3, 1e-2, 1e-1, 1.0)  # ridge on each covariance, relative to its mean eigenvalue
 COMPONENTS = (8, 16, 32, 64, 128)
@@ -69,20 +70,35 @@ def fit_cca(x: np.ndarray, y: np.ndarray, *, reg: float, k: int) -> Alignment:
     return Alignment(a.mean_x, a.mean_y, a.wx[:, :k], a.wy[:, :k])
 
 
-def retrieval(query: np.ndarray, keys: np.ndarray, ks=(1, 5)) -> dict:
-    """Row i of `query` should find row i of `keys` (cosine); top-k accuracy."""
+def retrieval(query: np.ndarray, keys: np.ndarray, ks=(1, 5), *, days: np.ndarray | None = None,
+              n_boot: int = 1000) -> dict:
+    """Row i of `query` should find row i of `keys` (cosine); top-k accuracy.
+
+    With `days` (a day label per row), also `top{k}_ci`: a 95 % interval from resampling the QUERIES by whole
+    days (the gallery stays every key), so it covers which days were tested, not the gallery's size."""
     q = query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
     k = keys / np.maximum(np.linalg.norm(keys, axis=1, keepdims=True), 1e-12)
     sim = q @ k.T
     rank = (sim > np.diag(sim)[:, None]).sum(axis=1)  # how many keys beat the true partner
-    return {f"top{n}": float((rank < n).mean()) for n in ks}
+    out = {f"top{n}": float((rank < n).mean()) for n in ks}
+    if days is not None:
+        index, n_days = day_labels(days)
+        hits = np.stack([rank < n for n in ks], axis=1).astype(np.float64)
+        _, reps = replicate_totals({"hits": totals_by_day(hits, index, n_days)[None],
+                                    "n": totals_by_day(np.ones((len(rank), 1)), index, n_days)[None]},
+                                   n_boot=n_boot)
+        ci = interval(reps["hits"] / reps["n"])
+        out.update({f"top{n}_ci": ci[:, i].tolist() for i, n in enumerate(ks)})
+    return out
 
 
-def aligned_retrieval(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> dict:
-    """CCA fitted on train, (reg, k) picked by mean val top-5 of both directions, top-1/5 on test."""
-    def score(align: Alignment, split: str) -> dict:
+def aligned_retrieval(x: dict[str, np.ndarray], y: dict[str, np.ndarray], *,
+                      test_days: np.ndarray | None = None) -> dict:
+    """CCA fitted on train, (reg, k) picked by mean val top-5 of both directions, top-1/5 on test (with day-
+    bootstrap intervals when `test_days` labels the test rows)."""
+    def score(align: Alignment, split: str, days=None) -> dict:
         zx, zy = align.transform(x[split], y[split])
-        return {"rgb_to_thermal": retrieval(zx, zy), "thermal_to_rgb": retrieval(zy, zx)}
+        return {"rgb_to_thermal": retrieval(zx, zy, days=days), "thermal_to_rgb": retrieval(zy, zx, days=days)}
 
     best, best_val = None, -1.0
     widest = min(x["train"].shape[1], y["train"].shape[1])
@@ -95,7 +111,7 @@ def aligned_retrieval(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> dic
                 best, best_val = (reg, k, align), val
     reg, k, align = best
     return {"space": "CCA fitted on train (cosine)", "cca_reg": reg, "cca_k": k, "val_top5_mean": best_val,
-            **score(align, "test")}
+            **score(align, "test", test_days)}
 
 
 def _frames(prepared: Path, name: str, rows: np.ndarray, chunk: int = 1024):

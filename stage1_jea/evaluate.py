@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Subset
 
+from sagecast_common.bootstrap import day_labels, interval, replicate_totals, totals_by_day
 from sagecast_common.cli import UserError, make_parser, read_json, require, run_cli
 from sagecast_common.encoders import build_encoder
 from sagecast_common.linalg import rankme, ridge_on_val
@@ -58,8 +59,20 @@ def r2(y: np.ndarray, pred: np.ndarray) -> float:
     return float(1 - ((y - pred) ** 2).sum() / max(((y - y.mean(axis=0)) ** 2).sum(), 1e-12))
 
 
-def probes(x: dict[str, np.ndarray], y: dict[str, np.ndarray], k: int = 10) -> dict:
-    """Ridge (alpha picked on val) and cosine kNN probes, fitted on train, R² on test."""
+def r2_interval(y: np.ndarray, pred: np.ndarray, days: np.ndarray, *, n_boot: int = 1000) -> list[float]:
+    """95 % interval of `r2` from resampling the test rows by whole days (the fitted probe stays fixed)."""
+    y2, p2 = y.reshape(len(y), -1), pred.reshape(len(y), -1)
+    index, n_days = day_labels(days)
+    parts = {"sse": ((y2 - p2) ** 2).sum(1, keepdims=True), "n": np.ones((len(y2), 1)), "sy": y2, "syy": y2**2}
+    _, reps = replicate_totals({k: totals_by_day(v, index, n_days)[None] for k, v in parts.items()}, n_boot=n_boot)
+    sst = (reps["syy"] - reps["sy"] ** 2 / reps["n"]).sum(1)
+    return interval(1 - reps["sse"][:, 0] / np.maximum(sst, 1e-12)).tolist()
+
+
+def probes(x: dict[str, np.ndarray], y: dict[str, np.ndarray], k: int = 10, *,
+           test_days: np.ndarray | None = None) -> dict:
+    """Ridge (alpha picked on val) and cosine kNN probes, fitted on train, R² on test (with day-bootstrap
+    intervals `*_ci` when `test_days` labels the test rows)."""
     mean, std = x["train"].mean(axis=0), x["train"].std(axis=0)
     std = np.where(std > 1e-8, std, 1.0)
     xs = {s: (v - mean) / std for s, v in x.items()}
@@ -67,9 +80,13 @@ def probes(x: dict[str, np.ndarray], y: dict[str, np.ndarray], k: int = 10) -> d
     intercept = ym - xm @ coef  # (T,) for several targets (the layout probe), a scalar for one
     unit = {s: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12) for s, v in xs.items()}
     nearest = np.argsort(-(unit["test"] @ unit["train"].T), axis=1)[:, :k]
-    return {"ridge_test_r2": r2(y["test"], xs["test"] @ coef + intercept), "ridge_alpha": alpha,
-            "knn_test_r2": r2(y["test"], y["train"][nearest].mean(axis=1)), "knn_k": k,
-            "_probe": {"feature_mean": mean, "feature_std": std, "coef": coef, "intercept": intercept}}
+    ridge, knn = xs["test"] @ coef + intercept, y["train"][nearest].mean(axis=1)
+    out = {"ridge_test_r2": r2(y["test"], ridge), "ridge_alpha": alpha, "knn_test_r2": r2(y["test"], knn), "knn_k": k,
+           "_probe": {"feature_mean": mean, "feature_std": std, "coef": coef, "intercept": intercept}}
+    if test_days is not None:
+        out["ridge_test_r2_ci"] = r2_interval(y["test"], ridge, test_days)
+        out["knn_test_r2_ci"] = r2_interval(y["test"], knn, test_days)
+    return out
 
 
 @torch.no_grad()
@@ -93,16 +110,23 @@ def evaluate_features(feats: dict[str, np.ndarray], rows: pd.DataFrame, targets:
     split = rows["split"].to_numpy()
     by_split = {b: {s: v[split == s] for s in ("train", "val", "test")} for b, v in feats.items()}
     n_test = int((split == "test").sum())
+    test_days = test_day_labels(rows[split == "test"])
     pooled = np.concatenate([feats["rgb"], feats["thermal"]], axis=1)
     grid = np.concatenate([feats["grid_rgb"], feats["grid_thermal"]], axis=1)
     return {
         "rgb": collapse_stats(feats["rgb"]), "thermal": collapse_stats(feats["thermal"]),
         "retrieval": {"n_test": n_test, "chance_top1": 1 / n_test, "chance_top5": 5 / n_test,
-                      **aligned_retrieval(by_split["rgb"], by_split["thermal"])},
+                      "test_days": int(len(set(test_days))),
+                      **aligned_retrieval(by_split["rgb"], by_split["thermal"], test_days=test_days)},
         "probes": {name: probes({s: (grid if name == "layout" else pooled)[split == s] for s in by_split["rgb"]},
-                                {s: y[split == s] for s in by_split["rgb"]})
+                                {s: y[split == s] for s in by_split["rgb"]}, test_days=test_days)
                    for name, y in targets.items()},
     }
+
+
+def test_day_labels(rows: pd.DataFrame) -> np.ndarray:
+    """The day each row belongs to: node and local date (the unit splits are made of and intervals resample)."""
+    return (rows["vsn"].astype(str) + "/" + rows["local_date"].astype(str)).to_numpy()
 
 
 def _read_embeddings(run: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict]:
@@ -199,7 +223,8 @@ def evaluate(run: str | Path, *, rows: str = "day", batch_size: int = 256, seed:
     table, feats, info = _read_embeddings(run)
     prepared = Path(info["prepared_dir"])
     index = pd.read_parquet(prepared / "index.parquet")
-    table = table.merge(index[KEYS + ["cloud_fraction", "lon", "row"]], on=KEYS, how="left", validate="one_to_one")
+    table = table.merge(index[KEYS + ["cloud_fraction", "lon", "row", "local_date"]], on=KEYS, how="left",
+                        validate="one_to_one")
     truth = _true_cloud_fraction(prepared, table)
     if truth is not None:
         table["true_cloud_fraction"] = truth.to_numpy()
@@ -225,8 +250,9 @@ def evaluate(run: str | Path, *, rows: str = "day", batch_size: int = 256, seed:
     z = project({b: feats[b] for b in ("rgb", "thermal")}, _trained_projectors(run, {b: feats[b].shape[1]
                                                                                         for b in ("rgb", "thermal")}))
     results["trained"]["retrieval_projector"] = {
-        "space": "trained projector outputs (cosine)", "rgb_to_thermal": retrieval(z["rgb"][test], z["thermal"][test]),
-        "thermal_to_rgb": retrieval(z["thermal"][test], z["rgb"][test])}
+        "space": "trained projector outputs (cosine)",
+        "rgb_to_thermal": retrieval(z["rgb"][test], z["thermal"][test], days=test_day_labels(sel[test])),
+        "thermal_to_rgb": retrieval(z["thermal"][test], z["rgb"][test], days=test_day_labels(sel[test]))}
     cloud = results["trained"]["probes"]["cloud_fraction"]
     probe = cloud["_probe"]
     for result in results.values():

@@ -11,7 +11,7 @@ horizon: MSE, cosine, skill = 1 - MSE/MSE_persistence, top-1/top-5 retrieval of 
 captures of that preset on the same day, cloud-fraction MAE of the stage-1 probe applied to the forecast (vs
 the prepared index's measured cloud_fraction) and its skill vs persistence; the same for clear, broken and
 overcast days. Every skill carries a 95 % interval from a paired bootstrap over whole days (and seeds,
-stage2_forecast.bootstrap), and so do the differences detr − jepa and each variant − the strongest baseline.
+sagecast_common.bootstrap), and so do the differences detr − jepa and each variant − the strongest baseline.
 Baselines (stage2_forecast.baselines) are fitted on the training folder's train/val splits; a held-out
 evaluation (`--eval-stage1-run`, a stage-1 export of another prepared folder by the same encoders) scores all
 its days with the training standardisation and climatology. Writes OUT/report.md, OUT/skill_vs_horizon.png,
@@ -29,11 +29,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from sagecast_common.bootstrap import day_sums, distinguishable, interval, replicate_totals
 from sagecast_common.cli import UserError, make_parser, require, run_cli
 from sagecast_common.linalg import rankme
 from sagecast_common.runio import atomic_write_json, atomic_write_text
 from stage2_forecast import baselines, samples
-from stage2_forecast.bootstrap import day_sums, distinguishable, interval, replicate_totals
 from stage2_forecast.forecast_table import write_forecasts
 from stage2_forecast.metrics import cf_block, per_day, retrieval_ranks, score, with_skill
 from stage2_forecast.plots import plot_skill

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from sagecast_common.bootstrap import day_sums, interval, replicate_totals
 from stage2_forecast import samples
-from stage2_forecast.bootstrap import day_sums, interval, replicate_totals
 
 
 def retrieval_ranks(pred, table: samples.ScanTable, win: samples.Windows, mask, *, day_only=True) -> np.ndarray:

@@ -26,6 +26,11 @@ def test_train_export_evaluate_on_tiny_synthetic(tiny_stage1_run, tiny_prepared)
         assert r["chance_top5"] == pytest.approx(5 / r["n_test"])
         for direction in ("rgb_to_thermal", "thermal_to_rgb"):
             assert 0 <= r[direction]["top1"] <= r[direction]["top5"] <= 1
+            lo, hi = r[direction]["top5_ci"]  # resampled over the test days
+            assert 0 <= lo <= r[direction]["top5"] <= hi <= 1
+        lo, hi = metrics[kind]["probes"]["cloud_fraction"]["ridge_test_r2_ci"]  # from per-day sums: rounding
+        point = metrics[kind]["probes"]["cloud_fraction"]["ridge_test_r2"]
+        assert lo - 1e-9 * abs(point) <= point <= hi + 1e-9 * abs(point)
     probe = json.loads((run / "probe_cloud_fraction.json").read_text())
     info = json.loads((run / "embeddings.json").read_text())
     assert len(probe["coef"]) == len(probe["feature_mean"]) == info["dim_rgb"] + info["dim_thermal"]

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stage2_forecast import baselines, bootstrap, samples
+from sagecast_common import bootstrap
+from stage2_forecast import baselines, samples
 
 
 def series_table(z, solar_hour, *, is_day=None, split="train"):

@@ -49,3 +49,17 @@ def interval(replicates: np.ndarray, *, level: float = 0.95) -> np.ndarray:
 def distinguishable(ci) -> bool:
     """A difference is distinguishable from 0 when its interval excludes 0."""
     return bool(ci[0] > 0 or ci[1] < 0)
+
+
+def day_labels(*columns) -> tuple[np.ndarray, int]:
+    """(day index 0..n-1 per row, n) from columns that together name a day, e.g. (vsn, local_date)."""
+    keys = np.asarray(["\x1f".join(map(str, parts)) for parts in zip(*columns, strict=True)], dtype=object)
+    _, index = np.unique(keys, return_inverse=True)
+    return index, int(index.max()) + 1 if len(index) else 0
+
+
+def totals_by_day(values: np.ndarray, day_index: np.ndarray, n_days: int) -> np.ndarray:
+    """(N, ...) per-row values summed per day → (n_days, ...)."""
+    out = np.zeros((n_days, *values.shape[1:]))
+    np.add.at(out, day_index, values)
+    return out
