@@ -9,13 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from data.sage.registry import node_location
-from data.synthetic import stats
+from data.synthetic import field, stats
 from data.synthetic.camera import EXPOSURE_TARGET, expose, exposure_gain
 from data.synthetic.field import band_textures, sample_layer
 from data.synthetic.generate import EPOCH_S, _sky, generate
@@ -285,3 +286,20 @@ def test_motion_columns_one_estimate_per_loop_nan_without_low_cloud(tmp_path):
     assert (first.motion_u.notna() == tracked).all()
     err = np.hypot(first.motion_u - first.wind_u, first.motion_v - first.wind_v)[tracked]
     assert 0.3 < err.mean() < 4.0  # an estimate, neither exact nor wild
+
+
+def test_a_dates_textures_are_computed_once_per_process(tmp_path, monkeypatch):
+    computed = []
+
+    def counting(*key):
+        computed.append(key)
+        return raw(*key)
+
+    raw = field.band_textures.__wrapped__
+    monkeypatch.setattr(field, "band_textures", lru_cache(maxsize=field.band_textures.cache_info().maxsize)(counting))
+    field._window.cache_clear()
+    generate(tmp_path, start=SAN_DIEGO, days=3, interval_min=60, regime="stratocumulus", fault_rate=0.0,
+             truth_only=True, progress=False)
+    assert len({k[3] for k in computed}) == 5  # the 3 days and, across the midnights, their neighbours
+    assert len(computed) == len(set(computed))
+    field._window.cache_clear()  # its windows came from the counting copy

@@ -21,12 +21,12 @@ of the date), each shifted per day by `onset_h` (± ONSET_JITTER_H):
 - "Cu" (the low layer of clear, cumulus and cirrus days: fair-weather cumulus) — none before CU_HOURS[0] (the
   convective boundary layer reaches condensation level in late morning), growing to the day's cover by
   CU_HOURS[1], holding through early-to-mid afternoon, dissipating to nothing by CU_HOURS[3] (ARM Southern Great
-  Plains climatologies: Berg & Kassianov 2008, J. Climate 21, 4213; Zhang & Klein 2010, J. Atmos. Sci. 67, 2943).
+  Plains climatologies: Berg & Kassianov 2008, J. Climate; Zhang & Klein 2010, J. Atmos. Sci.).
 - "coast" (stratocumulus days at a node on the US West coast, `coastal(lat, lon)`: within COAST_INLAND_DEG of
   longitude inland of the coastline COAST) — the deck is full at night and in the early morning, burns off from
   SC_HOURS[0] to an afternoon share (drawn in SC_AFTERNOON: some days clear entirely) by SC_HOURS[1], and
-  re-forms from SC_HOURS[2] to full by SC_HOURS[3] (Iacobellis & Cayan 2013, J. Geophys. Res. Atmos. 118, 9105;
-  Clemesha et al. 2016, Geophys. Res. Lett. 43, 7287). Inland stratocumulus days have no cycle.
+  re-forms from SC_HOURS[2] to full by SC_HOURS[3] (Iacobellis & Cayan 2013, J. Geophys. Res.;
+  Clemesha et al. 2016, Geophys. Res. Lett.). Inland stratocumulus days have no cycle.
 Hours are this module's choice within those papers' qualitative timing, not fitted numbers.
 
 Within a day each layer wanders on its own: cover (logit ± 0.6, periods 5–31 h) and wind speed (± 15 %, periods
