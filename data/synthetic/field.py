@@ -7,10 +7,17 @@ wavelength / 5; the bilinear lookup's attenuation is pre-compensated so the samp
 A layer weighs the bands by a von Kármán spectrum (k² + k_out²)^-4/3: above the outer scale (≈ 2 km for
 cumulus, ≈ 10 km for decks) the spectrum flattens, so cumulus come as km-sized cells, not as one blob.
 
-Evolution: band b cross-fades between independent textures (two textures, a fresh random shift per window)
-over windows τ_b = τ_1km · (λ_b / 1 km)^(2/3) — the eddy turnover time of Kolmogorov turbulence — so 200 m
-puffs decorrelate within minutes while 5 km structures persist for hours. The whole layer moves with its wind
-(`Weather.displacement`). Cloud where the unit-variance field exceeds Φ⁻¹(1 − cover).
+Every local date has its own textures, drawn from (seed, node, layer, date): no two days share a field, so
+training, validation and test days of one seed hold different clouds. Across local midnight the field mixes two
+dates' fields with variance-preserving weights (`Weather.texture_days`, the caller: data.synthetic.render.Sky).
+
+Evolution: band b cross-fades between independent textures (the date's two textures, a fresh random shift per
+window) over windows τ_b = τ_1km · (λ_b / 1 km)^(2/3) — the eddy turnover time of Kolmogorov turbulence — so
+200 m puffs decorrelate within minutes while 5 km structures persist for hours. The whole layer moves with its
+wind (`Weather.displacement`). Cloud where the unit-variance field exceeds Φ⁻¹(1 − cover).
+
+Cost: one date's textures (both layers ≈ 6 MB) take ~0.15 s and are cached per process (lru_cache): a worker
+walks its tasks forward in time, so it computes each date's textures once.
 """
 
 from __future__ import annotations
@@ -36,9 +43,10 @@ def band_wavelength(b: int) -> float:
     return math.sqrt(BANDS[b][0] * BANDS[b][1])
 
 
-@lru_cache(maxsize=8)
-def band_textures(seed: int, key: int, layer: int) -> tuple[np.ndarray, ...]:
-    """Per band: (2, N, N) float32, two independent unit-variance textures of that band."""
+@lru_cache(maxsize=8)  # a layer's textures of the dates in use: two around midnight, one otherwise
+def band_textures(seed: int, key: int, layer: int, date: int) -> tuple[np.ndarray, ...]:
+    """Per band: (2, N, N) float32, two independent unit-variance textures of that band on local date `date`
+    (an ordinal)."""
     out = []
     for b, n in enumerate(BAND_N):
         cell = band_cell(b)
@@ -49,7 +57,7 @@ def band_textures(seed: int, key: int, layer: int) -> tuple[np.ndarray, ...]:
         amp = np.where(inside, np.maximum(k, lo) ** (SLOPE_2D / 2), 0.0)
         # bilinear lookup multiplies the spectrum by sinc²(k_x·cell)·sinc²(k_y·cell): undo it at synthesis
         amp /= (np.sinc(kx * cell)[:, None] * np.sinc(kx * cell)[None, :]) ** 2
-        noise = np.random.default_rng([seed, key, layer, b, 3]).standard_normal((2, n, n))
+        noise = np.random.default_rng([seed, key, layer, date, b, 3]).standard_normal((2, n, n))
         tex = np.fft.ifft2(np.fft.fft2(noise) * amp).real
         out.append((tex / tex.std(axis=(1, 2), keepdims=True)).astype(np.float32))
     return tuple(out)
@@ -74,13 +82,13 @@ def threshold(cover: float) -> float:
 
 
 @lru_cache(maxsize=32)
-def _window(seed: int, key: int, layer: int, b: int, j: int) -> np.ndarray:
+def _window(seed: int, key: int, layer: int, date: int, b: int, j: int) -> np.ndarray:
     """Complex texture R_j + i·R_{j+1} of band b: R_j = texture (j mod 2) rolled by a random shift of window j."""
-    tex = band_textures(seed, key, layer)[b]
+    tex = band_textures(seed, key, layer, date)[b]
     n = tex.shape[-1]
 
     def r(i):
-        sx, sy = np.random.default_rng([seed, key, layer, b, i, 4]).integers(0, n, 2)
+        sx, sy = np.random.default_rng([seed, key, layer, date, b, i, 4]).integers(0, n, 2)
         return np.roll(tex[i % 2], (int(sy), int(sx)), axis=(0, 1))
 
     return (r(j) + 1j * r(j + 1)).astype(np.complex64)
@@ -105,9 +113,10 @@ def _add_band(out, ex, ny, tex, scale, off_x, off_y, w_re, w_im):
         out[p] += re * w_re + im * w_im
 
 
-def sample_layer(seed: int, key: int, layer: int, ex: np.ndarray, ny: np.ndarray, *, base_m: float,
+def sample_layer(seed: int, key: int, layer: int, date: int, ex: np.ndarray, ny: np.ndarray, *, base_m: float,
                  shift: tuple[float, float], age: float, outer_m: float) -> np.ndarray:
-    """Unit-variance field at rays whose ground offsets per metre of height are (ex east, ny north).
+    """Unit-variance field of local date `date` at rays whose ground offsets per metre of height are (ex east,
+    ny north).
 
     The field is read at ground point base_m·(ex, ny) − shift (shift = the layer's displacement); `age` is the
     number of 1 km lifetimes elapsed (Weather.age; 0 = frozen), band b has aged age / (λ_b / 1 km)^(2/3).
@@ -120,6 +129,6 @@ def sample_layer(seed: int, key: int, layer: int, ex: np.ndarray, ny: np.ndarray
         pos = age / (band_wavelength(b) / 1000.0) ** (2 / 3)
         j = math.floor(pos)
         s = (pos - j) * math.pi / 2
-        _add_band(out, flat_x, flat_y, _window(seed, key, layer, b, j), base_m / cell, (-shift[0] / cell) % n,
+        _add_band(out, flat_x, flat_y, _window(seed, key, layer, date, b, j), base_m / cell, (-shift[0] / cell) % n,
                   (-shift[1] / cell) % n, w * math.cos(s), w * math.sin(s))
     return out.reshape(ex.shape)

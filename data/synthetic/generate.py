@@ -38,7 +38,7 @@ from astral.sun import azimuth as astral_azimuth
 from tqdm import tqdm
 
 from data.formats import SKY_PRESETS, rgb_name, thermal_name, thermal_plot_name
-from data.sage.registry import node_period, sun_elevation
+from data.sage.registry import node_location, node_period, sun_elevation
 from data.synthetic.camera import JITTER_DEG, expose, false_colour, jpeg, noise_pool, pointing_jitter
 from data.synthetic.layout import (
     FAULTS,
@@ -51,7 +51,7 @@ from data.synthetic.layout import (
     prepare_node_dir,
     write_tables,
 )
-from data.synthetic.oracle import TRUTH_COLUMNS, capture_truth
+from data.synthetic.oracle import TRUTH_COLUMNS, capture_truth, cloud_motion
 from data.synthetic.render import Sky, preset_view, render
 from data.synthetic.weather import REGIMES, Weather
 from sagecast_common.cli import make_parser
@@ -69,6 +69,8 @@ def _sky(vsn: str, seed: int, start: str, days: int, regime: str, cloud_cover, w
     spans = day_spans(vsn, dt.date.fromisoformat(start) - dt.timedelta(days=1), days + 2)
     key = node_key(vsn)
     weather = Weather(days=[(d.toordinal(), a / 1e9 - EPOCH_S, b / 1e9 - EPOCH_S) for d, a, b in spans],
+                      places=[node_location(vsn, pd.Timestamp(d).tz_localize("UTC") + pd.Timedelta(hours=12))
+                              for d, _, _ in spans],
                       seed=seed, key=key, regime=regime, cloud_cover=cloud_cover, wind_speed=wind_speed,
                       evolution=evolution)
     return Sky(weather, seed, key)
@@ -89,6 +91,7 @@ def _render_task(task: dict) -> tuple[list, list, list]:
         nominal_s = nominal_ns // 10**9
         jitter = np.random.default_rng([seed, key, nominal_s, 0])
         loop_ns = nominal_ns + int(jitter.uniform(0.2, 1.5) * 1e9)
+        motion = cloud_motion(sky, loop_ns / 1e9 - EPOCH_S, nominal_s)  # one estimate per scan loop
         for i, pos in enumerate(SKY_PRESETS):
             ts_ns = loop_ns + int((i * PRESET_STEP_S + jitter.uniform(0.0, 0.3)) * 1e9)
             ts = pd.Timestamp(ts_ns // 1000 * 1000, tz="UTC")  # astral takes datetimes: microseconds
@@ -100,7 +103,8 @@ def _render_task(task: dict) -> tuple[list, list, list]:
             view = preset_view(pos, width // 2, height, tw, th)
             aim = pointing_jitter(rng, task["jitter_deg"])
             row = {"vsn": vsn, "ts_ns": ts_ns, "position": pos, "loop_num": loop_num, "sun_elevation": sun_el,
-                   "sun_azimuth": sun_az, "is_day": sun_el >= 0.0, **capture_truth(sky, view, t_s, jitter=aim)}
+                   "sun_azimuth": sun_az, "is_day": sun_el >= 0.0, **capture_truth(sky, view, t_s, jitter=aim),
+                   **motion}
             truth.append(tuple(row[c] for c in TRUTH_COLUMNS))
             if task["truth_only"]:
                 continue

@@ -119,7 +119,7 @@ def preset_view(position: int, optical_w: int, optical_h: int, thermal_w: int, t
 
 @dataclass(frozen=True)
 class Sky:
-    """What the generator knows of one node's sky: weather plus the seeds of its textures."""
+    """What the generator knows of one node's sky: weather plus the seeds of its textures (one set per date)."""
 
     weather: object  # data.synthetic.weather.Weather
     seed: int
@@ -134,8 +134,11 @@ class Sky:
             return None
         dx, dy = self.weather.displacement(layer, t_s)
         shift = (dx + lay.wind[0] * lead_s, dy + lay.wind[1] * lead_s)
-        f = sample_layer(self.seed, self.key, LAYERS.index(layer), ex, ny, base_m=lay.base_m, shift=shift,
-                         age=self.weather.age(layer, t_s) if self.weather.evolution else 0.0, outer_m=lay.outer_m)
+        age = self.weather.age(layer, t_s) if self.weather.evolution else 0.0
+        # the local date's own field; near local midnight two dates' fields, mixed with weights whose squares sum to 1
+        f = sum(np.float32(weight) * sample_layer(self.seed, self.key, LAYERS.index(layer), date, ex, ny,
+                                                  base_m=lay.base_m, shift=shift, age=age, outer_m=lay.outer_m)
+                for date, weight in self.weather.texture_days(t_s))
         return f, thr
 
 
