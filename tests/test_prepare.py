@@ -121,7 +121,7 @@ def test_every_fault_is_skipped_with_its_reason_and_the_run_goes_on(faulty_raw, 
     assert index.is_day.tolist() == [False] + [True] * 7
     assert (index.sun_elevation < 0).tolist() == [True] + [False] * 7
     assert report["skipped_by_reason"] == {
-        "bad_thermal": 2, "corrupt_jpg": 1, "no_position": 2, "no_thermal": 1, "not_sky_preset": 2,
+        "bad_thermal": 2, "corrupt_jpg": 1, "no_position": 2, "no_thermal": 1, "other_row": 2,
         "rgb_dims": 1, "thermal_dims": 1, "thermal_nc": 1, "thermal_plot": 1, "thermal_raw": 1, "thermal_uint": 1}
     skipped = pd.read_csv(out / "skipped.csv")
     truncated = skipped[skipped.file.str.contains("position25.csv")]
