@@ -36,6 +36,14 @@ def preset_elevation_deg(position: int) -> float:
     return TILT_ELEVATION_DEG[tilt]
 
 
+def centre_elevation(position: int | None) -> float:
+    """Image-centre elevation the cloud rule assumes for a preset (the sky row's where none is modelled:
+    presets below the horizon row, files without a position)."""
+    if isinstance(position, int) and position > 0 and (position - 1) % 4 < len(TILT_ELEVATION_DEG):
+        return preset_elevation_deg(position)
+    return SKY_ELEVATION_DEG
+
+
 def row_elevation_deg(n_rows: int, *, centre_deg: float = SKY_ELEVATION_DEG,
                       vfov_deg: float = THERMAL_VFOV_DEG) -> np.ndarray:
     """Elevation angle of each image row (row 0 = top of the image = highest elevation)."""

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from data.sky import cloud_mask
+from data.sky import centre_elevation, cloud_mask
 from sagecast_common.bootstrap import day_labels, interval, replicate_totals, totals_by_day
 
 REGS = (1e-3, 1e-2, 1e-1, 1.0)  # ridge on each covariance, relative to its mean eigenvalue
@@ -134,11 +134,19 @@ def raw_pixels(prepared: str | Path, rows: np.ndarray, *, size: int = 8) -> dict
     return out
 
 
-def region_cloud_fraction(prepared: str | Path, rows: np.ndarray, *, grid: int = 2) -> np.ndarray:
+def region_cloud_fraction(prepared: str | Path, rows: np.ndarray, *, grid: int = 2,
+                          positions: np.ndarray | None = None) -> np.ndarray:
     """(N, grid*grid) cloud fraction per region of the prepared thermal frame (row-major), by data.sky's rule
-    (the rule of the index's `cloud_fraction`, here on the S×S prepared frame)."""
-    parts = []
+    (the rule of the index's `cloud_fraction`, here on the S×S prepared frame) at each capture's own row
+    elevations (`positions`: a horizon-row frame looks 18° lower; None = every frame in the sky row)."""
+    parts, start = [], 0
     for frames in _frames(Path(prepared), "thermal", rows):
-        mask = torch.from_numpy(cloud_mask(frames).astype(np.float32))[:, None]  # (n, 1, S, S)
+        if positions is None:
+            mask = cloud_mask(frames)
+        else:
+            centre = [centre_elevation(int(p)) for p in positions[start:start + len(frames)]]
+            mask = np.stack([cloud_mask(f, centre_deg=c) for f, c in zip(frames, centre, strict=True)])
+        start += len(frames)
+        mask = torch.from_numpy(mask.astype(np.float32))[:, None]  # (n, 1, S, S)
         parts.append(rearrange(F.adaptive_avg_pool2d(mask, grid), "n 1 h w -> n (h w)").numpy())
     return np.concatenate(parts).astype(np.float64)

@@ -240,7 +240,8 @@ def evaluate(run: str | Path, *, rows: str = "day", batch_size: int = 256, seed:
     if "true_cloud_fraction" in sel:
         targets["true_cloud_fraction"] = sel["true_cloud_fraction"].to_numpy(np.float64)
     g = info["grid"]["g"]
-    targets["layout"] = region_cloud_fraction(prepared, sel["row"].to_numpy(), grid=g)
+    targets["layout"] = region_cloud_fraction(prepared, sel["row"].to_numpy(), grid=g,
+                                              positions=sel["position"].to_numpy())
     pixels = raw_pixels(prepared, sel["row"].to_numpy(), size=8)
     sets = {"trained": feats,
             "random_init": _random_init_features(run, prepared, sel, seed=seed, batch_size=batch_size, grid=g),

@@ -17,7 +17,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.formats import SKY_PRESETS, format_thermal_csv, rgb_name, thermal_name, thermal_plot_name
+from data.formats import (
+    HORIZON_PRESETS,
+    SKY_PRESETS,
+    format_thermal_csv,
+    read_thermal_csv,
+    rgb_name,
+    thermal_name,
+    thermal_plot_name,
+)
 from data.sage import download
 from data.sage.query import load_query_file, plan_downloads
 from tests.sage_double import SageDouble
@@ -106,12 +114,27 @@ def test_plan_rules_and_unsafe_names():
     assert list(plan["kind"]) == ["rgb", "thermal"] and set(plan["position"]) == {"1"}
     assert list(plan["dest"]) == [f"W056/rgb/{ts.value}-6144x2048_position1.jpg",
                                   f"W056/thermal/{ts.value}-{thermal_name(1)}"]
-    assert dict(skipped) == {"thermal_plot": 1, "not_sky_preset": 1, "thermal_uint": 1, "thermal_nc": 1,
+    assert dict(skipped) == {"thermal_plot": 1, "other_row": 1, "thermal_uint": 1, "thermal_nc": 1,
                              "unpositioned": 1}
     assert len(rejected) == 3
     plan, skipped, _ = plan_downloads(pd.DataFrame(recs), all_positions=True, keep_unpositioned=True)
     assert sorted(plan["filename"]) == sorted(["6144x2048_position1.jpg", thermal_name(1),
                                                "6144x2048_position2.jpg", "6144x2048.jpg"])
+    horizon, skipped, _ = plan_downloads(pd.DataFrame(recs), rows=("sky", "horizon"))
+    assert set(horizon["position"]) == {"1", "2"} and "other_row" not in skipped
+    below = upload(ts, "W056", rgb_name(6144, 2048, 3), 3)  # tilt 2: in no named row
+    plan, skipped, _ = plan_downloads(pd.DataFrame([*recs, below]), rows=("horizon",))
+    assert list(plan["position"]) == ["2"] and skipped["other_row"] == 3
+    plan, _, _ = plan_downloads(pd.DataFrame([*recs, below]), rows=("horizon",), all_positions=True)
+    assert set(plan["position"]) == {"1", "2", "3"}
+
+
+def test_rows_option_is_checked(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        download.main(["--vsn", "W056", "--start", "2023-05-18", "--end", "2023-05-19", "--out", str(tmp_path),
+                       "--rows", "sky,zenith", "--dry-run"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "zenith" in err
 
 
 @pytest.mark.skipif(not SAMPLE.exists(), reason="shared samples folder absent")
@@ -319,3 +342,48 @@ def test_synthetic_day_through_the_double_then_prepare(env):
                    cwd=REPO, check=True, capture_output=True, timeout=300)
     index = pd.read_parquet(prepared / "index.parquet")
     assert len(index) == 8 * 12 and set(index["position"]) == set(SKY_PRESETS)
+
+
+@pytest.mark.slow
+def test_horizon_row_through_the_double_then_prepare(env):
+    """A clear day with both rows: data.synthetic → double → download/prepare `--rows sky,horizon`, and the
+    default (`sky`) from the same double."""
+    from data.prepare.run import prepare
+    from data.sky import cloud_mask, preset_elevation_deg
+    from data.synthetic.generate import generate
+
+    src, out, sky_out = env / "src", env / "out", env / "sky_out"
+    generate(src, nodes=["W056"], start="2023-06-01", days=1, interval_min=30, seed=0, size="small", regime="clear",
+             fault_rate=0.0, rows=("sky", "horizon"), progress=False)
+    wanted = sorted(p for kind in ("rgb", "thermal") for p in (src / "W056" / kind).iterdir())
+    with SageDouble(src, user=USER, token=TOKEN, lifetime_s=300) as d:
+        assert download.main(args(d, out, "--rows", "sky,horizon", start="2023-06-01", end="2023-06-03")) == 0
+        assert download.main(args(d, sky_out, start="2023-06-01", end="2023-06-03")) == 0
+    assert len(wanted) == 2 * 16 * 48
+    assert_same_files(wanted, src, out)
+    report = prepare(out, env / "prepared", size=32, rows="sky,horizon", workers=1, progress=False)
+    index = pd.read_parquet(env / "prepared" / "index.parquet")
+    assert report["rows"] == ["sky", "horizon"] and len(index) == 16 * 48
+    assert json.loads((env / "prepared" / "complete.json").read_text())["settings"]["rows"] == ["sky", "horizon"]
+    assert list(index["row"]) == list(range(len(index)))
+    for name, presets in (("sky", SKY_PRESETS), ("horizon", HORIZON_PRESETS)):
+        part = index[index.preset_row == name]
+        assert set(part.position) == set(presets) and sorted(set(part.preset_column)) == list(range(8))
+        assert (part.position == part.preset_column * 4 + 1 + (name == "horizon")).all()
+    horizon = index[index.preset_row == "horizon"]
+    assert np.isfinite(horizon.cloud_fraction).all() and horizon.cloud_fraction.mean() < 0.1  # a clear day
+    truth = pd.read_parquet(src / "W056" / "truth.parquet").set_index(["ts_ns", "position"])
+    horizon = horizon.assign(truth=[truth.cloud_fraction[(t.value, p)] for t, p in zip(horizon.timestamp,
+                                                                                       horizon.position, strict=True)])
+    masked = {int(k.split("/")[1]) for k in report["obstruction_masks"]}
+    assert masked and masked <= set(HORIZON_PRESETS)  # only horizon frames show trees and roofs
+    for position in masked:  # the raw rule counts trees as cloud; the prepared fraction leaves them out
+        part = horizon[horizon.position == position]
+        raw_rule = [cloud_mask(read_thermal_csv(out / f), centre_deg=preset_elevation_deg(position)).mean()
+                    for f in part.thermal_file]
+        assert np.mean(np.abs(part.cloud_fraction - part.truth)) < 0.01
+        assert np.mean(raw_rule) > part.cloud_fraction.mean() + 0.005
+    prepare(sky_out, env / "prepared_sky", size=32, workers=1, progress=False)
+    sky = pd.read_parquet(env / "prepared_sky" / "index.parquet")
+    assert set(sky.position) == set(SKY_PRESETS) and len(sky) == 8 * 48 and set(sky.preset_row) == {"sky"}
+    assert len(list((sky_out / "W056" / "rgb").iterdir())) == 8 * 48

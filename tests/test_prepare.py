@@ -18,7 +18,9 @@ from PIL import Image
 
 import data.prepare.run as prep
 from data.formats import format_thermal_csv, rgb_name, thermal_fov_box, thermal_name, thermal_plot_name
+from data.prepare.obstruction import MAX_SHARE, MIN_CAPTURES, STATIC_SHARE, static_mask
 from data.prepare.run import assign_splits, prepare
+from data.sky import clear_sky_celsius, preset_elevation_deg, row_elevation_deg
 
 W, H, TW, TH = 96, 32, 16, 12
 NOON = pd.Timestamp("2023-05-18T17:00Z")  # Lemont, IL: midday; 06:00Z is night
@@ -121,7 +123,7 @@ def test_every_fault_is_skipped_with_its_reason_and_the_run_goes_on(faulty_raw, 
     assert index.is_day.tolist() == [False] + [True] * 7
     assert (index.sun_elevation < 0).tolist() == [True] + [False] * 7
     assert report["skipped_by_reason"] == {
-        "bad_thermal": 2, "corrupt_jpg": 1, "no_position": 2, "no_thermal": 1, "not_sky_preset": 2,
+        "bad_thermal": 2, "corrupt_jpg": 1, "no_position": 2, "no_thermal": 1, "other_row": 2,
         "rgb_dims": 1, "thermal_dims": 1, "thermal_nc": 1, "thermal_plot": 1, "thermal_raw": 1, "thermal_uint": 1}
     skipped = pd.read_csv(out / "skipped.csv")
     truncated = skipped[skipped.file.str.contains("position25.csv")]
@@ -271,9 +273,10 @@ def test_cli_help_and_bad_arguments(tmp_path):
 
 def test_tiny_synthetic_end_to_end(tiny_prepared):
     index = pd.read_parquet(tiny_prepared / "index.parquet")
-    assert list(index.columns) == ["vsn", "timestamp", "position", "rgb_file", "thermal_file", "lat", "lon",
-                                   "sun_elevation", "is_day", "local_date", "split", "row", "t_min", "t_mean",
-                                   "t_max", "cloud_fraction"]
+    assert list(index.columns) == ["vsn", "timestamp", "position", "preset_row", "preset_column", "rgb_file",
+                                   "thermal_file", "lat", "lon", "sun_elevation", "is_day", "local_date", "split",
+                                   "row", "t_min", "t_mean", "t_max", "cloud_fraction"]
+    assert set(index.preset_row) == {"sky"} and (index.position == 4 * index.preset_column + 1).all()
     assert str(index.timestamp.dtype) == "datetime64[ns, UTC]"
     assert index.equals(index.sort_values(["vsn", "timestamp", "position"]))
     assert set(index.position) <= {1, 5, 9, 13, 17, 21, 25, 29}
@@ -285,6 +288,7 @@ def test_tiny_synthetic_end_to_end(tiny_prepared):
     assert isinstance(rgb, np.memmap) and rgb.shape == (len(index), 32, 32, 3)
     report = json.loads((tiny_prepared / "report.json").read_text())
     assert report["pairs"] == len(index) and report["bad_pairs"] == 0
+    assert report["rows"] == ["sky"] and report["obstruction_masks"] == {}  # the sky row clears every tree
 
 
 def _tree(root: Path) -> dict:
@@ -369,3 +373,71 @@ def test_non_finite_norm_stats_fail_the_run_naming_the_cause(tmp_path):
                                          r"\[0\]"):
         run(raw, out)
     assert (out / "norm_stats.json").read_bytes() == old and not list(out.glob(".*.tmp"))
+
+
+def _clear_sky_csv(position: int, *, warm_rows: int = 0) -> str:
+    """Clear sky at the preset's own row elevations, 2 K colder than expected; `warm_rows` bottom rows at 20 °C."""
+    celsius = np.repeat(clear_sky_celsius(row_elevation_deg(TH, centre_deg=preset_elevation_deg(position)))[:, None]
+                        - 2.0, TW, axis=1)
+    celsius[TH - warm_rows:] = 20.0
+    return format_thermal_csv(celsius)
+
+
+def test_rows_select_presets_and_each_row_uses_its_own_elevations(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "p"
+    for k in range(3):
+        for pos in (1, 2, 3):  # sky, horizon, below the horizon
+            capture(raw, NOON + pd.Timedelta(minutes=5 * k, seconds=3 * pos), pos, csv=_clear_sky_csv(min(pos, 2)))
+    report = run(raw, out, rows="sky,horizon")
+    index = pd.read_parquet(out / "index.parquet")
+    assert index.position.tolist() == [1, 2] * 3 and index.preset_row.tolist() == ["sky", "horizon"] * 3
+    assert (index.preset_column == 0).all() and report["skipped_by_reason"] == {"other_row": 6}
+    # clear sky at 14–50° would be "cloud" under the sky row's 32–68° thresholds; at its own, it is clear
+    assert (index.cloud_fraction == 0).all()
+    record = json.loads((out / "complete.json").read_text())
+    assert report["rows"] == ["sky", "horizon"] and record["settings"]["rows"] == ["sky", "horizon"]
+    report = run(raw, out)  # the same folder, the default rows: nothing of the horizon row is reused
+    index = pd.read_parquet(out / "index.parquet")
+    assert index.position.tolist() == [1] * 3 and report["rows"] == ["sky"]
+    assert json.loads((out / "complete.json").read_text())["settings"]["rows"] == ["sky"]
+    assert np.load(out / "rgb.npy").shape[0] == 3 and report["skipped_by_reason"] == {"other_row": 12}
+    report = run(raw, out, rows="horizon", all_positions=True)
+    index = pd.read_parquet(out / "index.parquet")  # below the horizon row: no row name, its column all the same
+    assert index.preset_row.fillna("-").tolist() == ["sky", "horizon", "-"] * 3 and (index.preset_column == 0).all()
+
+
+def test_bad_rows_exit_2_with_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "data.prepare", "--raw", str(tmp_path), "--out", str(tmp_path / "p"),
+                          "--rows", "horizon,ground"], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "ground" in out.stderr
+
+
+def test_static_obstruction_mask_rule():
+    share = np.zeros((6, 4))
+    share[4:, 1] = share[5:, 2] = 1.0  # a tree and a lower roof standing on the bottom edge
+    share[1, 3] = 1.0  # always "cloud" up in the sky but not joined to the ground: not an obstruction
+    share[3, 1] = STATIC_SHARE - 0.01  # just below the share: ends the tree's column
+    mask = static_mask(share, MIN_CAPTURES)
+    assert mask.tolist() == [[False] * 4] * 4 + [[False, True, False, False], [False, True, True, False]]
+    assert static_mask(share, MIN_CAPTURES - 1) is None  # too few captures to tell
+    assert static_mask(np.zeros((6, 4)), MIN_CAPTURES) is None
+    deck = np.ones((6, 4))
+    deck[: int(6 * (1 - MAX_SHARE)) - 1] = 0.0  # persistent cloud over most of the frame: not a tree
+    assert static_mask(deck, MIN_CAPTURES) is None
+
+
+def test_static_obstructions_leave_the_cloud_fraction(tmp_path):
+    raw = tmp_path / "raw"
+    for k in range(MIN_CAPTURES):  # a roof in the bottom 3 rows of preset 2, every daytime capture
+        capture(raw, NOON + pd.Timedelta(minutes=5 * k), 2, csv=_clear_sky_csv(2, warm_rows=3))
+        capture(raw, NOON + pd.Timedelta(minutes=5 * k, seconds=3), 1, csv=_clear_sky_csv(1))
+    capture(raw, NOON + pd.Timedelta(minutes=5 * MIN_CAPTURES), 2, csv=_clear_sky_csv(2, warm_rows=6))  # + cloud
+    report = run(raw, tmp_path / "p", rows="sky,horizon")
+    index = pd.read_parquet(tmp_path / "p" / "index.parquet")
+    assert report["obstruction_masks"] == {"W056/2": 0.25}
+    horizon = index[index.position == 2].cloud_fraction.to_numpy()
+    assert (horizon[:-1] == 0).all() and horizon[-1] == pytest.approx(3 / 9)  # 3 cloudy rows of 9 unobstructed
+    assert (index[index.position == 1].cloud_fraction == 0).all()
+    report = run(raw, tmp_path / "q", rows="sky,horizon", min_elevation=90)  # no daytime captures: no mask
+    index = pd.read_parquet(tmp_path / "q" / "index.parquet")
+    assert report["obstruction_masks"] == {} and index[index.position == 2].cloud_fraction.iloc[0] == 0.25

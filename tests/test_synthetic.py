@@ -10,10 +10,11 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from data import RegistryError, is_day
 from data.formats import (
+    HORIZON_PRESETS,
     SKY_PRESETS,
     ThermalFormatError,
     format_thermal_csv,
@@ -23,9 +24,10 @@ from data.formats import (
     thermal_fov_box,
     thermal_name,
 )
-from data.sky import SKY_ELEVATION_DEG, cloud_fraction, cloud_mask, preset_azimuth_deg
+from data.sky import SKY_ELEVATION_DEG, cloud_fraction, cloud_mask, preset_azimuth_deg, preset_elevation_deg
 from data.synthetic.generate import generate, main
-from data.synthetic.layout import FAULTS, META_COLUMNS, day_spans, fast_thermal_csv
+from data.synthetic.layout import FAULTS, META_COLUMNS, day_spans, fast_thermal_csv, node_key
+from data.synthetic.render import preset_view
 
 
 def _tree(root):
@@ -241,3 +243,46 @@ def test_cli_writes_the_layout(tmp_path, capsys):
     assert '"captures": 24' in capsys.readouterr().out
     assert {p.name for p in (tmp_path / "W056").iterdir()} >= {"rgb", "thermal", "sage_meta", "truth.parquet",
                                                                  "faults.csv"}
+
+
+def _horizon_views():
+    """{horizon preset: its view at W056 (small size)} for the presets whose frame shows trees or roofs."""
+    views = {p: preset_view(p, 384, 256, 112, 84, node_key("W056")) for p in HORIZON_PRESETS}
+    return {p: v for p, v in views.items() if v.ground_thermal is not None}
+
+
+def test_horizon_row_sees_obstructions_warm_and_dark_and_truth_leaves_them_out(tmp_path):
+    views = _horizon_views()
+    assert views and all(preset_view(p, 384, 256, 112, 84, node_key("W056")).ground_thermal is None
+                         for p in SKY_PRESETS)  # the sky row clears every tree
+    for cover in (0.0, 1.0):  # local midnight and 10:00 (sun up), both rows
+        generate(tmp_path / str(cover), days=1, hours=13, interval_min=600, start="2023-06-01", cloud_cover=cover,
+                 fault_rate=0.0, rows=("sky", "horizon"), progress=False)
+    node = tmp_path / "0.0" / "W056"
+    truth = pd.read_parquet(node / "truth.parquet")
+    assert list(truth.position[:16]) == [*SKY_PRESETS, *HORIZON_PRESETS] and len(truth) == 32
+    assert (np.diff(truth.ts_ns[:16]) > 2.5e9).all()  # one preset every ~3 s, sky row first
+    overcast = pd.read_parquet(tmp_path / "1.0" / "W056" / "truth.parquet")
+    assert (truth.cloud_fraction == 0).all() and (overcast.cloud_fraction == 1).all()  # obstructions not counted
+    for r in truth[truth.position.isin(list(views))].itertuples():
+        ground = views[r.position].ground_thermal > 0
+        thermal = read_thermal_csv(node / "thermal" / f"{r.ts_ns}-{thermal_name(r.position, width=112, height=84)}")
+        assert thermal[ground].min() > 0 and thermal[~ground].max() < -9  # a June night and day: trees are warm
+        flagged = cloud_mask(thermal, centre_deg=preset_elevation_deg(r.position))
+        assert flagged[ground].all() and not flagged[~ground].any()  # the clear-sky rule calls them cloud
+    day = overcast[(overcast.sun_elevation > 30) & overcast.position.isin(list(views))]
+    assert len(day)
+    for r in day.itertuples():  # under a white-grey deck, trees and roofs are dark
+        img = np.asarray(Image.open(tmp_path / "1.0" / "W056" / "rgb" / f"{r.ts_ns}-768x256_position{r.position}.jpg")
+                         .convert("L"), np.float32)[:, :384]
+        shade = np.asarray(Image.fromarray(views[r.position].ground_optical).resize((384, 256), Image.NEAREST))
+        inside = np.asarray(Image.fromarray((shade > 0).astype(np.float32)).resize((384, 256)).filter(
+            ImageFilter.MinFilter(5))) > 0.99
+        assert inside.sum() > 50 and img[inside].mean() < 0.4 * img[shade == 0].mean()
+
+
+def test_rows_option_is_checked(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path), "--rows", "sky,ground", "--days", "1", "--hours", "0.1"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "sky, horizon" in err

@@ -6,9 +6,12 @@ so a 6144×2048 frame is never fully decoded for a small target. Thermal: the fu
 S×S with the same (antialiased bilinear) filter and stored float16 °C. With the default crop 'fov' the RGB
 crop is exactly the thermal field of view (data.formats.thermal_fov_box), so both squeeze the same 4:3 view
 to a square and pixel (i, j) looks at the same sky in both. Summaries (t_min/mean/max, cloud_fraction by the
-data.sky rule) come from the full-resolution thermal frame. A frame with any value outside THERMAL_RANGE
-(or not finite) is refused as `bad_thermal`: one 1e308 cell would turn into inf in float16 and poison
-norm_stats.json. Any other per-file error (EIO, a vanished file, ...) is a skip with its reason, never a crash.
+data.sky rule at the preset's own row elevations, `preset_elevation_deg`; presets below the horizon row, and
+files without a position, use the sky row's) come from the full-resolution thermal frame, whose cloud mask is
+cached too (bit-packed) for the static-obstruction mask (data.prepare.obstruction). A frame with any value
+outside THERMAL_RANGE (or not finite) is refused as `bad_thermal`: one 1e308 cell would turn into inf in float16
+and poison norm_stats.json. Any other per-file error (EIO, a vanished file, ...) is a skip with its reason, never
+a crash.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from data.formats import ThermalFormatError, read_thermal_csv, thermal_fov_box
-from data.sky import cloud_fraction
+from data.sky import centre_elevation, cloud_mask
 from sagecast_common.runio import atomic_path
 
-CACHE_VERSION = 2  # bump when the processing changes: old cache entries are then ignored
+CACHE_VERSION = 3  # bump when the processing changes: old cache entries are then ignored
 STATS = ("t_min", "t_mean", "t_max", "cloud_fraction")
 # Physically possible sky/scene brightness temperatures, well inside float16 (max 65504): the camera's
 # 14-bit grid spans -273.15..382 °C, but nothing outdoors on Earth reads below -100 °C or above 150 °C.
@@ -87,8 +90,9 @@ def load_rgb(path: Path, size: int, crop) -> np.ndarray:
     return np.asarray(small, np.uint8)
 
 
-def load_thermal(path: Path, size: int) -> tuple[np.ndarray, dict[str, float]]:
-    """float16 (S, S) °C and the full-resolution summaries."""
+def load_thermal(path: Path, size: int, position: int | None = None
+                 ) -> tuple[np.ndarray, dict[str, float], np.ndarray]:
+    """float16 (S, S) °C, the full-resolution summaries and cloud mask (bool (H, W))."""
     try:
         full = read_thermal_csv(path)
     except ThermalFormatError as e:
@@ -105,9 +109,10 @@ def load_thermal(path: Path, size: int) -> tuple[np.ndarray, dict[str, float]]:
             raise BadInput("thermal_dims", f"{path}: {full.shape[1]}x{full.shape[0]} in the file, "
                                            f"{named[1]}x{named[0]} in the name")
     small = Image.fromarray(full).resize((size, size), Image.Resampling.BILINEAR)
+    cloud = cloud_mask(full, centre_deg=centre_elevation(position))
     stats = {"t_min": float(full.min()), "t_mean": float(full.mean(dtype=np.float64)), "t_max": float(full.max()),
-             "cloud_fraction": cloud_fraction(full)}
-    return np.asarray(small, np.float32).astype(np.float16), stats
+             "cloud_fraction": float(cloud.mean())}
+    return np.asarray(small, np.float32).astype(np.float16), stats, cloud
 
 
 def process_pair(job: dict) -> dict:
@@ -120,14 +125,15 @@ def process_pair(job: dict) -> dict:
             if which == "rgb":
                 out["rgb"] = load_rgb(path, job["size"], job["crop"])
             else:
-                out["thermal"], stats = load_thermal(path, job["size"])
+                out["thermal"], stats, cloud = load_thermal(path, job["size"], job.get("position"))
         except BadInput as e:
             return {"fail": [job[f"{which}_rel"], e.reason, e.detail]}
         except OSError as e:
             return {"fail": [job[f"{which}_rel"], "unreadable", f"{type(e).__name__}: {e}"], "transient": True}
         except Exception as e:  # one file must not end the run; the reason is listed instead
             return {"fail": [job[f"{which}_rel"], "error", f"{type(e).__name__}: {e}"], "transient": True}
-    return {**out, "stats": np.array([stats[k] for k in STATS])}
+    return {**out, "stats": np.array([stats[k] for k in STATS]), "cloud": np.packbits(cloud),
+            "cloud_shape": np.array(cloud.shape)}
 
 
 def cache_key(job: dict) -> str:

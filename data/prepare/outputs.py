@@ -88,8 +88,9 @@ class Staging:
             tmp.unlink(missing_ok=True)
         shutil.rmtree(self.pairs, ignore_errors=True)
 
-    def commit(self, *, complete: bool = True) -> None:
-        """Old record out, outputs in, new record last; without `complete`, the folder is left unrecorded."""
+    def commit(self, *, complete: bool = True, settings: dict | None = None) -> None:
+        """Old record out, outputs in, new record last (stating `settings`); without `complete`, the folder is
+        left unrecorded."""
         invalidate(self.out)
         for name, tmp in self.files.items():
             os.replace(tmp, self.out / name)
@@ -101,7 +102,7 @@ class Staging:
             shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(self.out)
         if complete:
-            write_complete(self.out)
+            write_complete(self.out, settings)
 
 
 def invalidate(out: Path) -> None:
@@ -126,15 +127,17 @@ def _pairs_digest(out: Path) -> dict:
     return {"files": len(files), "sha256": h.hexdigest()}
 
 
-def write_complete(out) -> dict:
-    """Write OUT/complete.json describing the outputs now in OUT (prepare's last step; tests that build a
-    prepared folder by hand call it too)."""
+def write_complete(out, settings: dict | None = None) -> dict:
+    """Write OUT/complete.json describing the outputs now in OUT and the `settings` that made them, e.g. the
+    preset rows (prepare's last step; tests that build a prepared folder by hand call it too)."""
     out = Path(out)
     rows = int(np.load(out / "rgb.npy", mmap_mode="r").shape[0])
     files = {name: {"bytes": (out / name).stat().st_size} for name in ARRAYS}
     files |= {name: {"bytes": (out / name).stat().st_size, "sha256": file_sha256(out / name)}
               for name in SMALL if (out / name).exists()}
     record = {"format": RECORD_FORMAT, "rows": rows, "files": files}
+    if settings:
+        record["settings"] = settings
     if (out / "pairs").is_dir():
         record["pairs"] = _pairs_digest(out)
     atomic_write_json(out / COMPLETE, record)

@@ -23,8 +23,8 @@ from data.formats import (
     RGB,
     THERMAL,
     MobotixName,
-    is_sky_preset,
     parse_mobotix_name,
+    row_presets,
     split_original_name,
     split_ts_name,
 )
@@ -159,18 +159,19 @@ def _group(files: list[RawFile]) -> dict[tuple, list[RawFile]]:
     return groups
 
 
-def filter_positions(pairs: list[Pair], *, all_positions: bool, keep_unpositioned: bool
+def filter_positions(pairs: list[Pair], *, rows=("sky",), all_positions: bool, keep_unpositioned: bool
                      ) -> tuple[list[Pair], list[Skip]]:
-    """Sky presets only, unless told otherwise; direction/custom positions are never indexed (no int)."""
-    kept, skipped = [], []
+    """The presets of `rows` (every numbered one with `all_positions`); direction/custom positions are never
+    indexed (no int)."""
+    kept, skipped, presets = [], [], set(row_presets(rows))
     for p in pairs:
         pos = p.rgb.name.position
         if pos is None:
             reason = None if keep_unpositioned else ("no_position", "name carries no position")
         elif not isinstance(pos, int):
             reason = ("non_preset_position", f"{p.rgb.name.mode}-mode position {pos!r}")
-        elif not (all_positions or is_sky_preset(pos)):
-            reason = ("not_sky_preset", f"preset {pos} is not a sky preset")
+        elif not (all_positions or pos in presets):
+            reason = ("other_row", f"preset {pos} is not in the rows {', '.join(rows)}")
         else:
             reason = None
         if reason:

@@ -1,16 +1,19 @@
 """Raw SAGE Mobotix files → paired, day/night-flagged index + memory-mappable arrays.
 
     python -m data.prepare --raw runs/raw --out runs/prepared --size 64
+    python -m data.prepare --raw runs/raw --out runs/prepared --size 64 --rows sky,horizon
 
 Reads layout (a) `RAW/<VSN>/{rgb,thermal}/{ts_ns}-{filename}` and/or the original workflow's layout (b)
 `RAW/rgb/`, `RAW/rgb/processed/`, `RAW/thermal/` (data.prepare.pairing), pairs RGB and thermal per capture and
 position, decodes each pair once (data.prepare.images; cached under OUT/cache/, so a rerun after new files arrive,
 or after a kill, processes only what is missing and ends with the same outputs) and writes, all staged under
 temporary names and committed together (data.prepare.outputs):
-  index.parquet   one row per pair, sorted by (vsn, timestamp, position); `row` indexes the arrays
+  index.parquet   one row per pair, sorted by (vsn, timestamp, position); `row` indexes the arrays;
+                  `preset_row` ("sky", "horizon"; null below them) and `preset_column` (0..7) name the preset
   rgb.npy         uint8 (N, S, S, 3)      thermal.npy  float16 (N, S, S) °C, pixel-aligned with rgb.npy
   norm_stats.json channel mean/std of the train split's day rows (rgb on a 0..1 scale, thermal in °C)
-  report.json     counts: pairs, bad pairs, skipped by reason, day/night, days and pairs per split
+  report.json     settings (rows among them) and counts: pairs, bad pairs, skipped by reason, day/night, days
+                  and pairs per split, the static-obstruction masks (data.prepare.obstruction)
   skipped.csv     file, reason, detail     bad_pairs.csv  rgb_file, thermal_file, reason
                   (any file that cannot be used - out-of-range thermal values, a garbled name or timestamp,
                   an I/O error, a symlink loop - is a row here, never the end of the run; raw is read only)
@@ -25,6 +28,10 @@ that fills anyway ends the run with one line (exit 2), temporaries removed. The 
 arrays. Entries of files that are gone or of other settings (--size, --crop) stay for later reruns unless
 --prune-cache; deleting OUT/cache only costs decoding everything again.
 Day/night: sun elevation at the node's registry location at each timestamp ≥ --min-elevation.
+Presets: those of --rows (default `sky`: 1, 5, …, 29; `horizon`: 2, 6, …, 30), every numbered one with
+--all-positions. Each run indexes exactly the rows it is given: outputs are rewritten from the cache, and the
+rows are in report.json and complete.json, so a folder made with other rows is never taken for this one.
+`cloud_fraction` uses each preset's own row elevations and leaves out pixels found statically obstructed.
 Splits: whole local days (node time zone), assigned per node location period (data.prepare.splits), so a node
 that moved has train, val and test days in each place.
 """
@@ -45,6 +52,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from data.folder_lock import folder_lock
+from data.formats import parse_rows, preset_column, preset_row
 from data.prepare.images import (
     STATS,
     cache_key,
@@ -55,6 +63,7 @@ from data.prepare.images import (
     process_pair,
     save_cached,
 )
+from data.prepare.obstruction import exclude_obstructions
 from data.prepare.outputs import (
     DISK_FULL,
     Staging,
@@ -97,7 +106,7 @@ def _plan_decode(rows: list[dict], cache_dir: Path, *, size: int, crop) -> list[
     for r in rows:
         p = r["_pair"]
         job = {"rgb_path": str(p.rgb.path), "rgb_rel": p.rgb.rel, "thermal_path": str(p.thermal.path),
-               "thermal_rel": p.thermal.rel, "size": size, "crop": crop}
+               "thermal_rel": p.thermal.rel, "size": size, "crop": crop, "position": p.position}
         try:
             r["_cache"] = cache_path(cache_dir, cache_key(job))
         except OSError as e:
@@ -129,29 +138,35 @@ def _decode(todo: list[tuple[dict, dict]], *, workers: int, progress: bool) -> N
 
 
 def prepare(raw, out, *, size: int = 128, crop: str = "fov", min_elevation: float = 0.0, seed: int = 0,
-            fractions=(0.7, 0.15, 0.15), all_positions: bool = False, keep_unpositioned: bool = False,
-            workers: int | None = None, registry=None, progress: bool = True, prune_cache: bool = False) -> dict:
+            fractions=(0.7, 0.15, 0.15), rows=("sky",), all_positions: bool = False,
+            keep_unpositioned: bool = False, workers: int | None = None, registry=None, progress: bool = True,
+            prune_cache: bool = False) -> dict:
     """Run the whole preparation; returns the report (also written to OUT/report.json). One writer per OUT."""
     raw, out = Path(raw), Path(out)
+    try:
+        row_names = parse_rows(rows if isinstance(rows, str) else ",".join(rows))
+    except ValueError as e:
+        raise UserError(str(e)) from None
     if not raw.is_dir():
         raise UserError(f"raw folder {raw} does not exist (or is not a folder): give the folder that "
                         f"sagecast-download or sagecast-synthetic wrote")
     load_registry(registry)  # a missing or corrupt registry is one error here, not a skip per pair
     with folder_lock(out, tool="sagecast-prepare"):
         return _prepare(raw, out, size=size, crop=crop, min_elevation=min_elevation, seed=seed, fractions=fractions,
-                        all_positions=all_positions, keep_unpositioned=keep_unpositioned, workers=workers,
-                        registry=registry, progress=progress, prune_cache=prune_cache)
+                        row_names=row_names, all_positions=all_positions, keep_unpositioned=keep_unpositioned,
+                        workers=workers, registry=registry, progress=progress, prune_cache=prune_cache)
 
 
-def _prepare(raw: Path, out: Path, *, size, crop, min_elevation, seed, fractions, all_positions, keep_unpositioned,
-             workers, registry, progress, prune_cache) -> dict:
+def _prepare(raw: Path, out: Path, *, size, crop, min_elevation, seed, fractions, row_names, all_positions,
+             keep_unpositioned, workers, registry, progress, prune_cache) -> dict:
     started = time.time()
     crop_spec = parse_crop(crop)
     workers = workers or min(4, os.cpu_count() or 1)
     remove_stale_temps(out)
     files, skipped = scan_raw(raw)
     pairs, bad, more = pair_files(files)
-    kept, by_position = filter_positions(pairs, all_positions=all_positions, keep_unpositioned=keep_unpositioned)
+    kept, by_position = filter_positions(pairs, rows=row_names, all_positions=all_positions,
+                                         keep_unpositioned=keep_unpositioned)
     rows, unlocated = _locate(kept, min_elevation, registry)
     skipped += more + by_position + unlocated
     todo = _plan_decode(rows, out / "cache", size=size, crop=crop_spec)
@@ -172,17 +187,21 @@ def _prepare(raw: Path, out: Path, *, size, crop, min_elevation, seed, fractions
             skipped.append(Skip(*map(str, entry["fail"])))
         else:
             good.append({**r, **dict(zip(STATS, entry["stats"].tolist(), strict=True))})
-    columns = ["vsn", "timestamp", "position", "rgb_file", "thermal_file", "lat", "lon", "sun_elevation",
-               "is_day", "local_date", "split", "row", *STATS]
+    columns = ["vsn", "timestamp", "position", "preset_row", "preset_column", "rgb_file", "thermal_file", "lat",
+               "lon", "sun_elevation", "is_day", "local_date", "split", "row", *STATS]
     index = pd.DataFrame(good, columns=[*columns, "_cache"])
     index = index.sort_values(["vsn", "timestamp", "position"], kind="stable").reset_index(drop=True)
     index["timestamp"] = pd.to_datetime(index["timestamp"], utc=True).astype("datetime64[ns, UTC]")
     index["split"] = split_by_location(index, fractions, seed)
     index["row"] = np.arange(len(index))
     index = index.astype({"position": np.int64, "is_day": bool, "sun_elevation": np.float64})
+    index["preset_row"] = pd.Series([preset_row(p) if p > 0 else None for p in index["position"]], dtype=object)
+    index["preset_column"] = np.array([preset_column(p) if p > 0 else -1 for p in index["position"]], np.int64)
+    index["cloud_fraction"], obstructions = exclude_obstructions(index)
     reasons = Counter(s.reason for s in skipped)
     report = {"raw": str(raw.resolve()), "size": size, "crop": crop, "min_elevation": min_elevation, "seed": seed,
-              "fractions": list(fractions), "all_positions": all_positions, "keep_unpositioned": keep_unpositioned,
+              "fractions": list(fractions), "rows": list(row_names), "all_positions": all_positions,
+              "keep_unpositioned": keep_unpositioned, "obstruction_masks": obstructions,
               "files": {"rgb": sum(f.name.kind == "rgb" for f in files),
                         "thermal": sum(f.name.kind == "thermal" for f in files)},
               "pairs": len(index), "bad_pairs": len(bad), "skipped_files": len(skipped),
@@ -203,7 +222,8 @@ def _prepare(raw: Path, out: Path, *, size, crop, min_elevation, seed, fractions
             write_pair_files(staging, index)
             index[columns].to_parquet(staging.path("index.parquet"), index=False)
         staging.write_text("report.json", _json(report))
-        staging.commit(complete=not index.empty)  # the only window in which a kill leaves a refused folder
+        # the only window in which a kill leaves a refused folder
+        staging.commit(complete=not index.empty, settings={"rows": list(row_names), "all_positions": all_positions})
     except OSError as e:
         staging.discard()
         _raise_if_disk_full(e, out)
@@ -252,7 +272,8 @@ def main(argv=None) -> None:
                     help="sun elevation (deg) from which a frame counts as day: 0 horizon, -6 civil twilight")
     ap.add_argument("--seed", type=int, default=0, help="seed of the day-to-split assignment")
     ap.add_argument("--fractions", type=_fractions, default=(0.7, 0.15, 0.15), help="train,val,test share of days")
-    ap.add_argument("--all-positions", action="store_true", help="keep every numbered preset, not only sky ones")
+    ap.add_argument("--rows", default="sky", help="preset rows to index, comma list of sky, horizon")
+    ap.add_argument("--all-positions", action="store_true", help="keep every numbered preset, whatever its row")
     ap.add_argument("--keep-unpositioned", action="store_true",
                     help="keep files whose names carry no position (before ~2023-03-14); indexed as position -1")
     ap.add_argument("--workers", type=int, default=None, help="decoding processes (default min(4, CPUs))")
@@ -267,11 +288,12 @@ def main(argv=None) -> None:
         ap.error(f"--size must be >= 8, got {args.size}")
     try:
         parse_crop(args.crop)
+        rows = parse_rows(args.rows)
     except ValueError as e:
         ap.error(str(e))
     def run() -> None:
         report = prepare(args.raw, args.out, size=args.size, crop=args.crop, min_elevation=args.min_elevation,
-                         seed=args.seed, fractions=args.fractions, all_positions=args.all_positions,
+                         seed=args.seed, fractions=args.fractions, rows=rows, all_positions=args.all_positions,
                          keep_unpositioned=args.keep_unpositioned, workers=args.workers, registry=args.registry,
                          progress=not args.no_progress, prune_cache=args.prune_cache)
         days = ", ".join(f"{s} {len(v['days'])} days/{v['pairs']} pairs" for s, v in report["splits"].items())

@@ -2,6 +2,10 @@
 
     python -m data.sage.download --vsn W056 --start 2023-03-10 --end 2023-03-24 --out RAW
     python -m data.sage.download --from-query saved.csv --out RAW --dry-run
+    python -m data.sage.download --vsn W056 --start 2023-03-10 --end 2023-03-11 --out RAW --rows sky,horizon
+
+Fetches the presets of --rows (default `sky`: 1, 5, …, 29; `horizon`: 2, 6, …, 30; data.formats.row_presets),
+every numbered preset with --all-positions.
 
 Writes `RAW/<VSN>/rgb/` and `RAW/<VSN>/thermal/` as `{ts_ns}-{filename}`, the query results under
 `RAW/<VSN>/sage_meta/`, `RAW/plan.csv` and `RAW/failed_urls.csv` (url, status, reason). Safe to re-run: saved
@@ -30,6 +34,7 @@ from urllib.parse import urlsplit
 import pandas as pd
 from tqdm import tqdm
 
+from data.formats import parse_rows
 from data.sage.credentials import CredentialsError, find_credentials
 from data.sage.fetch import AuthError, Fetcher, Result, origin_of
 from data.sage.query import QUERY_ENDPOINT, STORAGE_URL, QueryError, load_query_file, plan_downloads, query_uploads
@@ -52,7 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--storage-url", default=STORAGE_URL,
                     help="fetch storage URLs from this origin instead (e.g. the test double); "
                          "credentials go to this origin only (default %(default)s)")
-    ap.add_argument("--all-positions", action="store_true", help="not only the sky presets")
+    ap.add_argument("--rows", default="sky", help="preset rows to fetch, comma list of sky, horizon")
+    ap.add_argument("--all-positions", action="store_true", help="every position, whatever its row")
     ap.add_argument("--keep-unpositioned", action="store_true", help="also files with no known position")
     ap.add_argument("--workers", type=int, default=8, help="parallel downloads (default %(default)s)")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds per connect/read (default %(default)s)")
@@ -69,6 +75,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if not args.from_query and not (args.vsn and args.start and args.end):
         ap.error("give --vsn, --start and --end (or --from-query FILE)")
+    try:
+        args.rows = parse_rows(args.rows)
+    except ValueError as e:
+        ap.error(str(e))
     if args.workers < 1:
         ap.error("--workers must be >= 1")
     if args.retries < 0:
@@ -154,7 +164,7 @@ def main(argv=None) -> int:
         write_csv(pd.DataFrame([{"url": args.endpoint, "status": "", "reason": str(e)}]), raw / "failed_urls.csv")
         print(f"error: {e}", file=sys.stderr)
         return 1
-    plan, skipped, rejected = plan_downloads(records, all_positions=args.all_positions,
+    plan, skipped, rejected = plan_downloads(records, rows=args.rows, all_positions=args.all_positions,
                                              keep_unpositioned=args.keep_unpositioned, vsns=args.vsn)
     plan, foreign = storage_urls(plan, args.storage_url)
     rejected += foreign

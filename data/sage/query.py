@@ -21,7 +21,7 @@ import pandas as pd
 import sage_data_client
 from tqdm import tqdm
 
-from data.formats import RGB, SKY_PRESETS, THERMAL, parse_mobotix_name, split_ts_name
+from data.formats import RGB, THERMAL, parse_mobotix_name, row_presets, split_ts_name
 from data.sage.registry import to_utc
 from sagecast_common.runio import atomic_path
 
@@ -128,16 +128,18 @@ def _unsafe(name: str) -> bool:
     return not name or "/" in name or "\\" in name or "\x00" in name or ".." in name
 
 
-def plan_downloads(df: pd.DataFrame, *, all_positions: bool = False, keep_unpositioned: bool = False,
+def plan_downloads(df: pd.DataFrame, *, rows=("sky",), all_positions: bool = False, keep_unpositioned: bool = False,
                    vsns: list[str] | None = None) -> tuple[pd.DataFrame, Counter, list[tuple[str, str]]]:
-    """Which uploads to fetch and where to put them.
+    """Which uploads to fetch and where to put them: the presets of `rows` (data.formats.row_presets), every
+    numbered or named position with `all_positions`.
 
     Returns (plan with PLAN_COLUMNS, skipped counts by reason, rejected (url, reason) pairs). `dest` is
     relative to RAW: `<VSN>/rgb|thermal/{ts_ns}-{filename}`, ts_ns from the URL (= record time in ns).
     """
+    presets = set(row_presets(rows))
     skipped: Counter = Counter()
     rejected: list[tuple[str, str]] = []
-    rows, seen_url, seen_dest = [], set(), set()
+    planned, seen_url, seen_dest = [], set(), set()
     wanted = {v.upper() for v in vsns} if vsns else None
     for rec in df.to_dict("records"):
         url = _text(rec.get("value"))
@@ -177,8 +179,8 @@ def plan_downloads(df: pd.DataFrame, *, all_positions: bool = False, keep_unposi
         if position is None and not keep_unpositioned:
             skipped["unpositioned"] += 1
             continue
-        if position is not None and position not in SKY_PRESETS and not all_positions:
-            skipped["not_sky_preset"] += 1
+        if position is not None and position not in presets and not all_positions:
+            skipped["other_row"] += 1
             continue
         ts = to_utc(rec["timestamp"])
         ts_ns = split_ts_name(stored)[0] if split_ts_name(stored) else ts.value
@@ -191,8 +193,8 @@ def plan_downloads(df: pd.DataFrame, *, all_positions: bool = False, keep_unposi
             rejected.append((url, f"file name {len(PurePosixPath(dest).name.encode())} bytes long: over the "
                                   f"file-system limit of {NAME_MAX}"))
             continue
-        rows.append({"vsn": vsn, "kind": name.kind, "position": "" if position is None else str(position),
+        planned.append({"vsn": vsn, "kind": name.kind, "position": "" if position is None else str(position),
                      "timestamp": ts.isoformat(), "ts_ns": ts_ns, "filename": filename, "url": url,
                      "dest": dest})
-    plan = pd.DataFrame(rows, columns=PLAN_COLUMNS)
+    plan = pd.DataFrame(planned, columns=PLAN_COLUMNS)
     return plan.sort_values(["vsn", "ts_ns", "kind", "filename"], ignore_index=True), skipped, rejected

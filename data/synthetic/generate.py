@@ -9,10 +9,13 @@ data.synthetic.oracle) and `<VSN>/faults.csv` (faults injected). Weather: data.s
 local day; `--regime`, `--cloud-cover`, `--wind-speed`, `--evolution off` pin it); physics: render and field;
 camera: camera. `python -m data.synthetic.stats RAW` summarises a run's weather and forecastability.
 
-Timing follows the scan plugin: one loop every --interval-min; within it the 8 sky presets, ~3 s apart, each
-its own ts_ns shared by its RGB and thermal file. Days are whole local days: each runs from local midnight
-to the next local midnight, in the time zone the registry gives the node at 12:00 UTC of that date. Across a
-move (W056, 2023-05-20T00:00Z, Chicago → San Diego) a day is therefore 22–26 h long, with no gap or overlap.
+Timing follows the scan plugin: one loop every --interval-min; within it the presets of `--rows` (default
+`sky`; `sky,horizon` adds the horizon row, presets 2, 6, …, 30, after the sky row) in scan order, ~3 s apart,
+each its own ts_ns shared by its RGB and thermal file. Horizon frames show the node's trees and roofs at the
+bottom (data.synthetic.render); truth counts only the sky they leave visible.
+Days are whole local days: each runs from local midnight to the next local midnight, in the time zone the
+registry gives the node at 12:00 UTC of that date. Across a move (W056, 2023-05-20T00:00Z, Chicago → San
+Diego) a day is therefore 22–26 h long, with no gap or overlap.
 
 Same arguments and seed give byte-identical files, with any --workers. A node folder is rebuilt from scratch
 on rerun (only if it carries this generator's `.synthetic.json`); `complete: true` there marks a finished node.
@@ -37,7 +40,7 @@ from astral import Observer
 from astral.sun import azimuth as astral_azimuth
 from tqdm import tqdm
 
-from data.formats import SKY_PRESETS, rgb_name, thermal_name, thermal_plot_name
+from data.formats import parse_rows, rgb_name, row_presets, thermal_name, thermal_plot_name
 from data.sage.registry import node_location, node_period, sun_elevation
 from data.synthetic.camera import JITTER_DEG, expose, false_colour, jpeg, noise_pool, pointing_jitter
 from data.synthetic.layout import (
@@ -92,7 +95,7 @@ def _render_task(task: dict) -> tuple[list, list, list]:
         jitter = np.random.default_rng([seed, key, nominal_s, 0])
         loop_ns = nominal_ns + int(jitter.uniform(0.2, 1.5) * 1e9)
         motion = cloud_motion(sky, loop_ns / 1e9 - EPOCH_S, nominal_s)  # one estimate per scan loop
-        for i, pos in enumerate(SKY_PRESETS):
+        for i, pos in enumerate(row_presets(task["rows"])):
             ts_ns = loop_ns + int((i * PRESET_STEP_S + jitter.uniform(0.0, 0.3)) * 1e9)
             ts = pd.Timestamp(ts_ns // 1000 * 1000, tz="UTC")  # astral takes datetimes: microseconds
             t_s = ts_ns / 1e9 - EPOCH_S
@@ -100,7 +103,7 @@ def _render_task(task: dict) -> tuple[list, list, list]:
             sun_el = sun_elevation(vsn, ts)
             sun_az = float(astral_azimuth(Observer(period.lat, period.lon, period.elevation_m), ts.to_pydatetime()))
             rng = np.random.default_rng([seed, key, nominal_s, pos])
-            view = preset_view(pos, width // 2, height, tw, th)
+            view = preset_view(pos, width // 2, height, tw, th, key)
             aim = pointing_jitter(rng, task["jitter_deg"])
             row = {"vsn": vsn, "ts_ns": ts_ns, "position": pos, "loop_num": loop_num, "sun_elevation": sun_el,
                    "sun_azimuth": sun_az, "is_day": sun_el >= 0.0, **capture_truth(sky, view, t_s, jitter=aim),
@@ -149,13 +152,16 @@ def generate(out, *, nodes=("W056",), start="2023-05-18", days: int = 1, interva
              size: str = "small", regime: str = "mixed", cloud_cover: float | None = None,
              wind_speed: float | None = None, evolution: bool = True, jitter_deg: float = JITTER_DEG,
              fault_rate: float = 0.01, hours: float | None = None, truth_only: bool = False, workers: int = 1,
-             progress: bool = True) -> dict:
+             rows=("sky",), progress: bool = True) -> dict:
     """Write the synthetic raw layout under `out`; returns a summary (captures, files, faults per node).
 
     `cloud_cover` / `wind_speed` (None = the regime's draw) pin every day's low-layer cover (and drop cirrus) /
     every layer's wind speed; `evolution=False` freezes cloud shapes, cover and wind within each day;
-    `truth_only` writes truth.parquet (identical to a full run's) and no pictures: for weather statistics."""
+    `truth_only` writes truth.parquet (identical to a full run's) and no pictures: for weather statistics;
+    `rows`: the preset rows scanned (data.formats.ROW_TILTS names; the sky row's files do not depend on it)."""
     _check(size, cloud_cover, wind_speed, fault_rate, days, interval_min, regime, jitter_deg)
+    rows = parse_rows(rows if isinstance(rows, str) else ",".join(rows))
+    presets = row_presets(rows)
     start_date = dt.date.fromisoformat(str(start))
     step_ns = int(round(interval_min * 60e9))
     out = Path(out)
@@ -170,18 +176,18 @@ def generate(out, *, nodes=("W056",), start="2023-05-18", days: int = 1, interva
         run = {"vsn": vsn, "seed": seed, "size": size, "regime": regime, "cloud_cover": cloud_cover,
                "wind_speed": wind_speed, "evolution": evolution, "jitter_deg": jitter_deg, "fault_rate": fault_rate,
                "start": str(start_date), "days": days, "hours": hours, "interval_min": interval_min,
-               "truth_only": truth_only}
+               "truth_only": truth_only, "rows": list(rows)}
         prepare_node_dir(out / vsn, run)
         tasks = [{**run, "out": str(out), "loops": loops[i:i + LOOPS_PER_TASK]}
                  for i in range(0, len(loops), LOOPS_PER_TASK)]
         records, truth, faults = [], [], []
-        bar = tqdm(total=len(loops) * len(SKY_PRESETS), unit="capture", desc=vsn, disable=not progress)
+        bar = tqdm(total=len(loops) * len(presets), unit="capture", desc=vsn, disable=not progress)
         with multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else _InProcess() as pool:
             for task, (rec, tru, flt) in zip(tasks, pool.imap(_render_task, tasks), strict=True):
                 records += rec
                 truth += tru
                 faults += flt
-                bar.update(len(task["loops"]) * len(SKY_PRESETS))
+                bar.update(len(task["loops"]) * len(presets))
         bar.close()
         write_tables(out / vsn, vsn, records, truth, faults)
         counts = Counter(f[2] for f in faults)
@@ -232,13 +238,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--hours", type=float, default=None, help="stop after this many hours (quick looks)")
     ap.add_argument("--truth-only", action="store_true", help="write truth.parquet only (for data.synthetic.stats)")
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes (1 = in-process)")
+    ap.add_argument("--rows", default="sky", help="preset rows to scan, comma list of sky, horizon (scan order)")
     args = ap.parse_args(argv)
     try:
+        rows = parse_rows(args.rows)
         summary = generate(args.out, nodes=args.nodes, start=args.start, days=args.days, interval_min=args.interval_min,
                            seed=args.seed, size=args.size, regime=args.regime, cloud_cover=args.cloud_cover,
                            wind_speed=args.wind_speed, evolution=args.evolution == "on", jitter_deg=args.jitter_deg,
                            fault_rate=args.fault_rate, hours=args.hours, truth_only=args.truth_only,
-                           workers=args.workers)
+                           workers=args.workers, rows=rows)
     except (ValueError, LookupError, FileExistsError) as e:
         ap.error(str(e))
     print(json.dumps({k: summary[k] for k in ("out", "captures", "files", "faults")}))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.formats import KELVIN_STEP, SKY_PRESETS
+from data.formats import KELVIN_STEP, preset_row, row_presets
 from data.sage.registry import node_period
 from data.synthetic.oracle import TRUTH_COLUMNS
 from sagecast_common.runio import atomic_path, atomic_write_json
@@ -70,7 +70,7 @@ def draw_fault(seed: int, key: int, nominal_s: int, pos: int, rate: float) -> tu
         return None, pos
     fault = FAULTS[int(rng.integers(len(FAULTS)))]
     if fault == "position_mismatch":  # a second plugin moved the camera: the thermal names another preset
-        return fault, int(rng.choice([p for p in SKY_PRESETS if p != pos]))
+        return fault, int(rng.choice([p for p in row_presets((preset_row(pos),)) if p != pos]))
     return fault, pos
 
 

@@ -15,8 +15,13 @@
 - Optical: sky by sun elevation (night, dusk glow facing the sun, blue day paler toward the horizon), cirrus as
   a bright white veil, low cloud white (thin) to grey (thick), horizon haze, sun glare; data.synthetic.camera
   then applies auto-exposure, noise and JPEG.
+- Obstructions (data.synthetic.site): pixels whose ray meets the node's trees, roofs or far ground show that
+  instead of sky: in thermal near the surface air temperature (plus up to 3 K in sunshine), which the clear-sky
+  rule calls cloud, as on a real camera; in colour a dark, textured foliage/roof tone lit by the sun's
+  elevation. Only the horizon row reaches low enough to see them. The masks are fixed per (node, preset) at
+  nominal pointing: pointing jitter (0.2°) moves the sky, not the obstructions (below a thermal pixel).
 - Truth: cloud where a layer's field ≥ its threshold (opacity ≥ 0.5), counted on a fixed TRUTH grid over the
-  thermal field of view (independent of --size).
+  thermal field of view (independent of --size), over the unobstructed truth pixels only (`Rays.open`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from PIL import Image
 from data.formats import thermal_fov_box
 from data.sky import THERMAL_VFOV_DEG, clear_sky_celsius, preset_azimuth_deg, preset_elevation_deg
 from data.synthetic.field import sample_layer, threshold
+from data.synthetic.site import obstructed
 
 EDGE = 0.15  # opacity ramp width in units of the field's standard deviation
 RENDER_PX_DEG = 0.3  # optical colours are computed at ≈ this pitch, then resized: the field has no finer detail
@@ -45,6 +51,9 @@ DUSK = np.array([0.98, 0.55, 0.28], np.float32)
 HAZE = np.array([0.80, 0.82, 0.85], np.float32)
 NIGHT_CLOUD = np.array([0.06, 0.06, 0.07], np.float32)
 GLARE = np.array([1.0, 0.95, 0.85], np.float32)
+OBSTACLE = np.array([0.10, 0.12, 0.07], np.float32)  # foliage and roofs in full sun: far darker than cloud
+OBSTACLE_NIGHT = np.array([0.010, 0.011, 0.012], np.float32)
+SUNLIT_K = 3.0  # sunlit leaves and roofs run a few K above the air temperature
 
 
 def smoothstep(lo: float, hi: float, x):
@@ -59,6 +68,7 @@ class Rays:
     ex: np.ndarray  # east, cot(e)·sin(a)
     ny: np.ndarray  # north, cot(e)·cos(a)
     g: np.ndarray  # −1/(sin e · cos e): d(ex, ny)/de = g·(ex, ny); d/da = (ny, −ex)
+    open: np.ndarray | None = None  # bool: the ray reaches the sky (None: every ray does)
 
     def jittered(self, d_el: float, d_az: float) -> tuple[np.ndarray, np.ndarray]:
         if d_el == 0.0 and d_az == 0.0:
@@ -68,11 +78,11 @@ class Rays:
         return self.ex * k + da * self.ny, self.ny * k - da * self.ex
 
 
-def _rays(el_deg: np.ndarray, az_deg: np.ndarray) -> Rays:
+def _rays(el_deg: np.ndarray, az_deg: np.ndarray, open_: np.ndarray | None = None) -> Rays:
     e, a = np.radians(el_deg), np.radians(az_deg)
     cot = 1 / np.tan(e)
     return Rays((cot * np.sin(a)).astype(np.float32), (cot * np.cos(a)).astype(np.float32),
-                (-1 / (np.sin(e) * np.cos(e))).astype(np.float32))
+                (-1 / (np.sin(e) * np.cos(e))).astype(np.float32), open_)
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,10 @@ class PresetView:
     low: np.ndarray  # (ho, wo) 0 overhead … 1 at 30° elevation: how much horizon haze a pixel sees
     direction: np.ndarray  # (ho, wo, 3) unit vectors (east, north, up)
     azimuth: float
+    # Obstructions (None: none in view): shade 0.7–1.3 where a tree or roof is, 0 where sky is, on the
+    # optical render grid (ho, wo) and on the thermal pixels (h, w).
+    ground_optical: np.ndarray | None = None
+    ground_thermal: np.ndarray | None = None
 
 
 def _angles(position: int, nx: int, ny: int, box, hfov: float):
@@ -96,8 +110,19 @@ def _angles(position: int, nx: int, ny: int, box, hfov: float):
     return np.meshgrid(el, az, indexing="ij")
 
 
-@lru_cache(maxsize=64)
-def preset_view(position: int, optical_w: int, optical_h: int, thermal_w: int, thermal_h: int) -> PresetView:
+def _ground(key: int, position: int, el: np.ndarray, az: np.ndarray) -> np.ndarray | None:
+    """Shade 0.7–1.3 (leaf and tile texture, fixed per node and preset) where the ray is obstructed, else 0."""
+    hit = obstructed(key, el, az)
+    if not hit.any():
+        return None
+    shade = np.random.default_rng([key, position, *el.shape]).uniform(0.7, 1.3, el.shape)
+    return np.where(hit, shade, 0.0).astype(np.float32)
+
+
+@lru_cache(maxsize=128)
+def preset_view(position: int, optical_w: int, optical_h: int, thermal_w: int, thermal_h: int,
+                key: int | None = None) -> PresetView:
+    """The geometry of one preset; `key` (data.synthetic.layout.node_key) adds that node's obstructions."""
     left, top, right, bottom = thermal_fov_box(optical_w, optical_h)
     hfov = THERMAL_VFOV_DEG * thermal_w / thermal_h
     step = max(1, round(RENDER_PX_DEG / (THERMAL_VFOV_DEG / (bottom - top))))
@@ -113,8 +138,15 @@ def preset_view(position: int, optical_w: int, optical_h: int, thermal_w: int, t
     rows = preset_elevation_deg(position) + THERMAL_VFOV_DEG * (0.5 - (np.arange(thermal_h) + 0.5) / thermal_h)
     clear = clear_sky_celsius(rows)[:, None].astype(np.float32)
     low = np.clip((90.0 - el_o) / 60.0, 0.0, 1.0).astype(np.float32)
-    return PresetView(_rays(el_f, az_f), _rays(el_t, az_t), field_box, (ho, wo), clear, low, direction,
-                      preset_azimuth_deg(position))
+    ground_o = ground_t = truth_open = None
+    if key is not None:
+        ground_o = _ground(key, position, el_o, az_o)
+        ground_t = _ground(key, position, *_angles(position, thermal_w, thermal_h, (0, 0, thermal_w, thermal_h),
+                                                   hfov))
+        hit = obstructed(key, el_t, az_t)
+        truth_open = ~hit if hit.any() else None
+    return PresetView(_rays(el_f, az_f), _rays(el_t, az_t, truth_open), field_box, (ho, wo), clear, low, direction,
+                      preset_azimuth_deg(position), ground_o, ground_t)
 
 
 @dataclass(frozen=True)
@@ -143,14 +175,16 @@ class Sky:
 
 
 def true_cloud(sky: Sky, rays: Rays, t_s: float, *, jitter=(0.0, 0.0), lead_s: float = 0.0) -> dict[str, float]:
-    """Cloud fraction (opacity ≥ 0.5) per layer and in total on a ray grid."""
+    """Cloud fraction (opacity ≥ 0.5) per layer and in total on a ray grid, over the rays that reach the sky."""
     ex, ny = rays.jittered(*jitter)
     masks = {}
     for layer in LAYERS:
         ft = sky.field(layer, ex, ny, t_s, lead_s=lead_s)
         masks[layer] = np.zeros(ex.shape, bool) if ft is None else ft[0] >= ft[1]
-    return {"low": float(masks["low"].mean()), "high": float(masks["high"].mean()),
-            "total": float((masks["low"] | masks["high"]).mean())}
+    masks["total"] = masks["low"] | masks["high"]
+    if rays.open is not None:
+        masks = {k: m[rays.open] for k, m in masks.items()}
+    return {k: float(m.mean()) for k, m in masks.items()}
 
 
 def _resample(img: np.ndarray, box, w: int, h: int) -> np.ndarray:
@@ -179,9 +213,18 @@ def render(sky: Sky, view: PresetView, t_s: float, thermal_w: int, thermal_h: in
     celsius = view.thermal_clear + op["high"][1] * (2.0 + 4.0 * thick["high"][1])
     cloud_c = t_low + 4.5 * thick["low"][1]  # thick cloud: lower, warmer base
     celsius = celsius + op["low"][1] * (cloud_c - celsius)
+    sunlit = max(math.sin(math.radians(sun_el)), 0.0)
+    if view.ground_thermal is not None:  # trees and roofs: near the air temperature, warmer in sunshine
+        ground_c = sky.weather.surface_celsius(t_s) + SUNLIT_K * sunlit + 3.0 * (view.ground_thermal - 1.0)
+        celsius = np.where(view.ground_thermal > 0, ground_c, celsius)
     celsius = celsius + rng.normal(0.0, 0.25, celsius.shape)
     optical = {k: v[0] for k, v in op.items()}, {k: v[0] for k, v in thick.items()}
-    return celsius, _optical(view, *optical, sun_el, sun_az, sky.weather.day(t_s).phases[6])
+    colours = _optical(view, *optical, sun_el, sun_az, sky.weather.day(t_s).phases[6])
+    if view.ground_optical is not None:  # lit by the sun's elevation (and a little skylight), never cloud-white
+        light = float(smoothstep(-8.0, 8.0, sun_el)) * (0.5 + 0.5 * sunlit)
+        tone = OBSTACLE_NIGHT + (OBSTACLE - OBSTACLE_NIGHT) * light
+        colours = np.where(view.ground_optical[..., None] > 0, view.ground_optical[..., None] * tone, colours)
+    return celsius, colours
 
 
 def _optical(view: PresetView, op: dict, thick: dict, sun_el: float, sun_az: float, haze_phase: float):
