@@ -123,10 +123,6 @@ def thermal_fov_box(width: int, height: int, *, scale: float = 1.1) -> tuple[int
     return left, top, left + crop_w, top + crop_h
 
 
-def is_sky_preset(position) -> bool:
-    return isinstance(position, int) and position in SKY_PRESETS
-
-
 def preset_column(position: int) -> int:
     """Azimuth column 0..7 of a numbered preset."""
     return (position - 1) // 4
