@@ -12,9 +12,10 @@
   the cloud rule's margin (thermal cameras miss thin cirrus). The thermal image spans exactly `thermal_fov_box`
   of the optical half: each layer's field is computed once on a grid at twice the optical render pitch (the
   field has no structure below 100 m) and interpolated to the optical render grid and to the thermal pixels.
-- Optical: sky by sun elevation (night, dusk glow facing the sun, blue day paler toward the horizon), cirrus as
-  a bright white veil, low cloud white (thin) to grey (thick), horizon haze, sun glare; data.synthetic.camera
-  then applies auto-exposure, noise and JPEG.
+- Optical (`_optical`, sources there): the CIE clear sky with its circumsolar aureole, whitened by the aerosol
+  turbidity of the day (`aerosol_turbidity`), night and dusk glow; cirrus as a bright veil; low cloud from white
+  (thin) to dark grey (thick bases) with silver linings toward the sun; horizon haze; the sun and lens glare.
+  data.synthetic.camera then applies white balance, auto-exposure, noise and JPEG.
 - Truth: cloud where a layer's field ≥ its threshold (opacity ≥ 0.5), counted on a fixed TRUTH grid over the
   thermal field of view (independent of --size).
 """
