@@ -58,7 +58,10 @@ CIE_CLEAR = np.array([[-1.0, -0.32, 10.0, -3.0, 0.45],    # 12
                       [-1.0, -0.15, 24.0, -2.8, 0.15]])   # 15
 TURBIDITY_PERIODS_H = (41.0, 97.0, 173.0)  # aerosol load drifts with the air mass over days, not minutes
 G_WATER, G_ICE = 0.85, 0.75  # asymmetry of cloud droplets and ice crystals (forward scattering)
-TAU_THIN, TAU_THICK = 4.0, 60.0  # optical depth of a low cloud from its edge to its thickest (cumulus … stratus)
+# Optical depth of a low cloud from its edge to its thickest: τ = 3·LWP / (2·ρ_w·r_e) (Stephens 1978, J. Atmos. Sci.
+# 35, 2123) gives 40 for a 270 g/m² liquid-water path of 10 µm droplets, a thick cumulus core or stratus deck.
+TAU_THIN, TAU_THICK = 4.0, 40.0
+
 
 def smoothstep(lo: float, hi: float, x):
     t = np.clip((np.asarray(x, np.float32) - lo) / (hi - lo), 0.0, 1.0)
@@ -194,11 +197,17 @@ def render(sky: Sky, view: PresetView, t_s: float, thermal_w: int, thermal_h: in
     return celsius, _optical(view, *optical, sun_el, sun_az, aerosol_turbidity(sky.seed, sky.key, t_s))
 
 
+@lru_cache(maxsize=8)
+def _turbidity_phases(seed: int, key: int) -> tuple[float, ...]:
+    """Drawn once per node: a generator per capture would cost more than the sum it feeds."""
+    return tuple(np.random.default_rng([seed, key, 11]).uniform(0.0, 2 * math.pi, len(TURBIDITY_PERIODS_H)))
+
+
 def aerosol_turbidity(seed: int, key: int, t_s: float) -> float:
     """The node's aerosol load 0 (very clear) … 1 (turbid) at time t: a smooth drift over days, drawn from the seed
     and node only (independent of the cloud weather, as air masses bring dust and smoke on their own schedule)."""
-    phases = np.random.default_rng([seed, key, 11]).uniform(0.0, 2 * math.pi, len(TURBIDITY_PERIODS_H))
-    x = sum(math.sin(2 * math.pi * t_s / (h * 3600.0) + ph) for h, ph in zip(TURBIDITY_PERIODS_H, phases, strict=True))
+    periods = zip(TURBIDITY_PERIODS_H, _turbidity_phases(seed, key), strict=True)
+    x = sum(math.sin(2 * math.pi * t_s / (h * 3600.0) + ph) for h, ph in periods)
     return 0.5 + 0.5 * math.tanh(x / 1.5)
 
 
@@ -215,8 +224,9 @@ def _optical(view: PresetView, op: dict, thick: dict, sun_el: float, sun_az: flo
       Rayleigh-like part 1 + e·cos²χ is blue, the aerosol forward peak c·(exp(dχ) − exp(dπ/2)) — the bright
       circumsolar aureole — has the sun's colour. Aerosol also whitens the blue (Lynch & Livingston 2001, Color
       and Light in Nature, ch. 2): a turbid day is milky, a clear one deep blue.
-    - Low cloud base: diffuse transmission of a plane-parallel cloud, T = 1 / (1 + 0.75(1 − g)τ) (two-stream;
-      Bohren & Clothiaux 2006, Fundamentals of Atmospheric Radiation, ch. 6), relative to a thin cloud (τ 4, white):
+    - Low cloud base (τ from TAU_THIN to TAU_THICK): diffuse transmission of a plane-parallel cloud,
+      T = 1 / (1 + 0.75(1 − g)τ) (two-stream; Bohren & Clothiaux 2006, Fundamentals of Atmospheric Radiation,
+      ch. 6), relative to a thin cloud (τ 4, white):
       thick stratus and cumulus bases are dark grey. Thin parts toward the sun glow (silver lining): single
       forward scattering of the direct beam, P(χ)/4 · τ·exp(−τ), with a Henyey–Greenstein droplet phase function;
       cirrus does the same with ice crystals.
