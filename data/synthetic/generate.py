@@ -63,7 +63,7 @@ from sagecast_common.cli import make_parser
 from sagecast_common.runio import atomic_write_json
 
 # combined W, H; thermal w, h. The optical half stays 3:2 and the thermal 4:3 as the camera's; tiny is for
-# 32-px experiments: its 58-px field-of-view crop still holds every pixel a 32×32 preparation keeps.
+# 32-px experiments: its field-of-view crop (77×58 px) is still larger than a 32×32 preparation.
 SIZES = {"tiny": (192, 64, 48, 36), "small": (768, 256, 112, 84), "full": (6144, 2048, 336, 252)}
 PRESET_STEP_S = 3.0
 LOOP_START_S = (0.2, 1.5)  # a loop starts this late after its nominal time
@@ -140,7 +140,8 @@ def _render_task(task: dict) -> tuple[list, list, list]:
 
 def _daylight(vsn: str, nominal_ns: int, presets: int) -> bool:
     """Sun at or above the horizon at the loop's first and last possible capture time. Within one loop (under a
-    minute) the elevation is monotonic unless the sun is near its highest, so every capture between is lit too."""
+    minute) the elevation is monotonic unless the sun is near its highest (far above the horizon then), so
+    every capture between is lit too."""
     last_s = LOOP_START_S[1] + (presets - 1) * PRESET_STEP_S + PRESET_LAG_S
     return all(sun_elevation(vsn, pd.Timestamp(nominal_ns + int(s * 1e9), tz="UTC")) >= 0.0
                for s in (LOOP_START_S[0], last_s))
