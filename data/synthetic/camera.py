@@ -1,4 +1,5 @@
-"""The Mobotix as the synthetic sky models it: pointing jitter, auto-exposure, sensor noise, JPEG, thermal preview.
+"""The Mobotix as the synthetic sky models it: pointing jitter, white balance, auto-exposure, sensor noise, JPEG,
+thermal preview.
 
 - Pointing jitter: each capture's pan/tilt lands JITTER_DEG (σ, default 0.2°) off the preset, RGB and thermal
   together (one camera head).
