@@ -21,6 +21,11 @@ Same arguments and seed give byte-identical files, with any --workers. A node fo
 on rerun (only if it carries this generator's `.synthetic.json`); `complete: true` there marks a finished node.
 OUT/.complete (the summary, written atomically after the last node; removed first on a rerun) marks a finished
 raw folder: the pipeline's completion record of this step (sagecast_pipeline.steps). --truth-only writes none.
+
+--daylight-only (for experiments: night frames carry no optical signal and cost as much as day ones) keeps only
+the scan loops whose every capture has the sun at or above the horizon at the node; each kept capture is
+byte-identical to a full run's, loop numbers included. Days stay whole local days in the bookkeeping
+(`local_dates`, `start_ns`, `end_ns`); truth, upload records and counts hold the daylight captures only.
 """
 
 from __future__ import annotations
@@ -60,8 +65,12 @@ from data.synthetic.weather import REGIMES, Weather
 from sagecast_common.cli import make_parser
 from sagecast_common.runio import atomic_write_json
 
-SIZES = {"small": (768, 256, 112, 84), "full": (6144, 2048, 336, 252)}  # combined W, H; thermal w, h
+# combined W, H; thermal w, h. The optical half stays 3:2 and the thermal 4:3 as the camera's; tiny is for
+# 32-px experiments: its field-of-view crop (77×58 px) is still larger than a 32×32 preparation.
+SIZES = {"tiny": (192, 64, 48, 36), "small": (768, 256, 112, 84), "full": (6144, 2048, 336, 252)}
 PRESET_STEP_S = 3.0
+LOOP_START_S = (0.2, 1.5)  # a loop starts this late after its nominal time
+PRESET_LAG_S = 0.3  # and each preset up to this much after its ~3 s step
 LOOPS_PER_TASK = 12
 EPOCH_S = 1_577_836_800  # 2020-01-01T00:00Z: times are seconds since this
 
@@ -93,10 +102,10 @@ def _render_task(task: dict) -> tuple[list, list, list]:
     for loop_num, nominal_ns in task["loops"]:
         nominal_s = nominal_ns // 10**9
         jitter = np.random.default_rng([seed, key, nominal_s, 0])
-        loop_ns = nominal_ns + int(jitter.uniform(0.2, 1.5) * 1e9)
+        loop_ns = nominal_ns + int(jitter.uniform(*LOOP_START_S) * 1e9)
         motion = cloud_motion(sky, loop_ns / 1e9 - EPOCH_S, nominal_s)  # one estimate per scan loop
         for i, pos in enumerate(row_presets(task["rows"])):
-            ts_ns = loop_ns + int((i * PRESET_STEP_S + jitter.uniform(0.0, 0.3)) * 1e9)
+            ts_ns = loop_ns + int((i * PRESET_STEP_S + jitter.uniform(0.0, PRESET_LAG_S)) * 1e9)
             ts = pd.Timestamp(ts_ns // 1000 * 1000, tz="UTC")  # astral takes datetimes: microseconds
             t_s = ts_ns / 1e9 - EPOCH_S
             period = node_period(vsn, ts)
@@ -136,6 +145,15 @@ def _render_task(task: dict) -> tuple[list, list, list]:
     return records, truth, faults
 
 
+def _daylight(vsn: str, nominal_ns: int, presets: int) -> bool:
+    """Sun at or above the horizon at the loop's first and last possible capture time. Within one loop (under a
+    minute) the elevation is monotonic unless the sun is near its highest (far above the horizon then), so
+    every capture between is lit too."""
+    last_s = LOOP_START_S[1] + (presets - 1) * PRESET_STEP_S + PRESET_LAG_S
+    return all(sun_elevation(vsn, pd.Timestamp(nominal_ns + int(s * 1e9), tz="UTC")) >= 0.0
+               for s in (LOOP_START_S[0], last_s))
+
+
 def _check(size, cloud_cover, wind_speed, fault_rate, days, interval_min, regime, jitter_deg) -> None:
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
@@ -151,13 +169,14 @@ def _check(size, cloud_cover, wind_speed, fault_rate, days, interval_min, regime
 def generate(out, *, nodes=("W056",), start="2023-05-18", days: int = 1, interval_min: float = 5.0, seed: int = 0,
              size: str = "small", regime: str = "mixed", cloud_cover: float | None = None,
              wind_speed: float | None = None, evolution: bool = True, jitter_deg: float = JITTER_DEG,
-             fault_rate: float = 0.01, hours: float | None = None, truth_only: bool = False, workers: int = 1,
-             rows=("sky",), progress: bool = True) -> dict:
+             fault_rate: float = 0.01, hours: float | None = None, truth_only: bool = False,
+             daylight_only: bool = False, workers: int = 1, rows=("sky",), progress: bool = True) -> dict:
     """Write the synthetic raw layout under `out`; returns a summary (captures, files, faults per node).
 
     `cloud_cover` / `wind_speed` (None = the regime's draw) pin every day's low-layer cover (and drop cirrus) /
     every layer's wind speed; `evolution=False` freezes cloud shapes, cover and wind within each day;
     `truth_only` writes truth.parquet (identical to a full run's) and no pictures: for weather statistics;
+    `daylight_only` keeps only the loops with the sun up (module doc);
     `rows`: the preset rows scanned (data.formats.ROW_TILTS names; the sky row's files do not depend on it)."""
     _check(size, cloud_cover, wind_speed, fault_rate, days, interval_min, regime, jitter_deg)
     rows = parse_rows(rows if isinstance(rows, str) else ",".join(rows))
@@ -173,10 +192,12 @@ def generate(out, *, nodes=("W056",), start="2023-05-18", days: int = 1, interva
         if hours is not None:
             t1 = min(t1, t0 + int(hours * 3600e9))
         loops = [(k + 1, t0 + k * step_ns) for k in range(math.ceil((t1 - t0) / step_ns))]
+        if daylight_only:
+            loops = [loop for loop in loops if _daylight(vsn, loop[1], len(presets))]
         run = {"vsn": vsn, "seed": seed, "size": size, "regime": regime, "cloud_cover": cloud_cover,
                "wind_speed": wind_speed, "evolution": evolution, "jitter_deg": jitter_deg, "fault_rate": fault_rate,
                "start": str(start_date), "days": days, "hours": hours, "interval_min": interval_min,
-               "truth_only": truth_only, "rows": list(rows)}
+               "truth_only": truth_only, "daylight_only": daylight_only, "rows": list(rows)}
         prepare_node_dir(out / vsn, run)
         tasks = [{**run, "out": str(out), "loops": loops[i:i + LOOPS_PER_TASK]}
                  for i in range(0, len(loops), LOOPS_PER_TASK)]
@@ -225,7 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--interval-min", type=float, default=5.0, help="minutes between scan loops")
     ap.add_argument("--seed", type=int, default=0, help="seed of the weather, faults and noise")
     ap.add_argument("--size", choices=sorted(SIZES), default="small",
-                    help="small: JPG 768x256, thermal 112x84; full: 6144x2048, 336x252 (the camera's)")
+                    help="tiny: JPG 192x64, thermal 48x36 (for --size 32 preparations); small: 768x256, "
+                         "112x84; full: 6144x2048, 336x252 (the camera's)")
     ap.add_argument("--regime", choices=["mixed", *REGIMES], default="mixed",
                     help="weather of every day; mixed = a regime per day drawn from the seed")
     ap.add_argument("--cloud-cover", type=float, default=None,
@@ -237,6 +259,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--fault-rate", type=float, default=0.01, help="fraction of captures given a fault (0 = none)")
     ap.add_argument("--hours", type=float, default=None, help="stop after this many hours (quick looks)")
     ap.add_argument("--truth-only", action="store_true", help="write truth.parquet only (for data.synthetic.stats)")
+    ap.add_argument("--daylight-only", action="store_true",
+                    help="only scan loops with the sun up at the node (experiments; days stay whole local days)")
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes (1 = in-process)")
     ap.add_argument("--rows", default="sky", help="preset rows to scan, comma list of sky, horizon (scan order)")
     args = ap.parse_args(argv)
@@ -246,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
                            seed=args.seed, size=args.size, regime=args.regime, cloud_cover=args.cloud_cover,
                            wind_speed=args.wind_speed, evolution=args.evolution == "on", jitter_deg=args.jitter_deg,
                            fault_rate=args.fault_rate, hours=args.hours, truth_only=args.truth_only,
-                           workers=args.workers, rows=rows)
+                           daylight_only=args.daylight_only, workers=args.workers, rows=rows)
     except (ValueError, LookupError, FileExistsError) as e:
         ap.error(str(e))
     print(json.dumps({k: summary[k] for k in ("out", "captures", "files", "faults")}))

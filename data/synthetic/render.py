@@ -12,9 +12,10 @@
   the cloud rule's margin (thermal cameras miss thin cirrus). The thermal image spans exactly `thermal_fov_box`
   of the optical half: each layer's field is computed once on a grid at twice the optical render pitch (the
   field has no structure below 100 m) and interpolated to the optical render grid and to the thermal pixels.
-- Optical: sky by sun elevation (night, dusk glow facing the sun, blue day paler toward the horizon), cirrus as
-  a bright white veil, low cloud white (thin) to grey (thick), horizon haze, sun glare; data.synthetic.camera
-  then applies auto-exposure, noise and JPEG.
+- Optical (`_optical`, sources there): the CIE clear sky with its circumsolar aureole, whitened by the aerosol
+  turbidity of the day (`aerosol_turbidity`), night and dusk glow; cirrus as a bright veil; low cloud from white
+  (thin) to dark grey (thick bases) with silver linings toward the sun; horizon haze; the sun and lens glare.
+  data.synthetic.camera then applies white balance, auto-exposure, noise and JPEG.
 - Obstructions (data.synthetic.site): pixels whose ray meets the node's trees, roofs or far ground show that
   instead of sky: in thermal near the surface air temperature (plus up to 3 K in sunshine), which the clear-sky
   rule calls cloud, as on a real camera; in colour a dark, textured foliage/roof tone lit by the sun's
@@ -35,6 +36,7 @@ from PIL import Image
 
 from data.formats import thermal_fov_box
 from data.sky import THERMAL_VFOV_DEG, clear_sky_celsius, preset_azimuth_deg, preset_elevation_deg
+from data.synthetic.camera import LUMA
 from data.synthetic.field import sample_layer, threshold
 from data.synthetic.site import obstructed
 
@@ -44,13 +46,27 @@ TRUTH_W, TRUTH_H = 28, 21  # truth and oracle grid over the thermal field of vie
 LAPSE_K_PER_M = 6.5e-3
 LAYERS = ("low", "high")
 
+# Colours are radiances relative to a white surface in full sun (1.0). Clear sky 90° from the sun at the zenith is
+# ZENITH; HORIZON is the paler blue low down, scaled to the same luminance (the CIE gradation brightens it).
 ZENITH = np.array([0.20, 0.42, 0.85], np.float32)
-HORIZON = np.array([0.62, 0.76, 0.95], np.float32)
+HORIZON = np.array([0.62, 0.76, 0.95], np.float32) * np.float32((ZENITH @ LUMA) / (np.array([0.62, 0.76, 0.95]) @ LUMA))
+MILKY = np.full(3, ZENITH @ LUMA, np.float32) * np.array([0.98, 1.0, 1.04], np.float32)  # aerosol-whitened sky
 NIGHT_SKY = np.array([0.02, 0.025, 0.05], np.float32)
 DUSK = np.array([0.98, 0.55, 0.28], np.float32)
 HAZE = np.array([0.80, 0.82, 0.85], np.float32)
 NIGHT_CLOUD = np.array([0.06, 0.06, 0.07], np.float32)
-GLARE = np.array([1.0, 0.95, 0.85], np.float32)
+SUNLIGHT = np.array([1.0, 0.95, 0.85], np.float32)
+# CIE standard general sky (CIE S 011/E:2003, ISO 15469), clear types 12 (very clear) … 15 (turbid): gradation
+# a, b and indicatrix c, d, e. The day's aerosol turbidity 0…1 interpolates between them.
+CIE_CLEAR = np.array([[-1.0, -0.32, 10.0, -3.0, 0.45],    # 12
+                      [-1.0, -0.32, 16.0, -3.0, 0.30],    # 13
+                      [-1.0, -0.15, 16.0, -3.0, 0.30],    # 14
+                      [-1.0, -0.15, 24.0, -2.8, 0.15]])   # 15
+TURBIDITY_PERIODS_H = (41.0, 97.0, 173.0)  # aerosol load drifts with the air mass over days, not minutes
+G_WATER, G_ICE = 0.85, 0.75  # asymmetry of cloud droplets and ice crystals (forward scattering)
+# Optical depth of a low cloud from its edge to its thickest: τ = 3·LWP / (2·ρ_w·r_e) (Stephens 1978, J. Atmos. Sci.
+# 35, 2123) gives 40 for a 270 g/m² liquid-water path of 10 µm droplets, a thick cumulus core or stratus deck.
+TAU_THIN, TAU_THICK = 4.0, 40.0
 OBSTACLE = np.array([0.10, 0.12, 0.07], np.float32)  # foliage and roofs in full sun: far darker than cloud
 OBSTACLE_NIGHT = np.array([0.010, 0.011, 0.012], np.float32)
 SUNLIT_K = 3.0  # sunlit leaves and roofs run a few K above the air temperature
@@ -219,7 +235,7 @@ def render(sky: Sky, view: PresetView, t_s: float, thermal_w: int, thermal_h: in
         celsius = np.where(view.ground_thermal > 0, ground_c, celsius)
     celsius = celsius + rng.normal(0.0, 0.25, celsius.shape)
     optical = {k: v[0] for k, v in op.items()}, {k: v[0] for k, v in thick.items()}
-    colours = _optical(view, *optical, sun_el, sun_az, sky.weather.day(t_s).phases[6])
+    colours = _optical(view, *optical, sun_el, sun_az, aerosol_turbidity(sky.seed, sky.key, t_s))
     if view.ground_optical is not None:  # lit by the sun's elevation (and a little skylight), never cloud-white
         light = float(smoothstep(-8.0, 8.0, sun_el)) * (0.5 + 0.5 * sunlit)
         tone = OBSTACLE_NIGHT + (OBSTACLE - OBSTACLE_NIGHT) * light
@@ -227,30 +243,76 @@ def render(sky: Sky, view: PresetView, t_s: float, thermal_w: int, thermal_h: in
     return celsius, colours
 
 
-def _optical(view: PresetView, op: dict, thick: dict, sun_el: float, sun_az: float, haze_phase: float):
-    """Clear sky, then a cirrus veil, then low cloud, then horizon haze (each an alpha blend), plus glare.
+@lru_cache(maxsize=8)
+def _turbidity_phases(seed: int, key: int) -> tuple[float, ...]:
+    """Drawn once per node: a generator per capture would cost more than the sum it feeds."""
+    return tuple(np.random.default_rng([seed, key, 11]).uniform(0.0, 2 * math.pi, len(TURBIDITY_PERIODS_H)))
 
-    Every term is a per-pixel weight times a colour fixed for this capture: one (pixels × 8) @ (8 × 3) product.
+
+def aerosol_turbidity(seed: int, key: int, t_s: float) -> float:
+    """The node's aerosol load 0 (very clear) … 1 (turbid) at time t: a smooth drift over days, drawn from the seed
+    and node only (independent of the cloud weather, as air masses bring dust and smoke on their own schedule)."""
+    periods = zip(TURBIDITY_PERIODS_H, _turbidity_phases(seed, key), strict=True)
+    x = sum(math.sin(2 * math.pi * t_s / (h * 3600.0) + ph) for h, ph in periods)
+    return 0.5 + 0.5 * math.tanh(x / 1.5)
+
+
+def henyey_greenstein(cos_chi: np.ndarray, g: float) -> np.ndarray:
+    """Scattering phase function, normalised to 4π over the sphere (1 = isotropic)."""
+    x = 1 + g * g - 2 * g * cos_chi
+    return (1 - g * g) / (x * np.sqrt(x))  # x**1.5 costs several times more
+
+
+def _optical(view: PresetView, op: dict, thick: dict, sun_el: float, sun_az: float, turbidity: float):
+    """Clear sky, then a cirrus veil, then low cloud, then horizon haze (each an alpha blend), plus the sun.
+
+    - Clear sky: the CIE general sky luminance (gradation φ(Z) × indicatrix f(χ), χ the angle from the sun); the
+      Rayleigh-like part 1 + e·cos²χ is blue, the aerosol forward peak c·(exp(dχ) − exp(dπ/2)) — the bright
+      circumsolar aureole — has the sun's colour. Aerosol also whitens the blue (Lynch & Livingston 2001, Color
+      and Light in Nature, ch. 2): a turbid day is milky, a clear one deep blue.
+    - Low cloud base (τ from TAU_THIN to TAU_THICK): diffuse transmission of a plane-parallel cloud,
+      T = 1 / (1 + 0.75(1 − g)τ) (two-stream; Bohren & Clothiaux 2006, Fundamentals of Atmospheric Radiation,
+      ch. 6), relative to a thin cloud (τ 4, white):
+      thick stratus and cumulus bases are dark grey. Thin parts toward the sun glow (silver lining): single
+      forward scattering of the direct beam, P(χ)/4 · τ·exp(−τ), with a Henyey–Greenstein droplet phase function;
+      cirrus does the same with ice crystals.
+    - Sun: the disc and the lens's veiling glare (ISO 9358) behind what the beam crosses, exp(−τ).
+    Every term is a per-pixel weight times a colour fixed for this capture: one (pixels × K) @ (K × 3) product.
     """
     day, lit = float(smoothstep(-8.0, 6.0, sun_el)), float(smoothstep(-8.0, 8.0, sun_el))
+    sun_up = float(smoothstep(-3.0, 3.0, sun_el))
     dusk = math.exp(-(((sun_el + 2.0) / 5.0) ** 2))
     toward_sun = 0.5 + 0.5 * math.cos(math.radians(view.azimuth - sun_az))  # glow is strongest facing the sun
     glow = 0.75 * dusk * toward_sun * view.low
     tint = 0.5 * dusk * toward_sun
     cloud_lit = NIGHT_CLOUD * (1 - lit) * (1 - tint) + lit * (1 - tint) + DUSK * tint
+    e, a = math.radians(sun_el), math.radians(sun_az)
+    sun = np.array([math.cos(e) * math.sin(a), math.cos(e) * math.cos(a), math.sin(e)], np.float32)
+    cos_chi = np.clip(view.direction @ sun, -1.0, 1.0)
+    chi = np.arccos(cos_chi)
+    ga, gb, ic, idd, ie = (float(np.interp(turbidity * 3, range(4), CIE_CLEAR[:, k])) for k in range(5))
+    cos_z = np.maximum(view.direction[..., 2], 0.05)
+    gradation = (1 + ga * np.exp(gb / cos_z)) / (1 + ga * math.exp(gb))
+    rayleigh = (1 + ie * cos_chi**2) * gradation * day
+    aureole = ic * (np.exp(idd * chi) - math.exp(idd * math.pi / 2)) * gradation * day
+    milky = 0.1 + 0.5 * turbidity
+
+    tau_low = TAU_THIN + (TAU_THICK - TAU_THIN) * thick["low"] ** 2
+    tau_edge = tau_low * op["low"]  # the opacity ramp is where the cloud thins out to nothing
+    shade = (1 + 0.75 * (1 - G_WATER) * TAU_THIN) / (1 + 0.75 * (1 - G_WATER) * tau_low)
+    silver = henyey_greenstein(cos_chi, G_WATER) / 4 * tau_edge * np.exp(-tau_edge) * sun_up
+    tau_high = (0.3 + 1.7 * thick["high"]) * op["high"]
+    halo = henyey_greenstein(cos_chi, G_ICE) / 4 * tau_high * np.exp(-tau_high) * sun_up
     veil = (0.55 + 0.35 * thick["high"]) * op["high"]  # cirrus: thin but bright
-    haze = (0.1 + 0.08 * math.sin(haze_phase)) * view.low**2  # humid days: a milkier horizon
+    haze = (0.05 + 0.2 * turbidity) * view.low**2  # more aerosol: a milkier horizon
     under_low = op["low"] * (1 - haze)
     clear = (1 - veil) * (1 - op["low"]) * (1 - haze) * (1 - glow)
-    glare = np.zeros_like(veil)
-    if sun_el > -3.0:
-        e, a = math.radians(sun_el), math.radians(sun_az)
-        sun = np.array([math.cos(e) * math.sin(a), math.cos(e) * math.cos(a), math.sin(e)], np.float32)
-        chord = np.sqrt(np.maximum(2.0 - 2.0 * (view.direction @ sun), 0.0)) * np.float32(180 / math.pi)
-        glare = (np.exp(-((chord / 2.0) ** 2)) + 0.35 * np.exp(-chord / 10.0)) * (1.0 - 0.7 * op["low"])
-        glare *= float(smoothstep(-3.0, 3.0, sun_el))
-    weights = np.stack([clear, clear * view.low, clear / np.maximum(1 - glow, 1e-6) * glow,
-                        veil * (1 - op["low"]) * (1 - haze), under_low, under_low * thick["low"], haze, glare], -1)
-    palette = np.stack([NIGHT_SKY + (ZENITH - NIGHT_SKY) * day, (HORIZON - ZENITH) * day, DUSK, 0.97 * cloud_lit,
-                        0.95 * cloud_lit, -0.5 * cloud_lit, HAZE * (NIGHT_SKY + lit), GLARE]).astype(np.float32)
+    chord = np.sqrt(np.maximum(2.0 - 2.0 * cos_chi, 0.0)) * np.float32(180 / math.pi)
+    glare = (np.exp(-((chord / 2.0) ** 2)) + 0.35 * np.exp(-chord / 10.0)) * np.exp(-tau_edge - tau_high) * sun_up
+    weights = np.stack([clear * (1 - day), clear * rayleigh * (1 - milky) * (1 - view.low),
+                        clear * rayleigh * (1 - milky) * view.low, clear * rayleigh * milky, clear * aureole,
+                        clear / np.maximum(1 - glow, 1e-6) * glow, veil * (1 - op["low"]) * (1 - haze),
+                        under_low * shade, (halo * (1 - op["low"]) + silver) * (1 - haze), haze, glare], -1)
+    palette = np.stack([NIGHT_SKY, ZENITH, HORIZON, MILKY, (ZENITH @ LUMA) * SUNLIGHT, DUSK, 0.97 * cloud_lit,
+                        0.95 * cloud_lit, SUNLIGHT * lit, HAZE * (NIGHT_SKY + lit), SUNLIGHT]).astype(np.float32)
     return weights @ palette
