@@ -27,7 +27,7 @@ Columns (one row per capture; the first eleven as before this module existed):
 - `oracle_view_horizon_cf_{h}`: the same knowing the sky and horizon rows (presets 2, 6, …, 30 as well);
 - `seen_share_{h}`, `seen_share_horizon_{h}`: the share of the target's truth pixels whose low-layer piece
   those views saw (low layer: the one thermal sees and the regimes are about; cirrus, 5× higher, is seen more).
-Visibility uses the weather of the scan loop's first capture (LoopSight, shared by every preset of the loop);
+Visibility uses the weather at the scan loop's start (LoopSight, shared by every preset of the loop);
 the cloud masks use each capture's own time. These columns are computed for every capture, whatever rows
 the run renders. Persistence, the baseline all are scored against (data.synthetic.stats), is
 `cloud_fraction` at t.
@@ -107,7 +107,7 @@ class LoopSight:
         seen = {name: np.zeros((len(LAYERS), len(HORIZONS_MIN), *ex.shape), bool) for name in VIEW_SETS}
         for i, layer in enumerate(LAYERS):
             lay = sky.weather.layer(layer, t_s)
-            if i > 0 and threshold(lay.cover) == np.inf:  # the low layer always counts: seen_share is its
+            if i > 0 and threshold(lay.cover) == np.inf:  # seen_share is the low layer's: always traced
                 continue
             back = (travel_s / lay.base_m)[..., None, None, None].astype(np.float32)  # upwind by wind · travel
             qx, qy = ex - np.float32(lay.wind[0]) * back, ny - np.float32(lay.wind[1]) * back  # (H, K, P, h, w)
