@@ -118,12 +118,19 @@ class LoopSight:
         self.seen = {pos: {name: s[:, :, i] for name, s in seen.items()} for i, pos in enumerate(views)}
 
 
-def _layer_mask(sky: Sky, layer: str, rays, t_s: float, lead_s: float) -> tuple[np.ndarray, float]:
-    """(frozen cloud mask at t + lead, cover) of one layer on the rays; cover 0 where the layer draws nothing."""
-    ft = sky.field(layer, rays.ex, rays.ny, t_s, lead_s=lead_s)
-    if ft is None:
-        return np.zeros(rays.ex.shape, bool), 0.0
-    return ft[0] >= ft[1], sky.weather.layer(layer, t_s).cover
+def _frozen_masks(sky: Sky, rays, t_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """(layer, horizon, h, w) cloud masks of both layers frozen at t and moved by their wind for each horizon,
+    and (layer,) their covers at t (0 for a layer that draws nothing: its mask is empty)."""
+    masks = np.zeros((len(LAYERS), len(HORIZONS_MIN), *rays.ex.shape), bool)
+    covers = np.zeros(len(LAYERS))
+    for i, layer in enumerate(LAYERS):
+        for j, h in enumerate(HORIZONS_MIN):
+            ft = sky.field(layer, rays.ex, rays.ny, t_s, lead_s=h * 60.0)
+            if ft is None:  # no cloud at t: none at any horizon either (the field is frozen at t)
+                break
+            masks[i, j] = ft[0] >= ft[1]
+            covers[i] = sky.weather.layer(layer, t_s).cover
+    return masks, covers
 
 
 def capture_truth(sky: Sky, view: PresetView, t_s: float, *, seen: dict[str, np.ndarray],
@@ -137,14 +144,18 @@ def capture_truth(sky: Sky, view: PresetView, t_s: float, *, seen: dict[str, np.
            "regime": w.day(t_s).regime, "cloud_fraction_low": cf["low"], "cloud_fraction_high": cf["high"],
            "low_base_m": low.base_m, "high_base_m": high.base_m, "low_cover": low.cover, "high_cover": high.cover,
            "high_wind_u": high.wind[0], "high_wind_v": high.wind[1], "regional_cover": regional_cover(sky, t_s)}
-    for i, h in enumerate(HORIZONS_MIN):
-        (m_low, c_low), (m_high, c_high) = (_layer_mask(sky, layer, view.truth, t_s, h * 60.0) for layer in LAYERS)
-        row[f"oracle_advect_cf_{h}"] = float((m_low | m_high).mean())
-        for name, known in seen.items():
-            p_low = np.where(known[0, i], m_low, c_low)
-            p_high = np.where(known[1, i], m_high, c_high)
-            row[f"oracle_{name}_cf_{h}"] = float(1.0 - ((1.0 - p_low) * (1.0 - p_high)).mean())
-            row[f"{SEEN_SHARE[name]}_{h}"] = float(known[0, i].mean())
+    masks, covers = _frozen_masks(sky, view.truth, t_s)
+    advect = (masks[0] | masks[1]).mean(axis=(1, 2))
+    view_cf, share = {}, {}
+    for name, known in seen.items():  # known pixels take the frozen mask, the others their layer's cover
+        p = np.where(known, masks, covers[:, None, None, None])
+        view_cf[name] = 1.0 - ((1.0 - p[0]) * (1.0 - p[1])).mean(axis=(1, 2))
+        share[name] = known[0].mean(axis=(1, 2))
+    for j, h in enumerate(HORIZONS_MIN):
+        row[f"oracle_advect_cf_{h}"] = float(advect[j])
+        for name in seen:
+            row[f"oracle_{name}_cf_{h}"] = float(view_cf[name][j])
+            row[f"{SEEN_SHARE[name]}_{h}"] = float(share[name][j])
     for h in HORIZONS_MIN:
         row[f"oracle_cover_cf_{h}"] = regional_cover(sky, t_s + h * 60.0)
     return row
