@@ -5,6 +5,7 @@ Run: `.venv/bin/python -m pytest tests/test_synthetic_oracle.py -q`
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 
@@ -55,6 +56,21 @@ def test_view_oracles_equal_the_advection_oracle_when_the_air_is_still(regime, c
                 assert row[f"seen_share_{h}"] == row[f"seen_share_horizon_{h}"] == 1.0
                 values.append(advect)
     assert 0.05 < np.mean(values) < 0.95 and np.std(values) > 0.02  # real clouds, not an empty sky
+
+
+def test_oracles_count_only_the_pixels_that_reach_the_sky():
+    """A target whose bottom rows are hidden: every oracle and share averages over its open pixels only."""
+    sky = _sky("W056", 0, str(START), 1, "cumulus", 0.4, 0.0, True)
+    view = preset_view(9, 384, 256, 112, 84)
+    open_ = np.ones(view.truth.ex.shape, bool)
+    open_[-6:] = False
+    hidden = dataclasses.replace(view, truth=dataclasses.replace(view.truth, open=open_))
+    row = capture_truth(sky, hidden, NOON, seen=LoopSight(sky, KEY, NOON, {9: view}).seen[9])
+    for h in HORIZONS_MIN:
+        f, thr = sky.field("low", view.truth.ex, view.truth.ny, NOON, lead_s=h * 60.0)
+        assert row[f"oracle_advect_cf_{h}"] == pytest.approx((f >= thr)[open_].mean(), abs=1e-12)
+        assert row[f"oracle_view_cf_{h}"] == pytest.approx(row[f"oracle_advect_cf_{h}"], abs=1e-12)
+    assert (f >= thr)[open_].mean() != (f >= thr).mean()  # the hidden rows change the answer (at 60 min)
 
 
 def test_view_oracles_fall_back_to_the_regional_cover_when_nothing_was_seen():

@@ -27,6 +27,7 @@ Columns (one row per capture; the first eleven as before this module existed):
 - `oracle_view_horizon_cf_{h}`: the same knowing the sky and horizon rows (presets 2, 6, …, 30 as well);
 - `seen_share_{h}`, `seen_share_horizon_{h}`: the share of the target's truth pixels whose low-layer piece
   those views saw (low layer: the one thermal sees and the regimes are about; cirrus, 5× higher, is seen more).
+The oracles and shares count the target's truth pixels that reach the sky (`Rays.open`; all when None).
 Visibility uses the weather at the scan loop's start (LoopSight, shared by every preset of the loop);
 the cloud masks use each capture's own time. These columns are computed for every capture, whatever rows
 the run renders. Persistence, the baseline all are scored against (data.synthetic.stats), is
@@ -144,13 +145,16 @@ def capture_truth(sky: Sky, view: PresetView, t_s: float, *, seen: dict[str, np.
            "regime": w.day(t_s).regime, "cloud_fraction_low": cf["low"], "cloud_fraction_high": cf["high"],
            "low_base_m": low.base_m, "high_base_m": high.base_m, "low_cover": low.cover, "high_cover": high.cover,
            "high_wind_u": high.wind[0], "high_wind_v": high.wind[1], "regional_cover": regional_cover(sky, t_s)}
+    sky_px = view.truth.open if view.truth.open is not None else np.ones(view.truth.ex.shape, bool)
     masks, covers = _frozen_masks(sky, view.truth, t_s)
-    advect = (masks[0] | masks[1]).mean(axis=(1, 2))
+    masks = masks[..., sky_px]  # (layer, horizon, pixel): truth counts the pixels no tree or roof hides
+    advect = (masks[0] | masks[1]).mean(axis=-1)
     view_cf, share = {}, {}
     for name, known in seen.items():  # known pixels take the frozen mask, the others their layer's cover
-        p = np.where(known, masks, covers[:, None, None, None])
-        view_cf[name] = 1.0 - ((1.0 - p[0]) * (1.0 - p[1])).mean(axis=(1, 2))
-        share[name] = known[0].mean(axis=(1, 2))
+        known = known[..., sky_px]
+        p = np.where(known, masks, covers[:, None, None])
+        view_cf[name] = 1.0 - ((1.0 - p[0]) * (1.0 - p[1])).mean(axis=-1)
+        share[name] = known[0].mean(axis=-1)
     for j, h in enumerate(HORIZONS_MIN):
         row[f"oracle_advect_cf_{h}"] = float(advect[j])
         for name in seen:

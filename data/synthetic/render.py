@@ -59,6 +59,7 @@ class Rays:
     ex: np.ndarray  # east, cot(e)·sin(a)
     ny: np.ndarray  # north, cot(e)·cos(a)
     g: np.ndarray  # −1/(sin e · cos e): d(ex, ny)/de = g·(ex, ny); d/da = (ny, −ex)
+    open: np.ndarray | None = None  # bool: the ray reaches the sky (None: every ray does)
 
     def jittered(self, d_el: float, d_az: float) -> tuple[np.ndarray, np.ndarray]:
         if d_el == 0.0 and d_az == 0.0:

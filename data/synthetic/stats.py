@@ -256,7 +256,7 @@ def _skill_view(oracles: pd.DataFrame) -> pd.DataFrame:
     keys = ["group", "row", "horizon_min", "days"]
     cells = o.pivot(index=keys, columns="oracle", values="cell").add_prefix("mae_skill ")
     seen = o.dropna(subset=["seen_share"]).pivot(index=keys, columns="oracle", values="seen_share").add_prefix("seen ")
-    return seen.join(cells).reset_index()
+    return cells.join(seen)[[*seen.columns, *cells.columns]].reset_index()  # older runs have no seen shares
 
 
 def main(argv: list[str] | None = None) -> dict:
