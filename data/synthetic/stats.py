@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from data.formats import preset_row
+from data.formats import parse_mobotix_name, preset_row, split_ts_name
 from data.sage.registry import node_period
 from data.synthetic.layout import day_spans
 from data.synthetic.oracle import HORIZONS_MIN, SEEN_SHARE, VIEW_SETS
@@ -195,9 +195,8 @@ def _pictures(raw: Path, truth: pd.DataFrame) -> pd.DataFrame:
         faults = pd.read_csv(node / "faults.csv") if (node / "faults.csv").exists() else pd.DataFrame({"file": []})
         broken = set(faults.file)
         for path in (node / "rgb").glob("*.jpg") if (node / "rgb").is_dir() else []:
-            if path.name not in broken:
-                ts_ns, _, rest = path.name.partition("-")
-                found.append((vsn, int(ts_ns), int(rest.rsplit("position", 1)[1].split(".")[0]), path))
+            if path.name not in broken and (stored := split_ts_name(path.name)):
+                found.append((vsn, stored[0], parse_mobotix_name(stored[1]).position, path))
     files = pd.DataFrame(found, columns=["vsn", "ts_ns", "position", "path"])
     return truth[truth.is_day].merge(files, on=["vsn", "ts_ns", "position"])
 
