@@ -85,10 +85,14 @@ def sees(key: int, qx: np.ndarray, qy: np.ndarray, rows) -> np.ndarray:
     points below the site's highest skyline."""
     r2 = qx * qx + qy * qy
     seen = np.zeros(r2.shape, bool)
-    for elevation in sorted({preset_elevation_deg(p) for p in row_presets(rows)}):
+    elevations = sorted({preset_elevation_deg(p) for p in row_presets(rows)})
+    for elevation in elevations:
         top, bottom = np.radians(elevation + HALF_VFOV_DEG), np.radians(elevation - HALF_VFOV_DEG)
         seen |= (r2 >= 1 / np.tan(top) ** 2) & (r2 <= 1 / np.tan(bottom) ** 2)
-    low = seen & (r2 > 1 / np.tan(np.radians(_highest_skyline_deg(key))) ** 2)
+    highest = _highest_skyline_deg(key)
+    if elevations[0] - HALF_VFOV_DEG >= highest:  # e.g. the sky row: every view clears the trees
+        return seen
+    low = seen & (r2 > 1 / np.tan(np.radians(highest)) ** 2)
     if low.any():
         seen[low] = ~obstructed(key, *direction_deg(qx[low].astype(np.float64), qy[low].astype(np.float64)))
     return seen
@@ -130,6 +134,7 @@ def _frozen_masks(sky: Sky, rays, t_s: float) -> tuple[np.ndarray, np.ndarray]:
             if ft is None:  # no cloud at t: none at any horizon either (the field is frozen at t)
                 break
             masks[i, j] = ft[0] >= ft[1]
+        else:
             covers[i] = sky.weather.layer(layer, t_s).cover
     return masks, covers
 
@@ -145,13 +150,15 @@ def capture_truth(sky: Sky, view: PresetView, t_s: float, *, seen: dict[str, np.
            "regime": w.day(t_s).regime, "cloud_fraction_low": cf["low"], "cloud_fraction_high": cf["high"],
            "low_base_m": low.base_m, "high_base_m": high.base_m, "low_cover": low.cover, "high_cover": high.cover,
            "high_wind_u": high.wind[0], "high_wind_v": high.wind[1], "regional_cover": regional_cover(sky, t_s)}
-    sky_px = view.truth.open if view.truth.open is not None else np.ones(view.truth.ex.shape, bool)
+    def sky_pixels(a: np.ndarray) -> np.ndarray:  # (…, h, w) → (…, pixel): those no tree or roof hides
+        return a.reshape(*a.shape[:-2], -1) if view.truth.open is None else a[..., view.truth.open]
+
     masks, covers = _frozen_masks(sky, view.truth, t_s)
-    masks = masks[..., sky_px]  # (layer, horizon, pixel): truth counts the pixels no tree or roof hides
+    masks = sky_pixels(masks)  # (layer, horizon, pixel)
     advect = (masks[0] | masks[1]).mean(axis=-1)
     view_cf, share = {}, {}
     for name, known in seen.items():  # known pixels take the frozen mask, the others their layer's cover
-        known = known[..., sky_px]
+        known = sky_pixels(known)
         p = np.where(known, masks, covers[:, None, None])
         view_cf[name] = 1.0 - ((1.0 - p[0]) * (1.0 - p[1])).mean(axis=-1)
         share[name] = known[0].mean(axis=-1)
