@@ -59,7 +59,7 @@ from data.synthetic.layout import (
     prepare_node_dir,
     write_tables,
 )
-from data.synthetic.oracle import TRUTH_COLUMNS, capture_truth, cloud_motion
+from data.synthetic.oracle import TRUTH_COLUMNS, LoopSight, capture_truth, cloud_motion
 from data.synthetic.render import Sky, preset_view, render
 from data.synthetic.weather import REGIMES, Weather
 from sagecast_common.cli import make_parser
@@ -104,7 +104,9 @@ def _render_task(task: dict) -> tuple[list, list, list]:
         jitter = np.random.default_rng([seed, key, nominal_s, 0])
         loop_ns = nominal_ns + int(jitter.uniform(*LOOP_START_S) * 1e9)
         motion = cloud_motion(sky, loop_ns / 1e9 - EPOCH_S, nominal_s)  # one estimate per scan loop
-        for i, pos in enumerate(row_presets(task["rows"])):
+        views = {pos: preset_view(pos, width // 2, height, tw, th, key) for pos in row_presets(task["rows"])}
+        sight = LoopSight(sky, key, loop_ns / 1e9 - EPOCH_S, views)  # one visibility pass for the whole loop
+        for i, pos in enumerate(views):
             ts_ns = loop_ns + int((i * PRESET_STEP_S + jitter.uniform(0.0, PRESET_LAG_S)) * 1e9)
             ts = pd.Timestamp(ts_ns // 1000 * 1000, tz="UTC")  # astral takes datetimes: microseconds
             t_s = ts_ns / 1e9 - EPOCH_S
@@ -112,11 +114,11 @@ def _render_task(task: dict) -> tuple[list, list, list]:
             sun_el = sun_elevation(vsn, ts)
             sun_az = float(astral_azimuth(Observer(period.lat, period.lon, period.elevation_m), ts.to_pydatetime()))
             rng = np.random.default_rng([seed, key, nominal_s, pos])
-            view = preset_view(pos, width // 2, height, tw, th, key)
+            view = views[pos]
             aim = pointing_jitter(rng, task["jitter_deg"])
             row = {"vsn": vsn, "ts_ns": ts_ns, "position": pos, "loop_num": loop_num, "sun_elevation": sun_el,
-                   "sun_azimuth": sun_az, "is_day": sun_el >= 0.0, **capture_truth(sky, view, t_s, jitter=aim),
-                   **motion}
+                   "sun_azimuth": sun_az, "is_day": sun_el >= 0.0,
+                   **capture_truth(sky, view, t_s, seen=sight.seen[pos], jitter=aim), **motion}
             truth.append(tuple(row[c] for c in TRUTH_COLUMNS))
             if task["truth_only"]:
                 continue
