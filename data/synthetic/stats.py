@@ -38,10 +38,11 @@ from data.formats import parse_mobotix_name, preset_row, split_ts_name
 from data.sage.registry import node_period
 from data.synthetic.layout import day_spans
 from data.synthetic.oracle import HORIZONS_MIN, SEEN_SHARE, VIEW_SETS
+from sagecast_common.bootstrap import interval, replicate_totals
 from sagecast_common.cli import make_parser
 from sagecast_common.runio import atomic_path, atomic_write_json
 
-SLOW_MS, FAST_MS = 4.0, 8.0
+SLOW_MS, FAST_MS = 7.0, 11.0  # the slower and faster thirds of the 5–15 m/s low-cloud winds (SAGE_DATA.md §8)
 BOOT = 1000  # day-bootstrap draws
 ORACLES = ("advect", *VIEW_SETS)
 DIURNAL_BIN_H = 2
@@ -106,15 +107,14 @@ def group_table(truth: pd.DataFrame, days: pd.DataFrame, interval_min: float) ->
 
 
 def day_bootstrap(per_day: np.ndarray, stat, *, boot: int = BOOT, seed: int = 0) -> tuple[float, float, float]:
-    """(estimate, 2.5 %, 97.5 %) of `stat` over days resampled with replacement.
+    """(estimate, 2.5 %, 97.5 %) of `stat` over days resampled with replacement (sagecast_common.bootstrap).
 
     per_day: (D, k) sums per day (e.g. Σ|error|, count); `stat` maps summed rows (..., k) to a number each."""
-    d = len(per_day)
-    counts = np.random.default_rng(seed).multinomial(d, np.full(d, 1.0 / d), size=boot)  # (B, D) draws per day
+    point, reps = replicate_totals({"sums": np.asarray(per_day, np.float64)[None]}, n_boot=boot, seed=seed)
     with np.errstate(divide="ignore", invalid="ignore"):
-        draws = stat(counts @ per_day)
-        lo, hi = np.nanpercentile(draws, [2.5, 97.5]) if np.isfinite(draws).any() else (math.nan, math.nan)
-        return float(stat(per_day.sum(axis=0))), float(lo), float(hi)
+        draws = stat(reps["sums"])
+        lo, hi = interval(draws) if np.isfinite(draws).any() else (math.nan, math.nan)
+        return float(stat(point["sums"])), float(lo), float(hi)
 
 
 def _skill(sums: np.ndarray) -> np.ndarray:
