@@ -3,7 +3,7 @@
 Reads `RAW/<VSN>/truth.parquet` (+ `.synthetic.json`) of every node and prints and writes (to --out, default
 RAW) `synthetic_stats_days.csv` (per local day: regime, mean daytime cover and its class clear < 0.15 ≤ broken
 ≤ 0.85 < overcast, mean low/high wind speed), `synthetic_stats_groups.csv` (per regime, and for slow cumulus /
-stratocumulus days (low wind ≤ 4 m/s) and fast cumulus days (≥ 8 m/s): lag autocorrelation of the per-preset
+stratocumulus days (low wind ≤ 7 m/s) and fast cumulus days (≥ 11 m/s): lag autocorrelation of the per-preset
 cloud-fraction anomaly (preset minus the mean of the 8 presets at that loop) at 5/15/30/60 min, and the
 oracles' skill vs persistence 1 − MSE/MSE_persistence on per-preset cloud fraction at those horizons) and
 `synthetic_stats.json` (both tables). Pairs (t, t + h) count only within one local day; all hours count (the
