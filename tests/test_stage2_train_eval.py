@@ -106,7 +106,7 @@ def test_train_both_variants_and_report(fake_stage1_run, tmp_path):
     assert json.loads((tmp_path / "out" / "scores.json").read_text())["n_test"] == report["n_test"] > 0
     assert (tmp_path / "out" / "report.md").exists() and (tmp_path / "out" / "skill_vs_horizon.png").exists()
     assert set(report["variants"]) == {"detr", "jepa", "persistence", "smart_persistence", "damped_anomaly",
-                                       "climatology", "ridge", "ridge_context"}
+                                       "climatology", "ridge"}
     keys = {"mse", "cosine", "skill_vs_persistence", "top1", "top5", "cloud_fraction_mae", "skill_ci",
             "skill_vs_smart", "skill_vs_smart_ci"}
     for per_h in report["variants"].values():
