@@ -144,6 +144,9 @@ def load_scan_table(stage1_run: str | Path, *, features: str = "both", gap_s: fl
         out[df["scan"].to_numpy()[rows], slot[rows]] = values
         return out
 
+    if features == "grid" and "g" not in meta.get("grid", {}):
+        raise ValueError(f"features=grid: {stage1_run}/embeddings.json does not describe the grid (grid.g); export "
+                         f"again with python -m stage1_jea.export --run {stage1_run}")
     cells = meta["grid"]["g"] ** 2 if features == "grid" else 1
     blocks = tuple((cells, len(emb[c].iloc[0]) // cells) for c in FEATURES[features])
     hours = ((first["timestamp"] - first["timestamp"].dt.normalize()).dt.total_seconds() / 3600.0).to_numpy()
