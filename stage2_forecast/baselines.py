@@ -165,31 +165,43 @@ def _predict(table, win, fits, *, h, means_min, day_only) -> list[np.ndarray]:
     return out
 
 
-def view_ridge(table: samples.ScanTable, wins: dict[str, samples.Windows], eval_table: samples.ScanTable,
-               eval_win: samples.Windows, *, means_min=(30.0, 60.0), day_only: bool = True,
-               alphas=RIDGE_ALPHAS) -> tuple[np.ndarray, dict[int, float | None]]:
-    """The per-view ridge: the change z(t+h) − z(t) of each sky view from `samples.ridge_features` (its own view
-    context + its ring neighbours at t + the horizon views below), one coefficient set shared by all views
-    (fitted on every view's rows pooled, hence rotation-equivariant like the networks), penalty per horizon
-    chosen on val. Fitted on `table`'s wins["train"], applied to `eval_win` of `eval_table`: (N, H, P, D), alphas.
-    A horizon with fewer than 2 train rows stays persistence (alpha None)."""
+def view_ridge_fits(table: samples.ScanTable, wins: dict[str, samples.Windows], *, means_min=(30.0, 60.0),
+                    day_only: bool = True, alphas=RIDGE_ALPHAS) -> tuple[list, dict[int, float | None]]:
+    """The per-view ridge's fits per horizon, (x_mean, y_mean, w) with change ≈ (x − x_mean) @ w + y_mean on
+    `samples.ridge_features` rows (None: fewer than 2 train rows, the forecast stays persistence), and the
+    penalty chosen per horizon on wins["val"] (1e-1 without val targets)."""
     kw = dict(means_min=means_min, day_only=day_only)
-    H = len(eval_win.horizons_min)
-    pred = np.repeat(eval_table.z[eval_win.anchor][:, None], H, axis=1)
-    chosen: dict[int, float | None] = {}
-    everything = np.ones(len(wins["train"]), bool)
     val = samples.gather(table, wins["val"], np.arange(len(wins["val"])), day_only=day_only, means_min=None)
-    for h in range(H):
+    everything = np.ones(len(wins["train"]), bool)
+    fits, chosen = [], {}
+    for h in range(len(wins["train"].horizons_min)):
         normal = _fit(table, wins["train"], everything, h=h, **kw)
         if normal.n < 2:
+            fits.append(None)
             chosen[h] = None
             continue
         path = normal.solve_path(alphas)
         m, true = val["tgt_mask"][:, h].numpy(), val["tgt_z"][:, h].numpy()
         errors = [(((f - true) ** 2).mean(-1) * m).sum() for f in _predict(table, wins["val"], path, h=h, **kw)]
         best = int(np.argmin(errors)) if m.any() else alphas.index(1e-1)
-        pred[:, h] = _predict(eval_table, eval_win, [path[best]], h=h, **kw)[0]
+        fits.append(path[best])
         chosen[h] = alphas[best]
+    return fits, chosen
+
+
+def view_ridge(table: samples.ScanTable, wins: dict[str, samples.Windows], eval_table: samples.ScanTable,
+               eval_win: samples.Windows, *, means_min=(30.0, 60.0), day_only: bool = True,
+               alphas=RIDGE_ALPHAS) -> tuple[np.ndarray, dict[int, float | None]]:
+    """The per-view ridge: the change z(t+h) − z(t) of each sky view from `samples.ridge_features` (its own view
+    context + its ring neighbours at t + the horizon views below + the clock), one coefficient set shared by
+    all views (fitted on every view's rows pooled, hence rotation-equivariant like the networks), penalty per
+    horizon chosen on val (`view_ridge_fits`). Fitted on `table`'s wins["train"], applied to `eval_win` of
+    `eval_table`: (N, H, P, D) and the penalties."""
+    fits, chosen = view_ridge_fits(table, wins, means_min=means_min, day_only=day_only, alphas=alphas)
+    pred = np.repeat(eval_table.z[eval_win.anchor][:, None], len(fits), axis=1)
+    for h, fit in enumerate(fits):
+        if fit is not None:
+            pred[:, h] = _predict(eval_table, eval_win, [fit], h=h, means_min=means_min, day_only=day_only)[0]
     return pred.astype(np.float32), chosen
 
 
