@@ -50,13 +50,15 @@ class BakedForecaster(nn.Module):
     context scans less than that many minutes old (the export refuses a run whose means reach past its context,
     and the parity check compares against the scan table's means)."""
 
-    def __init__(self, model: nn.Module, *, clim: np.ndarray, horizons_min, means_min=(), ridge: list | None = None):
+    def __init__(self, model: nn.Module, *, clim: np.ndarray, horizons_min, means_min=(), ridge: list | None = None,
+                 basis: torch.Tensor | None = None):
         super().__init__()
         self.model, self.means_min = model, tuple(means_min)
         self.register_buffer("clim", torch.as_tensor(clim, dtype=torch.float32))  # (P, 24, D)
         self.register_buffer("horizons", torch.tensor(horizons_min, dtype=torch.float32))
         # per horizon: change(x) = y_mean + (x − x_mean) @ w on samples.ridge_features rows, or None (persistence)
         self.ridge = ridge
+        self.register_buffer("basis", basis)  # the ridge rows' projection (baselines.principal_basis), None: all D
         for h, terms in enumerate(ridge or []):
             for name, value in zip(("x_mean", "y_mean", "w"), terms or (), strict=False):
                 self.register_buffer(f"ridge_{h}_{name}", torch.as_tensor(value, dtype=torch.float32))
@@ -82,7 +84,7 @@ class BakedForecaster(nn.Module):
 
     def ridge_base(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, H, P, D) per-view ridge forecast, as baselines.view_ridge predicts it."""
-        now, x = batch["ctx_z"][:, 0], samples.ridge_features(batch)
+        now, x = batch["ctx_z"][:, 0], samples.ridge_features(batch, self.basis)
         out = []
         for h, terms in enumerate(self.ridge):
             if terms is None:
@@ -155,11 +157,12 @@ def export(stage1: str | Path, stage2: str | Path, out: str | Path) -> Path:
         raise UserError(f"{stage2}: its {max(cfg.context_means_min):g}-min context mean reaches past the "
                         f"{cfg.context_scans} scans ({step:g} min apart) a node holds; train it with "
                         "context_means_min=() or more context_scans to export it")
-    ridge = None
+    ridge = basis = None
     if cfg.residual and cfg.residual_base == "ridge":
-        ridge = baselines.view_ridge_fits(table, wins, means_min=cfg.context_means_min, day_only=cfg.day_only)[0]
+        ridge, _, basis = baselines.view_ridge_fits(table, wins, means_min=cfg.context_means_min,
+                                                    day_only=cfg.day_only)
     baked = BakedForecaster(model, clim=clim, horizons_min=cfg.horizons_min, means_min=cfg.context_means_min,
-                            ridge=ridge).eval()
+                            ridge=ridge, basis=basis).eval()
     names = [c.split("_", 1)[1] for c in samples.FEATURES[cfg.features]]
     encoders, enc_meta = load_encoders(enc_path)
     prepared = Path(table.prepared_dir)

@@ -14,8 +14,9 @@ training data, applied to any evaluation batch — the test split or a held-out 
   persistence (quick default, 3 train days: skill −0.9 at 5 min with the in-sample fit).
 - climatology: clim(t+h), the train mean by preset and solar hour.
 - ridge: the per-view ridge (`view_ridge`) on the same view context the networks see (last T scans, 30/60-min
-  means, ring neighbours, horizon row), one coefficient set shared by all views, to the change z(t+h) − z(t);
-  penalty chosen per horizon on val. (The whole-context ridge over T·P·D columns is gone: on grids it needed
+  means, ring neighbours, horizon row, clock; each slot on the train embeddings' top RIDGE_RANK principal
+  directions), one coefficient set shared by all views, to the change z(t+h) − z(t); penalty chosen per
+  horizon on val. (The whole-context ridge over T·P·D columns is gone: on grids it needed
   ~19 GB.)
 
     clim = fit_climatology(table)
@@ -37,6 +38,8 @@ from stage2_forecast import samples
 from stage2_forecast.models import damped_anomaly
 
 RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+CROSS_FIT_FOLDS = 5
+RIDGE_RANK = 256  # principal directions per slot in the per-view ridge (samples.ridge_features: memory, time)
 
 
 def fit_climatology(table: samples.ScanTable, *, day_only: bool = True, exclude_day: int | None = None) -> np.ndarray:
@@ -136,7 +139,19 @@ class _Normal:
         return xm, ym, np.linalg.solve(cxx + alpha * scale * np.eye(len(cxx)), cxy)
 
 
-def _view_rows(table, win, *, h: int, means_min, day_only: bool, chunk: int = 256):
+def principal_basis(table: samples.ScanTable, rank: int = RIDGE_RANK, *, day_only: bool = True) -> torch.Tensor | None:
+    """(D, rank) top principal directions of the train split's sky-row standardised embeddings (None when
+    rank >= D: the ridge then sees every dimension)."""
+    D = table.z.shape[-1]
+    if rank >= D:
+        return None
+    use = table.present & (table.split == "train")[:, None] & (table.is_day if day_only else True)
+    x = table.z[use].astype(np.float64)
+    _, vectors = np.linalg.eigh(np.cov(x, rowvar=False))
+    return torch.from_numpy(vectors[:, ::-1][:, :rank].astype(np.float32).copy())
+
+
+def _view_rows(table, win, basis, *, h: int, means_min, day_only: bool, chunk: int = 256):
     """(sample idx, design (B, P, F), change (B, P, D), now (B, P, D), valid (B, P)) chunks of `win` at horizon h:
     a row is a (sample, sky view) whose view is present at t and whose target is valid."""
     for start in range(0, len(win), chunk):
@@ -144,97 +159,104 @@ def _view_rows(table, win, *, h: int, means_min, day_only: bool, chunk: int = 25
         b = samples.gather(table, win, idx, day_only=day_only, means_min=means_min)
         now = b["view_x"][:, 0, :, 0]
         valid = (b["tgt_mask"][:, h] & b["view_mask"][:, 0, :, 0]).numpy()
-        yield (idx, samples.ridge_features(b, table.blocks).numpy(), (b["tgt_z"][:, h] - now).numpy(), now.numpy(),
+        yield (idx, samples.ridge_features(b, basis).numpy(), (b["tgt_z"][:, h] - now).numpy(), now.numpy(),
                valid)
 
 
-def _fit(table, win, rows, *, h, means_min, day_only, sign=1.0, normal=None) -> _Normal:
+def _fit(table, win, rows, basis, *, h, means_min, day_only, sign=1.0, normal=None) -> _Normal:
     normal = normal or _Normal()
-    for idx, x, y, _, valid in _view_rows(table, win, h=h, means_min=means_min, day_only=day_only):
+    for idx, x, y, _, valid in _view_rows(table, win, basis, h=h, means_min=means_min, day_only=day_only):
         keep = valid & rows[idx, None]
         normal.add(x[keep], y[keep], sign)
     return normal
 
 
-def _predict(table, win, fits, *, h, means_min, day_only) -> list[np.ndarray]:
+def _predict(table, win, fits, basis, *, h, means_min, day_only) -> list[np.ndarray]:
     """now + (x − x_mean) @ w + y_mean for each fit: (N, P, D) each, every slot (masked ones are not scored)."""
     out = [np.zeros((len(win), table.z.shape[1], table.z.shape[2]), np.float32) for _ in fits]
-    for idx, x, _, now, _ in _view_rows(table, win, h=h, means_min=means_min, day_only=day_only):
+    for idx, x, _, now, _ in _view_rows(table, win, basis, h=h, means_min=means_min, day_only=day_only):
         for o, (xm, ym, w) in zip(out, fits, strict=True):
             o[idx] = now + ym + (x - xm) @ w
     return out
 
 
 def view_ridge_fits(table: samples.ScanTable, wins: dict[str, samples.Windows], *, means_min=(30.0, 60.0),
-                    day_only: bool = True, alphas=RIDGE_ALPHAS) -> tuple[list, dict[int, float | None]]:
+                    day_only: bool = True, alphas=RIDGE_ALPHAS, rank: int = RIDGE_RANK) -> tuple[list, dict, object]:
     """The per-view ridge's fits per horizon, (x_mean, y_mean, w) with change ≈ (x − x_mean) @ w + y_mean on
-    `samples.ridge_features` rows (None: fewer than 2 train rows, the forecast stays persistence), and the
-    penalty chosen per horizon on wins["val"] (1e-1 without val targets)."""
+    `samples.ridge_features` rows (None: fewer than 2 train rows, the forecast stays persistence), the penalty
+    chosen per horizon on wins["val"] (1e-1 without val targets), and the projection basis of the rows."""
     kw = dict(means_min=means_min, day_only=day_only)
+    basis = principal_basis(table, rank, day_only=day_only)
     val = samples.gather(table, wins["val"], np.arange(len(wins["val"])), day_only=day_only, means_min=None)
     everything = np.ones(len(wins["train"]), bool)
     fits, chosen = [], {}
     for h in range(len(wins["train"].horizons_min)):
-        normal = _fit(table, wins["train"], everything, h=h, **kw)
+        normal = _fit(table, wins["train"], everything, basis, h=h, **kw)
         if normal.n < 2:
             fits.append(None)
             chosen[h] = None
             continue
         path = normal.solve_path(alphas)
         m, true = val["tgt_mask"][:, h].numpy(), val["tgt_z"][:, h].numpy()
-        errors = [(((f - true) ** 2).mean(-1) * m).sum() for f in _predict(table, wins["val"], path, h=h, **kw)]
+        errors = [(((f - true) ** 2).mean(-1) * m).sum()
+                  for f in _predict(table, wins["val"], path, basis, h=h, **kw)]
         best = int(np.argmin(errors)) if m.any() else alphas.index(1e-1)
         fits.append(path[best])
         chosen[h] = alphas[best]
-    return fits, chosen
+    return fits, chosen, basis
 
 
 def view_ridge(table: samples.ScanTable, wins: dict[str, samples.Windows], eval_table: samples.ScanTable,
                eval_win: samples.Windows, *, means_min=(30.0, 60.0), day_only: bool = True,
-               alphas=RIDGE_ALPHAS) -> tuple[np.ndarray, dict[int, float | None]]:
+               alphas=RIDGE_ALPHAS, rank: int = RIDGE_RANK) -> tuple[np.ndarray, dict[int, float | None]]:
     """The per-view ridge: the change z(t+h) − z(t) of each sky view from `samples.ridge_features` (its own view
     context + its ring neighbours at t + the horizon views below + the clock), one coefficient set shared by
     all views (fitted on every view's rows pooled, hence rotation-equivariant like the networks), penalty per
     horizon chosen on val (`view_ridge_fits`). Fitted on `table`'s wins["train"], applied to `eval_win` of
     `eval_table`: (N, H, P, D) and the penalties."""
-    fits, chosen = view_ridge_fits(table, wins, means_min=means_min, day_only=day_only, alphas=alphas)
+    fits, chosen, basis = view_ridge_fits(table, wins, means_min=means_min, day_only=day_only, alphas=alphas,
+                                          rank=rank)
     pred = np.repeat(eval_table.z[eval_win.anchor][:, None], len(fits), axis=1)
     for h, fit in enumerate(fits):
         if fit is not None:
-            pred[:, h] = _predict(eval_table, eval_win, [fit], h=h, means_min=means_min, day_only=day_only)[0]
+            pred[:, h] = _predict(eval_table, eval_win, [fit], basis, h=h, means_min=means_min, day_only=day_only)[0]
     return pred.astype(np.float32), chosen
 
 
 def ridge_start(table: samples.ScanTable, wins: dict[str, samples.Windows], *, means_min=(30.0, 60.0),
-                day_only: bool = True) -> tuple[dict[str, np.ndarray], dict[int, float | None]]:
+                day_only: bool = True, rank: int = RIDGE_RANK) -> tuple[dict[str, np.ndarray], dict[int, float | None]]:
     """The forecast the learned variants start from with residual_base=ridge: {"train", "val"} → (N, H, P, D).
 
     val: exactly the "ridge" baseline (`view_ridge`, fitted on all train windows, penalty per horizon chosen on
     val), which is also what evaluation adds to a variant's output on any other windows. train: cross-fitted by
-    day with those penalties, each day's forecast from the ridge fitted on the other train days (as the damping
-    is), so the network does not learn that an in-sample start needs no correction. One day alone is fitted
-    in-sample. The fold fits subtract the day's statistics from the whole train set's: one pass per day.
+    day with those penalties, each day's forecast from the ridge fitted without its day (as the damping is), so
+    the network does not learn that an in-sample start needs no correction. Days go round-robin into at most
+    CROSS_FIT_FOLDS folds (leave one day out up to that many days; each fold is one F × F solve). One day alone
+    is fitted in-sample. A fold's fit subtracts its statistics from the whole train set's.
     """
     kw = dict(means_min=means_min, day_only=day_only)
     train_win = wins["train"]
-    val, alphas = view_ridge(table, wins, table, wins["val"], **kw)
+    val, alphas = view_ridge(table, wins, table, wins["val"], rank=rank, **kw)
+    basis = principal_basis(table, rank, day_only=day_only)
     train = np.repeat(table.z[train_win.anchor][:, None], len(train_win.horizons_min), axis=1)
     days = table.day[train_win.anchor]
+    unique_days = np.unique(days)
+    folds = min(CROSS_FIT_FOLDS, len(unique_days))
     everything = np.ones(len(train_win), bool)
     for h, alpha in alphas.items():
         if alpha is None:
             continue  # too few rows: the start stays persistence, as in `view_ridge`
-        total = _fit(table, train_win, everything, h=h, **kw)
-        if len(np.unique(days)) == 1:
-            train[:, h] = _predict(table, train_win, [total.solve(alpha)], h=h, **kw)[0]
+        total = _fit(table, train_win, everything, basis, h=h, **kw)
+        if folds == 1:
+            train[:, h] = _predict(table, train_win, [total.solve(alpha)], basis, h=h, **kw)[0]
             continue
-        for day in np.unique(days):
-            held = days == day
+        for fold in range(folds):
+            held = np.isin(days, unique_days[fold::folds])
             sub = samples.Windows(train_win.anchor[held], train_win.ctx[held], train_win.tgt[held],
                                   train_win.horizons_min)
             rest = copy.deepcopy(total)
-            _fit(table, sub, np.ones(len(sub), bool), h=h, sign=-1.0, normal=rest, **kw)
-            train[held, h] = _predict(table, sub, [rest.solve(alpha)], h=h, **kw)[0]
+            _fit(table, sub, np.ones(len(sub), bool), basis, h=h, sign=-1.0, normal=rest, **kw)
+            train[held, h] = _predict(table, sub, [rest.solve(alpha)], basis, h=h, **kw)[0]
     return {"train": train.astype(np.float32), "val": val}, alphas
 
 

@@ -30,7 +30,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
-from einops import rearrange
 
 from data.dataset import normalised_frames
 from data.formats import HORIZON_PRESETS, SKY_PRESETS, preset_column, preset_row
@@ -64,7 +63,6 @@ class ScanTable:
     horizon_emb: np.ndarray | None = None  # (S+1, P, D)
     horizon_z: np.ndarray | None = None  # (S+1, P, D), standardised with the sky row's statistics
     means: dict = field(default_factory=dict)  # (row, minutes) → ((S+1, P, D) mean z, (S+1, P) any present)
-    blocks: tuple[tuple[int, int], ...] = ()  # (cells, channels) of each feature block of D; cells = g² for grids
 
     @property
     def n_rows(self) -> int:
@@ -144,11 +142,6 @@ def load_scan_table(stage1_run: str | Path, *, features: str = "both", gap_s: fl
         out[df["scan"].to_numpy()[rows], slot[rows]] = values
         return out
 
-    if features == "grid" and "g" not in meta.get("grid", {}):
-        raise ValueError(f"features=grid: {stage1_run}/embeddings.json does not describe the grid (grid.g); export "
-                         f"again with python -m stage1_jea.export --run {stage1_run}")
-    cells = meta["grid"]["g"] ** 2 if features == "grid" else 1
-    blocks = tuple((cells, len(emb[c].iloc[0]) // cells) for c in FEATURES[features])
     hours = ((first["timestamp"] - first["timestamp"].dt.normalize()).dt.total_seconds() / 3600.0).to_numpy()
     return ScanTable(
         vsn=np.append(first["vsn"].to_numpy(dtype=object), ""),
@@ -164,7 +157,6 @@ def load_scan_table(stage1_run: str | Path, *, features: str = "both", gap_s: fl
         rows=grid(df["row"].to_numpy(np.int64)[keep], -1, np.int64),
         cloud=grid(df["cloud_fraction"].to_numpy(np.float32)[keep], np.nan, np.float32),
         prepared_dir=str(prepared.resolve()),
-        blocks=blocks,
         horizon_present=grid(np.ones(keep_horizon.sum(), bool), False, bool, keep_horizon) if keep_horizon.any()
         else None,
         horizon_emb=grid(vectors[keep_horizon], 0.0, np.float32, keep_horizon) if keep_horizon.any() else None,
@@ -321,39 +313,30 @@ def hour_bin(solar_hour: np.ndarray) -> np.ndarray:
 MODEL_INPUTS = ("view_x", "view_mask", "view_dt", "solar_hour", "sun_elev")
 
 
-def pool_cells(x: torch.Tensor, blocks: tuple[tuple[int, int], ...]) -> torch.Tensor:
-    """(..., D) grid features → (..., Σ channels): each block's g × g cells averaged (pooled features unchanged)."""
-    if all(cells == 1 for cells, _ in blocks):
-        return x
-    parts = torch.split(x, [cells * c for cells, c in blocks], dim=-1)
-    return torch.cat([rearrange(p, "... (g c) -> ... g c", g=cells).mean(-2) for p, (cells, _) in
-                      zip(parts, blocks, strict=True)], dim=-1)
-
-
-def ridge_features(batch: dict[str, torch.Tensor], blocks: tuple[tuple[int, int], ...] = ()) -> torch.Tensor:
+def ridge_features(batch: dict[str, torch.Tensor], basis: torch.Tensor | None = None) -> torch.Tensor:
     """The per-view ridge's design, from the model inputs of the batch (MODEL_INPUTS) → (B, P, F). View c's row:
-    its own sky view at t, its other K − 1 slots (earlier scans, 30/60-min means), its two sky ring neighbours
-    c ± 1 at t, with a horizon row the horizon views c − 1, c, c + 1 at t, and the networks' clock (sin, cos of
-    the solar hour, sun elevation / 90). On grid features (`blocks`, ScanTable.blocks) only the own view at t
-    keeps its g × g cells; the other slots enter cell-averaged. Rotating the ring rotates the rows. Missing slots
-    are zeros, as the networks see them; what the ridge leaves out is the exact scan times (view_dt), the other
-    slots' cells, and anything nonlinear.
+    its own K sky slots (the scans, the 30/60-min means), its two sky ring neighbours c ± 1 at t, with a horizon
+    row the horizon views c − 1, c, c + 1 at t, each slot's D-vector projected on `basis` (D, r), the train
+    embeddings' top r principal directions (None: all D), and the networks' clock (sin, cos of the solar hour,
+    sun elevation / 90): F = (K + 2 + 3·[R = 2])·r + 3. Rotating the ring rotates the rows. Missing slots are
+    zeros, as the networks see them; what the ridge leaves out is the exact scan times (view_dt), the
+    embeddings beyond their top r directions, and anything nonlinear.
 
-    Memory: the ridge holds one F × F Gram matrix and its eigenvectors in float64, 2·8·F² bytes. On `make
-    compare`'s sky (resnet10t: 512 channels per modality, both rows, K = 5) the pooled features (D = 1,024) give
-    F = 10·1,024 + 3 = 10,243: 1.7 GB; the 2×2 grids (D = 4,096) F = 4,096 + 9·1,024 + 3 = 13,315: 2.8 GB. The
-    old whole-context ridge on grids needed ~19 GB, and with every slot's cells this one would need 27 GB.
+    Memory and time (why a projection): the ridge holds one F × F Gram matrix and its eigenvectors in float64,
+    2·8·F² bytes, and decomposes it once per horizon. On `make compare`'s sky (resnet10t, pooled D = 1,024, both
+    rows, K = 5) all D would give F = 10,243: 1.7 GB and an eigendecomposition of ~50 min on 2 shared cores
+    (measured 33 s at F = 2,048, 190 s at 4,096; cubic); its 2×2 grids (D = 4,096) 27 GB. With r = 256
+    (baselines.RIDGE_RANK) F = 2,563: 0.1 GB on pooled features and on grids alike (the whole-context ridge it
+    replaces needed ~19 GB on grids).
     """
-    view_x = batch["view_x"]
+    view_x = batch["view_x"] if basis is None else batch["view_x"] @ basis
     B, R, P, K, D = view_x.shape
     cols = torch.arange(P)
     angle = 2 * np.pi * batch["solar_hour"] / 24.0
     clock = torch.stack([angle.sin(), angle.cos(), batch["sun_elev"] / 90.0], dim=-1)  # as models.Encodings
-    pool = lambda x: pool_cells(x, blocks)  # noqa: E731
-    parts = [view_x[:, 0, :, 0], pool(view_x[:, 0, :, 1:]).flatten(2), pool(view_x[:, 0, (cols - 1) % P, 0]),
-             pool(view_x[:, 0, (cols + 1) % P, 0])]
+    parts = [view_x[:, 0].flatten(2), view_x[:, 0, (cols - 1) % P, 0], view_x[:, 0, (cols + 1) % P, 0]]
     if R > 1:
-        parts += [pool(view_x[:, 1, (cols + s) % P, 0]) for s in (-1, 0, 1)]
+        parts += [view_x[:, 1, (cols + s) % P, 0] for s in (-1, 0, 1)]
     return torch.cat(parts + [clock[:, None].expand(B, P, 3).to(view_x.dtype)], dim=-1)
 
 

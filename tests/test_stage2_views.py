@@ -146,6 +146,17 @@ def test_per_view_ridge_recovers_a_linear_ring_dynamics():
     np.testing.assert_allclose(again, np.roll(pred, 3, axis=2), atol=1e-4)
 
 
+def test_the_ridge_projection_keeps_the_directions_of_largest_variance():
+    table, _ = ring_table(8, D=3)
+    rng = np.random.default_rng(1)  # independent dimensions with standard deviations 3, 1 and 0.1
+    table.z[:-1] = rng.normal(size=table.z[:-1].shape) * np.array([3.0, 1.0, 0.1], np.float32)
+    basis = baselines.principal_basis(table, 2).numpy()
+    assert basis.shape == (3, 2)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(2), atol=1e-5)
+    assert abs(basis[0, 0]) > 0.99 and abs(basis[1, 1]) > 0.99 and abs(basis[2]).max() < 0.05
+    assert baselines.principal_basis(table, 3) is None  # rank ≥ D: every dimension
+
+
 def test_context_means_average_the_last_minutes_of_the_same_day():
     table, _ = ring_table(2, scans=20)
     mean30, seen = samples.context_mean(table, 0, 30.0)
