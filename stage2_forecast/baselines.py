@@ -127,8 +127,8 @@ class _Normal:
         cxx, cxy = self.sxx - self.n * np.outer(xm, xm), self.sxy - self.n * np.outer(xm, ym)
         return xm, ym, cxx, cxy, max(float(np.trace(cxx)) / self.n, 1e-12)
 
-    def solve_path(self, alphas) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(x_mean, w) per alpha with change ≈ (x − x_mean) @ w + y_mean, from one eigendecomposition."""
+    def solve_path(self, alphas) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(x_mean, y_mean, w) per alpha with change ≈ (x − x_mean) @ w + y_mean, from one eigendecomposition."""
         xm, ym, cxx, cxy, scale = self.centred()
         lam, u = np.linalg.eigh(cxx)
         uty = u.T @ cxy
@@ -163,11 +163,11 @@ def _view_rows(table, win, basis, *, h: int, means_min, day_only: bool, chunk: i
                valid)
 
 
-def _fit(table, win, rows, basis, *, h, means_min, day_only, sign=1.0, normal=None) -> _Normal:
+def _fit(table, win, basis, *, h, means_min, day_only, sign=1.0, normal=None) -> _Normal:
+    """The statistics of `win`'s valid rows at horizon h, added (sign=-1: taken) to `normal` or a new one."""
     normal = normal or _Normal()
-    for idx, x, y, _, valid in _view_rows(table, win, basis, h=h, means_min=means_min, day_only=day_only):
-        keep = valid & rows[idx, None]
-        normal.add(x[keep], y[keep], sign)
+    for _, x, y, _, valid in _view_rows(table, win, basis, h=h, means_min=means_min, day_only=day_only):
+        normal.add(x[valid], y[valid], sign)
     return normal
 
 
@@ -188,10 +188,9 @@ def view_ridge_fits(table: samples.ScanTable, wins: dict[str, samples.Windows], 
     kw = dict(means_min=means_min, day_only=day_only)
     basis = principal_basis(table, rank, day_only=day_only)
     val = samples.gather(table, wins["val"], np.arange(len(wins["val"])), day_only=day_only, means_min=None)
-    everything = np.ones(len(wins["train"]), bool)
     fits, chosen = [], {}
     for h in range(len(wins["train"].horizons_min)):
-        normal = _fit(table, wins["train"], everything, basis, h=h, **kw)
+        normal = _fit(table, wins["train"], basis, h=h, **kw)
         if normal.n < 2:
             fits.append(None)
             chosen[h] = None
@@ -242,11 +241,10 @@ def ridge_start(table: samples.ScanTable, wins: dict[str, samples.Windows], *, m
     days = table.day[train_win.anchor]
     unique_days = np.unique(days)
     folds = min(CROSS_FIT_FOLDS, len(unique_days))
-    everything = np.ones(len(train_win), bool)
     for h, alpha in alphas.items():
         if alpha is None:
             continue  # too few rows: the start stays persistence, as in `view_ridge`
-        total = _fit(table, train_win, everything, basis, h=h, **kw)
+        total = _fit(table, train_win, basis, h=h, **kw)
         if folds == 1:
             train[:, h] = _predict(table, train_win, [total.solve(alpha)], basis, h=h, **kw)[0]
             continue
@@ -255,7 +253,7 @@ def ridge_start(table: samples.ScanTable, wins: dict[str, samples.Windows], *, m
             sub = samples.Windows(train_win.anchor[held], train_win.ctx[held], train_win.tgt[held],
                                   train_win.horizons_min)
             rest = copy.deepcopy(total)
-            _fit(table, sub, np.ones(len(sub), bool), basis, h=h, sign=-1.0, normal=rest, **kw)
+            _fit(table, sub, basis, h=h, sign=-1.0, normal=rest, **kw)
             train[held, h] = _predict(table, sub, [rest.solve(alpha)], basis, h=h, **kw)[0]
     return {"train": train.astype(np.float32), "val": val}, alphas
 
