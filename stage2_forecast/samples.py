@@ -195,7 +195,7 @@ def restrict_train_days(table: ScanTable, n_days: int | None, *, seed: int = 0) 
     if n_days is None:
         return np.sort(order)
     if n_days > len(days):
-        raise ValueError(f"train_days={n_days}: only {len(days)} train days in the data")
+        raise UserError(f"train_days={n_days}: only {len(days)} train days in the data")
     kept = np.sort(order[:n_days])
     table.split = np.where(train & ~np.isin(table.day, kept), "", table.split).astype(object)
     return kept

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from sagecast_common.cli import UserError
 from stage2_forecast import baselines, samples
 from stage2_forecast.train import Config, build_model
 
@@ -179,7 +180,7 @@ def test_train_days_are_nested_and_leave_val_and_test_alone():
         for s, w in before.items():  # the evaluation windows are the same windows
             np.testing.assert_array_equal(samples.build_windows(t, split=s, **kw).anchor, w.anchor)
     assert set(kept[10]) < set(kept[20])
-    with pytest.raises(ValueError, match="only 20 train days"):
+    with pytest.raises(UserError, match="only 20 train days"):
         samples.restrict_train_days(dataclasses.replace(table, split=table.split.copy()), 21)
 
 
@@ -191,5 +192,5 @@ def test_train_days_config_changes_the_training_set_not_the_test_set(fake_stage1
     one = train.load_data(dataclasses.replace(cfg, train_days=1))  # the fake run has a single train day
     for s in ("train", "val", "test"):
         np.testing.assert_array_equal(full[3][s].anchor, one[3][s].anchor)
-    with pytest.raises(ValueError, match="train_days=2"):
+    with pytest.raises(UserError, match="train_days=2"):
         train.load_data(dataclasses.replace(cfg, train_days=2))
