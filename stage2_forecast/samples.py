@@ -62,7 +62,7 @@ class ScanTable:
     horizon_present: np.ndarray | None = None  # (S+1, P) bool, the horizon row (None: sky row only)
     horizon_emb: np.ndarray | None = None  # (S+1, P, D)
     horizon_z: np.ndarray | None = None  # (S+1, P, D), standardised with the sky row's statistics
-    means: dict = field(default_factory=dict)  # (row, minutes) → ((S+1, P, D) mean z, (S+1, P) any present)
+    means: dict = field(default_factory=dict)  # minutes → (S+1,) first scan of each scan's mean window
 
     @property
     def n_rows(self) -> int:
@@ -181,7 +181,6 @@ def standardise(table: ScanTable, *, day_only: bool = True, mean=None, std=None)
         # and the checkpoint's single (mean, std) stays the whole standardisation.
         table.horizon_z = np.where(table.horizon_present[..., None], (table.horizon_emb - mean) / std,
                                    0.0).astype(np.float32)
-    table.means.clear()
     return np.asarray(mean, np.float32), np.asarray(std, np.float32)
 
 
@@ -201,25 +200,34 @@ def restrict_train_days(table: ScanTable, n_days: int | None, *, seed: int = 0) 
     return kept
 
 
-def context_mean(table: ScanTable, r: int, minutes: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per scan and view of row r: the mean standardised embedding of that view over the node's scans of the
-    same local day in (t − minutes, t], and whether any was present: ((S+1, P, D), (S+1, P)). Cached."""
-    key = (r, float(minutes))
-    if key not in table.means:
-        z, present = table.row(r)
+def window_start(table: ScanTable, minutes: float) -> np.ndarray:
+    """(S+1,) per scan the first scan of its node and local day within (t − minutes, t] (scans are contiguous and
+    time-sorted per node and day). Cached on the table: a few bytes per scan, unlike the means themselves."""
+    if minutes not in table.means:
         S = len(table.time_ns) - 1
-        out, seen = np.zeros_like(z), np.zeros_like(present)
+        lo = np.zeros(S + 1, np.int64)
         for vsn, day in {(v, d) for v, d in zip(table.vsn[:S], table.day[:S], strict=True)}:
-            idx = np.flatnonzero((table.vsn[:S] == vsn) & (table.day[:S] == day))  # contiguous, time-sorted
+            idx = np.flatnonzero((table.vsn[:S] == vsn) & (table.day[:S] == day))
             t = table.time_ns[idx]
-            lo = np.searchsorted(t, t - minutes * 60e9, side="right")
-            zs = np.concatenate([np.zeros((1, *z.shape[1:])), np.cumsum(z[idx] * present[idx, :, None], 0)])
-            ns = np.concatenate([np.zeros((1, present.shape[1])), np.cumsum(present[idx], 0)])
-            count = ns[1:] - ns[lo]
-            out[idx] = (zs[1:] - zs[lo]) / np.maximum(count, 1)[..., None]
-            seen[idx] = count > 0
-        table.means[key] = (out.astype(np.float32), seen)
-    return table.means[key]
+            lo[idx] = idx[np.searchsorted(t, t - minutes * 60e9, side="right")]
+        lo[S] = S
+        table.means[minutes] = lo
+    return table.means[minutes]
+
+
+def context_mean(table: ScanTable, r: int, minutes: float, scans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `scans` (B,) and each view of row r: the mean standardised embedding over the node's scans of
+    the same local day in (t − minutes, t], and whether any was present: ((B, P, D), (B, P)). Computed per batch
+    (a table-wide cache would hold another (S, P, D) array per row and window)."""
+    z, present = table.row(r)
+    lo = window_start(table, minutes)[scans]
+    span = int((scans - lo).max(initial=0)) + 1
+    back = scans[:, None] - np.arange(span)[None]  # (B, span), most recent first
+    back = np.where(back >= lo[:, None], back, -1)  # -1: the all-masked sentinel
+    use = present[back]  # (B, span, P)
+    count = use.sum(1)
+    total = (z[back] * use[..., None]).sum(1)
+    return (total / np.maximum(count, 1)[..., None]).astype(np.float32), count > 0
 
 
 def view_context(table: ScanTable, anchor: np.ndarray, ctx: np.ndarray,
@@ -229,10 +237,9 @@ def view_context(table: ScanTable, anchor: np.ndarray, ctx: np.ndarray,
     xs, ms = [], []
     for r in range(table.n_rows):
         z, present = table.row(r)
-        means = [context_mean(table, r, w) for w in means_min]
-        xs.append(np.stack([z[ctx[:, k]] for k in range(ctx.shape[1])] + [m[anchor] for m, _ in means], axis=2))
-        ms.append(np.stack([present[ctx[:, k]] for k in range(ctx.shape[1])] + [s[anchor] for _, s in means],
-                           axis=2))
+        means = [context_mean(table, r, w, anchor) for w in means_min]
+        xs.append(np.stack([z[ctx[:, k]] for k in range(ctx.shape[1])] + [m for m, _ in means], axis=2))
+        ms.append(np.stack([present[ctx[:, k]] for k in range(ctx.shape[1])] + [s for _, s in means], axis=2))
     return np.stack(xs, axis=1), np.stack(ms, axis=1)
 
 

@@ -160,12 +160,14 @@ def test_the_ridge_projection_keeps_the_directions_of_largest_variance():
 
 def test_context_means_average_the_last_minutes_of_the_same_day():
     table, _ = ring_table(2, scans=20)
-    mean30, seen = samples.context_mean(table, 0, 30.0)
-    s = 10  # scans 5 min apart: (t − 30, t] holds scans 5..10
-    np.testing.assert_allclose(mean30[s], table.z[5:11].mean(0), rtol=1e-5)
-    first_of_day2 = 20
-    np.testing.assert_allclose(mean30[first_of_day2], table.z[first_of_day2], rtol=1e-6)  # no scan of day 1
-    assert seen[:40].all() and not seen[-1].any()
+    table.present[7, 2] = False  # a missing capture leaves its view's mean, not the others'
+    mean30, seen = samples.context_mean(table, 0, 30.0, np.array([10, 20, 3, 40]))
+    # scans 5 min apart: (t − 30, t] holds scans 5..10 of the same day
+    np.testing.assert_allclose(mean30[0, 0], table.z[5:11, 0].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(mean30[0, 2], table.z[[5, 6, 8, 9, 10], 2].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(mean30[1], table.z[20], rtol=1e-6)  # the first scan of day 2: no scan of day 1
+    np.testing.assert_allclose(mean30[2], table.z[:4].mean(0), rtol=1e-5)  # the day's first scans only
+    assert seen[:3].all() and not seen[3].any()  # 40: the sentinel
 
 
 def test_train_days_are_nested_and_leave_val_and_test_alone():
