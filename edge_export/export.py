@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import warnings
 from pathlib import Path
@@ -46,14 +47,14 @@ FORECASTER_INPUTS = ("ctx_z", "ctx_mask", "ctx_dt", "solar_hour", "sun_elev")
 
 class BakedForecaster(nn.Module):
     """A stage-2 model with its climatology lookup, context means and ridge start inside: the inputs a node can
-    compute. The view context is built from the T scans a node holds: each 30/60-min mean is the mean of the
-    context scans less than that many minutes old (the export refuses a run whose means reach past its context,
-    and the parity check compares against the scan table's means)."""
+    compute. The node holds the last `held_scans` scans (the manifest's context_scans); the model reads the
+    first `context_scans` of them as scans, and each 30/60-min mean is the mean of the held scans less than
+    that many minutes old (the parity check compares it with the scan table's means)."""
 
-    def __init__(self, model: nn.Module, *, clim: np.ndarray, horizons_min, means_min=(), ridge: list | None = None,
-                 basis: torch.Tensor | None = None):
+    def __init__(self, model: nn.Module, *, clim: np.ndarray, horizons_min, context_scans: int, means_min=(),
+                 ridge: list | None = None, basis: torch.Tensor | None = None):
         super().__init__()
-        self.model, self.means_min = model, tuple(means_min)
+        self.model, self.T, self.means_min = model, context_scans, tuple(means_min)
         self.register_buffer("clim", torch.as_tensor(clim, dtype=torch.float32))  # (P, 24, D)
         self.register_buffer("horizons", torch.tensor(horizons_min, dtype=torch.float32))
         # per horizon: change(x) = y_mean + (x − x_mean) @ w on samples.ridge_features rows, or None (persistence)
@@ -74,6 +75,8 @@ class BakedForecaster(nn.Module):
             xs.append(((ctx_z * use[..., None]).sum(1) / count.clamp(min=1)[..., None])[:, :, None])
             ms.append((count > 0)[:, :, None])
         mean_dt = -torch.tensor(self.means_min, dtype=ctx_dt.dtype).expand(B, len(self.means_min)) / 2
+        xs[0], ms[0] = xs[0][:, :, :self.T], ms[0][:, :, :self.T]
+        ctx_z, ctx_mask, ctx_dt = ctx_z[:, :self.T], ctx_mask[:, :self.T], ctx_dt[:, :self.T]
         batch = {"ctx_z": ctx_z, "ctx_mask": ctx_mask, "ctx_dt": ctx_dt, "solar_hour": solar_hour,
                  "sun_elev": sun_elev, "clim_now": self.clim[:, now_bin].transpose(0, 1),
                  "clim_tgt": self.clim[:, tgt_bin].permute(1, 2, 0, 3), "view_x": torch.cat(xs, 2)[:, None],
@@ -122,6 +125,17 @@ def check_parity(name: str, got: np.ndarray, want: np.ndarray) -> dict:
     return {"max_abs": float(err.max()), "max_ratio": ratio}
 
 
+def held_scans(context_scans: int, means_min, step_min: float) -> int:
+    """How many scans a node keeps: the model's context, or more when a context mean reaches further back (a
+    mean over (t − W, t] needs ceil(W / step) scans)."""
+    return max([context_scans] + [math.ceil(w / step_min - 1e-9) for w in means_min])
+
+
+def _window_settings(cfg) -> dict:
+    return dict(horizons_min=cfg.horizons_min, step_min=cfg.step_min, tolerance_min=cfg.tolerance_min,
+                day_only=cfg.day_only, day_anchors=cfg.day_anchors)
+
+
 def _parity_windows(wins: dict) -> tuple[str, samples.Windows]:
     split = next((s for s in ("test", "val", "train") if len(wins[s])), None)
     if split is None:
@@ -153,16 +167,13 @@ def export(stage1: str | Path, stage2: str | Path, out: str | Path) -> Path:
     if table.n_rows > 1:
         raise UserError(f"{stage2}: trained with horizon-row views; a node's runtime holds sky-row scans only")
     step = cfg.step_min or samples.scan_step_min(table)
-    if cfg.context_means_min and max(cfg.context_means_min) > cfg.context_scans * step:
-        raise UserError(f"{stage2}: its {max(cfg.context_means_min):g}-min context mean reaches past the "
-                        f"{cfg.context_scans} scans ({step:g} min apart) a node holds; train it with "
-                        "context_means_min=() or more context_scans to export it")
+    held = held_scans(cfg.context_scans, cfg.context_means_min, step)
     ridge = basis = None
     if cfg.residual and cfg.residual_base == "ridge":
         ridge, _, basis = baselines.view_ridge_fits(table, wins, means_min=cfg.context_means_min,
                                                     day_only=cfg.day_only)
-    baked = BakedForecaster(model, clim=clim, horizons_min=cfg.horizons_min, means_min=cfg.context_means_min,
-                            ridge=ridge, basis=basis).eval()
+    baked = BakedForecaster(model, clim=clim, horizons_min=cfg.horizons_min, context_scans=cfg.context_scans,
+                            means_min=cfg.context_means_min, ridge=ridge, basis=basis).eval()
     names = [c.split("_", 1)[1] for c in samples.FEATURES[cfg.features]]
     encoders, enc_meta = load_encoders(enc_path)
     prepared = Path(table.prepared_dir)
@@ -186,7 +197,14 @@ def export(stage1: str | Path, stage2: str | Path, out: str | Path) -> Path:
             parity[f"encoder_{name}"] = check_parity(f"encoder_{name}", got, module(frames[name]).numpy())
 
         batch = samples.gather(table, win, idx, day_only=cfg.day_only, clim=clim, means_min=cfg.context_means_min)
-        args = tuple(batch[k] for k in FORECASTER_INPUTS)
+        # the node's input: the `held` scans it keeps (the same anchors; only the context reaches further back)
+        long = samples.build_windows(table, split=split, context_scans=held,
+                                     **_window_settings(cfg))
+        pos = np.searchsorted(long.anchor, win.anchor[idx])
+        if not np.array_equal(long.anchor[pos], win.anchor[idx]):
+            raise ValueError("the windows with the held context do not have the training windows' anchors")
+        node = samples.gather(table, long, pos, day_only=cfg.day_only)
+        args = tuple(node[k] for k in FORECASTER_INPUTS)
         files["forecaster.onnx"] = path = out / "forecaster.onnx"
         _to_onnx(baked, tuple(a[:1] for a in args), path, FORECASTER_INPUTS, "forecast",
                  {k: {0: "b"} for k in (*FORECASTER_INPUTS, "forecast")})
@@ -221,7 +239,7 @@ def export(stage1: str | Path, stage2: str | Path, out: str | Path) -> Path:
     manifest = {
         "format": FORMAT, "model": f"sagecast-{cfg.variant}", "variant": cfg.variant,
         "image_size": size, "crop": report.get("crop", "fov"), "thermal_range": list(THERMAL_RANGE),
-        "presets": list(SKY_PRESETS), "features": names, "context_scans": cfg.context_scans,
+        "presets": list(SKY_PRESETS), "features": names, "context_scans": held,
         "horizons_min": list(cfg.horizons_min), "step_min": step,
         "tolerance_min": cfg.tolerance_min if cfg.tolerance_min is not None else step / 2,
         "scan_gap_s": cfg.scan_gap_s, "residual_base": cfg.residual_base if cfg.residual else None,
