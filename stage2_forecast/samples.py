@@ -331,8 +331,8 @@ def ridge_features(batch: dict[str, torch.Tensor], basis: torch.Tensor | None = 
 
     Memory and time (why a projection): the ridge holds one F × F Gram matrix and its eigenvectors in float64,
     2·8·F² bytes, and decomposes it once per horizon. On `make compare`'s sky (resnet10t, pooled D = 1,024, both
-    rows, K = 5) all D would give F = 10,243: 1.7 GB and an eigendecomposition of ~50 min on 2 shared cores
-    (measured 33 s at F = 2,048, 190 s at 4,096; cubic); its 2×2 grids (D = 4,096) 27 GB. With r = 256
+    rows, K = 5) all D would give F = 10,243: 1.7 GB and ~8 min per horizon for the eigendecomposition (cubic in
+    F: 7.4 s measured at F = 2,563 on 2 shared cores); its 2×2 grids (D = 4,096) 27 GB. With r = 256
     (baselines.RIDGE_RANK) F = 2,563: 0.1 GB on pooled features and on grids alike (the whole-context ridge it
     replaces needed ~19 GB on grids).
     """
