@@ -196,3 +196,31 @@ def test_train_days_config_changes_the_training_set_not_the_test_set(fake_stage1
         np.testing.assert_array_equal(full[3][s].anchor, one[3][s].anchor)
     with pytest.raises(UserError, match="train_days=2"):
         train.load_data(dataclasses.replace(cfg, train_days=2))
+
+
+def test_horizon_row_captures_become_a_second_row_of_views(fake_stage1_run, tmp_path):
+    import shutil
+
+    run, prepared = tmp_path / "stage1", tmp_path / "prepared"
+    shutil.copytree(fake_stage1_run, run)
+    shutil.copytree(fake_stage1_run.parent / "prepared", prepared)
+    index, emb = pd.read_parquet(prepared / "index.parquet"), pd.read_parquet(run / "embeddings.parquet")
+    # each sky capture gets a horizon-row twin one preset on (2, 6, …), 1 s later, with the negated embedding
+    hz_index = index.assign(position=index["position"] + 1, timestamp=index["timestamp"] + pd.Timedelta(seconds=1))
+    hz_emb = emb.assign(position=emb["position"] + 1, timestamp=emb["timestamp"] + pd.Timedelta(seconds=1),
+                        emb_rgb=[-v for v in emb["emb_rgb"]], emb_thermal=[-v for v in emb["emb_thermal"]])
+    pd.concat([index, hz_index]).to_parquet(prepared / "index.parquet")
+    pd.concat([emb, hz_emb]).to_parquet(run / "embeddings.parquet")
+    sky_only = samples.load_scan_table(fake_stage1_run)
+    table = samples.load_scan_table(run, prepared_dir=str(prepared))
+    assert sky_only.n_rows == 1 and table.n_rows == 2
+    np.testing.assert_array_equal(table.present, sky_only.present)  # the targets' row is unchanged
+    np.testing.assert_array_equal(table.horizon_present, sky_only.present)
+    np.testing.assert_array_equal(table.horizon_emb, -sky_only.emb)
+    mean, std = samples.standardise(table)
+    win = samples.build_windows(table, split="train")
+    b = samples.gather(table, win, np.arange(4))
+    assert b["view_x"].shape[1] == 2 and b["tgt_z"].shape[2] == 8
+    np.testing.assert_allclose(b["view_x"][:, 1, :, 0], table.horizon_z[win.anchor[:4]])
+    np.testing.assert_allclose(table.horizon_z[table.horizon_present],
+                               ((table.horizon_emb - mean) / std)[table.horizon_present], rtol=1e-5)
