@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import warnings
 from pathlib import Path
@@ -34,7 +35,6 @@ from data.prepare.images import THERMAL_RANGE
 from data.sage.registry import node_period
 from sagecast_common.cli import UserError, make_parser, require, run_cli
 from sagecast_common.encoders import load_encoders
-from sagecast_common.linalg import RidgePath
 from sagecast_common.runio import atomic_path, atomic_write_json, environment_info, file_sha256
 from stage2_forecast import baselines, samples, train
 
@@ -46,63 +46,56 @@ FORECASTER_INPUTS = ("ctx_z", "ctx_mask", "ctx_dt", "solar_hour", "sun_elev")
 
 
 class BakedForecaster(nn.Module):
-    """A stage-2 model with its climatology lookup and ridge start inside: the inputs a node can compute."""
+    """A stage-2 model with its climatology lookup, context means and ridge start inside: the inputs a node can
+    compute. The node holds the last `held_scans` scans (the manifest's context_scans); the model reads the
+    first `context_scans` of them as scans, and each 30/60-min mean is the mean of the held scans less than
+    that many minutes old (the parity check compares it with the scan table's means)."""
 
-    def __init__(self, model: nn.Module, *, clim: np.ndarray, horizons_min, ridge: list | None = None):
+    def __init__(self, model: nn.Module, *, clim: np.ndarray, horizons_min, context_scans: int, means_min=(),
+                 ridge: list | None = None, basis: torch.Tensor | None = None):
         super().__init__()
-        self.model = model
+        self.model, self.T, self.means_min = model, context_scans, tuple(means_min)
         self.register_buffer("clim", torch.as_tensor(clim, dtype=torch.float32))  # (P, 24, D)
         self.register_buffer("horizons", torch.tensor(horizons_min, dtype=torch.float32))
-        # per horizon: change(x) = y_mean + (x − x_mean) @ left @ right (RidgePath.predict), or None (persistence)
+        # per horizon: change(x) = y_mean + (x − x_mean) @ w on samples.ridge_features rows, or None (persistence)
         self.ridge = ridge
+        self.register_buffer("basis", basis)  # the ridge rows' projection (baselines.principal_basis), None: all D
         for h, terms in enumerate(ridge or []):
-            for name, value in zip(("x_mean", "y_mean", "left", "right"), terms or (), strict=False):
+            for name, value in zip(("x_mean", "y_mean", "w"), terms or (), strict=False):
                 self.register_buffer(f"ridge_{h}_{name}", torch.as_tensor(value, dtype=torch.float32))
 
     def forward(self, ctx_z, ctx_mask, ctx_dt, solar_hour, sun_elev):
         B, T, P, D = ctx_z.shape
         now_bin = solar_hour.long() % 24  # samples.hour_bin
         tgt_bin = (solar_hour[:, None] + self.horizons / 60.0).long() % 24  # (B, H)
+        xs, ms = [ctx_z.transpose(1, 2)], [ctx_mask.transpose(1, 2)]  # (B, P, T, ...)
+        for minutes in self.means_min:
+            use = (ctx_mask & (ctx_dt > -minutes)[:, :, None]).float()  # (B, T, P)
+            count = use.sum(1)
+            xs.append(((ctx_z * use[..., None]).sum(1) / count.clamp(min=1)[..., None])[:, :, None])
+            ms.append((count > 0)[:, :, None])
+        mean_dt = -torch.tensor(self.means_min, dtype=ctx_dt.dtype).expand(B, len(self.means_min)) / 2
+        xs[0], ms[0] = xs[0][:, :, :self.T], ms[0][:, :, :self.T]
+        ctx_z, ctx_mask, ctx_dt = ctx_z[:, :self.T], ctx_mask[:, :self.T], ctx_dt[:, :self.T]
         batch = {"ctx_z": ctx_z, "ctx_mask": ctx_mask, "ctx_dt": ctx_dt, "solar_hour": solar_hour,
                  "sun_elev": sun_elev, "clim_now": self.clim[:, now_bin].transpose(0, 1),
-                 "clim_tgt": self.clim[:, tgt_bin].permute(1, 2, 0, 3)}
+                 "clim_tgt": self.clim[:, tgt_bin].permute(1, 2, 0, 3), "view_x": torch.cat(xs, 2)[:, None],
+                 "view_mask": torch.cat(ms, 2)[:, None], "view_dt": torch.cat([ctx_dt, mean_dt], 1)}
         if self.ridge is not None:
-            batch["base"] = self.ridge_base(ctx_z[:, 0])
+            batch["base"] = self.ridge_base(batch)
         return self.model(batch)
 
-    def ridge_base(self, now: torch.Tensor) -> torch.Tensor:
-        """(B, P, D) scan at t → (B, H, P, D) ridge forecast, as baselines.ridge(context=False) predicts it."""
-        x = now.flatten(1)
+    def ridge_base(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, H, P, D) per-view ridge forecast, as baselines.view_ridge predicts it."""
+        now, x = batch["ctx_z"][:, 0], samples.ridge_features(batch, self.basis)
         out = []
         for h, terms in enumerate(self.ridge):
             if terms is None:
                 out.append(now)
                 continue
-            x_mean, y_mean, left, right = (getattr(self, f"ridge_{h}_{n}") for n in ("x_mean", "y_mean", "left",
-                                                                                     "right"))
-            out.append(now + (y_mean + ((x - x_mean) @ left) @ right).reshape(now.shape))
+            x_mean, y_mean, w = (getattr(self, f"ridge_{h}_{n}") for n in ("x_mean", "y_mean", "w"))
+            out.append(now + y_mean + (x - x_mean) @ w)
         return torch.stack(out, dim=1)
-
-
-def ridge_terms(b_train: dict, b_val: dict) -> list:
-    """The ridge start of a residual_base=ridge run in factored form, per horizon: the same rows, penalty and
-    closed form as baselines.ridge (which also picks the penalties), so the product never forms the
-    P·D × P·D coefficient matrix."""
-    _, alphas = baselines.ridge(b_train, b_val, b_val, context=False)
-    x = b_train["ctx_z"][:, 0].flatten(1).numpy()
-    z, y = b_train["ctx_z"][:, 0].double().numpy(), b_train["tgt_z"].double().numpy()
-    full, mask = b_train["ctx_mask"][:, 0].all(1).numpy(), b_train["tgt_mask"].numpy()
-    terms = []
-    for h, alpha in alphas.items():
-        if alpha is None:
-            terms.append(None)
-            continue
-        r = full & mask[:, h].all(1)
-        path = RidgePath(x[r], (y[r, h] - z[r]).reshape(r.sum(), -1))
-        left = path.xc.T.astype(np.float64) @ path.u if path.dual else path.u
-        right = path.uty / (path.lam + alpha * path.scale)[:, None]
-        terms.append((path.x_mean, path.y_mean, left, right))
-    return terms
 
 
 def _to_onnx(module: nn.Module, args: tuple, path: Path, inputs, output: str, dynamic: dict) -> None:
@@ -130,6 +123,17 @@ def check_parity(name: str, got: np.ndarray, want: np.ndarray) -> dict:
         raise UserError(f"onnxruntime does not reproduce torch for {name}: max |diff| {err.max():.3g} "
                         f"({ratio:.3g} × the tolerance {TOLERANCE}); nothing exported")
     return {"max_abs": float(err.max()), "max_ratio": ratio}
+
+
+def held_scans(context_scans: int, means_min, step_min: float) -> int:
+    """How many scans a node keeps: the model's context, or more when a context mean reaches further back (a
+    mean over (t − W, t] needs ceil(W / step) scans)."""
+    return max([context_scans] + [math.ceil(w / step_min - 1e-9) for w in means_min])
+
+
+def _window_settings(cfg) -> dict:
+    return dict(horizons_min=cfg.horizons_min, step_min=cfg.step_min, tolerance_min=cfg.tolerance_min,
+                day_only=cfg.day_only, day_anchors=cfg.day_anchors)
 
 
 def _parity_windows(wins: dict) -> tuple[str, samples.Windows]:
@@ -160,11 +164,16 @@ def export(stage1: str | Path, stage2: str | Path, out: str | Path) -> Path:
 
     cfg = dataclasses.replace(cfg, stage1_run=str(stage1))  # the embeddings and prepared dir it was trained on
     table, _, _, wins, _, _ = train.load_data(cfg)
-    gather = lambda split: samples.gather(table, wins[split], np.arange(len(wins[split])), day_only=cfg.day_only,
-                                          clim=clim)
-    b_train, b_val = gather("train"), gather("val")
-    ridge = ridge_terms(b_train, b_val) if cfg.residual and cfg.residual_base == "ridge" else None
-    baked = BakedForecaster(model, clim=clim, horizons_min=cfg.horizons_min, ridge=ridge).eval()
+    if table.n_rows > 1:
+        raise UserError(f"{stage2}: trained with horizon-row views; a node's runtime holds sky-row scans only")
+    step = cfg.step_min or samples.scan_step_min(table)
+    held = held_scans(cfg.context_scans, cfg.context_means_min, step)
+    ridge = basis = None
+    if cfg.residual and cfg.residual_base == "ridge":
+        ridge, _, basis = baselines.view_ridge_fits(table, wins, means_min=cfg.context_means_min,
+                                                    day_only=cfg.day_only)
+    baked = BakedForecaster(model, clim=clim, horizons_min=cfg.horizons_min, context_scans=cfg.context_scans,
+                            means_min=cfg.context_means_min, ridge=ridge, basis=basis).eval()
     names = [c.split("_", 1)[1] for c in samples.FEATURES[cfg.features]]
     encoders, enc_meta = load_encoders(enc_path)
     prepared = Path(table.prepared_dir)
@@ -187,17 +196,26 @@ def export(stage1: str | Path, stage2: str | Path, out: str | Path) -> Path:
             got = _session(path).run(None, {"x": frames[name].numpy()})[0]
             parity[f"encoder_{name}"] = check_parity(f"encoder_{name}", got, module(frames[name]).numpy())
 
-        batch = samples.gather(table, win, idx, day_only=cfg.day_only, clim=clim)
-        args = tuple(batch[k] for k in FORECASTER_INPUTS)
+        batch = samples.gather(table, win, idx, day_only=cfg.day_only, clim=clim, means_min=cfg.context_means_min)
+        # the node's input: the `held` scans it keeps (the same anchors; only the context reaches further back)
+        long = samples.build_windows(table, split=split, context_scans=held,
+                                     **_window_settings(cfg))
+        pos = np.searchsorted(long.anchor, win.anchor[idx])
+        if not np.array_equal(long.anchor[pos], win.anchor[idx]):
+            raise ValueError("the windows with the held context do not have the training windows' anchors")
+        node = samples.gather(table, long, pos, day_only=cfg.day_only)
+        args = tuple(node[k] for k in FORECASTER_INPUTS)
         files["forecaster.onnx"] = path = out / "forecaster.onnx"
         _to_onnx(baked, tuple(a[:1] for a in args), path, FORECASTER_INPUTS, "forecast",
                  {k: {0: "b"} for k in (*FORECASTER_INPUTS, "forecast")})
-        # the reference: the model itself on the climatology at anchor + h and, for a ridge start, the ridge as
-        # baselines.ridge computes it (an independent path for the baked factors)
+        # the reference: the model itself on the climatology at anchor + h, the table's context means and, for a
+        # ridge start, the ridge as baselines.view_ridge computes it (an independent path for the baked fits)
         tgt_bin = samples.hour_bin(table.solar_hour[win.anchor[idx]][:, None] + np.asarray(cfg.horizons_min) / 60)
         batch["clim_tgt"] = torch.from_numpy(clim[np.arange(clim.shape[0]), tgt_bin[..., None]])
         if ridge is not None:
-            batch["base"] = torch.from_numpy(baselines.ridge(b_train, b_val, batch, context=False)[0])
+            sub = samples.Windows(win.anchor[idx], win.ctx[idx], win.tgt[idx], win.horizons_min)
+            batch["base"] = torch.from_numpy(baselines.view_ridge(table, wins, table, sub, day_only=cfg.day_only,
+                                                                  means_min=cfg.context_means_min)[0])
         want = model(batch).numpy()
         session = _session(path)
         # an input the model never reads (jepa: ctx_dt) is not in the graph
@@ -218,11 +236,10 @@ def export(stage1: str | Path, stage2: str | Path, out: str | Path) -> Path:
     # the node of the train split, where it stood at its latest scan (the place it runs at now): nodes move
     vsn = str(table.vsn[np.flatnonzero(table.split[:-1] == "train")[-1]])
     period = node_period(vsn, int(table.time_ns[:-1][table.vsn[:-1] == vsn].max()))
-    step = cfg.step_min or samples.scan_step_min(table)
     manifest = {
         "format": FORMAT, "model": f"sagecast-{cfg.variant}", "variant": cfg.variant,
         "image_size": size, "crop": report.get("crop", "fov"), "thermal_range": list(THERMAL_RANGE),
-        "presets": list(SKY_PRESETS), "features": names, "context_scans": cfg.context_scans,
+        "presets": list(SKY_PRESETS), "features": names, "context_scans": held,
         "horizons_min": list(cfg.horizons_min), "step_min": step,
         "tolerance_min": cfg.tolerance_min if cfg.tolerance_min is not None else step / 2,
         "scan_gap_s": cfg.scan_gap_s, "residual_base": cfg.residual_base if cfg.residual else None,

@@ -13,27 +13,33 @@ training data, applied to any evaluation batch — the test split or a held-out 
   new day (whose weather the climatology has never seen) that over-damped forecast lost badly to
   persistence (quick default, 3 train days: skill −0.9 at 5 min with the in-sample fit).
 - climatology: clim(t+h), the train mean by preset and solar hour.
-- ridge (last scan) and ridge_context (all T scans × P presets): closed-form ridge to the change z(t+h) − z(t)
-  of all presets, penalty chosen per horizon on val.
+- ridge: the per-view ridge (`view_ridge`) on the same view context the networks see (last T scans, 30/60-min
+  means, ring neighbours, horizon row, clock; each slot on the train embeddings' top RIDGE_RANK principal
+  directions), one coefficient set shared by all views, to the change z(t+h) − z(t); penalty chosen per
+  horizon on val. (The whole-context ridge over T·P·D columns is gone: on grids it needed
+  ~19 GB.)
 
     clim = fit_climatology(table)
     b_train = samples.gather(table, wins["train"], np.arange(len(wins["train"])), clim=clim)
-    preds = forecasts(b_train, b_val, b_eval)          # name → (N, H, P, D)
+    preds = forecasts(b_train, b_eval)                 # name → (N, H, P, D)
+    preds["ridge"], alphas = view_ridge(table, wins, table, wins["test"])
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from sagecast_common.linalg import RidgePath, ridge_leave_group_out
 from stage2_forecast import samples
 from stage2_forecast.models import damped_anomaly
 
 RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+CROSS_FIT_FOLDS = 5
+RIDGE_RANK = 256  # principal directions per slot in the per-view ridge (samples.ridge_features: memory, time)
 
 
 def fit_climatology(table: samples.ScanTable, *, day_only: bool = True, exclude_day: int | None = None) -> np.ndarray:
@@ -103,81 +109,165 @@ def damped_forecast(batch: dict, damping: np.ndarray) -> np.ndarray:
                           torch.as_tensor(damping)).numpy()
 
 
-def ridge(b_train: dict, b_val: dict, b_eval: dict, *, context: bool,
-          alphas=RIDGE_ALPHAS) -> tuple[np.ndarray, dict[int, float]]:
-    """Ridge (sagecast_common.linalg.RidgePath: one eigendecomposition per horizon) from the last scan or the
-    whole context to the change of every preset; fitted on train samples whose anchor and target scans are
-    complete, penalty (relative to the mean squared feature norm) chosen per horizon on val. Returns (N, H, P, D)
-    and alphas."""
-    def design(b):
-        z = b["ctx_z"] if context else b["ctx_z"][:, :1]
-        # float32 design (T·P·D columns can be tens of thousands); the small N × N algebra runs in float64
-        return z.flatten(1).numpy(), b["ctx_z"][:, 0].double().numpy(), b["tgt_z"].double().numpy()
+class _Normal:
+    """Sufficient statistics of a centred ridge (the model and penalty scale of sagecast_common.linalg.RidgePath),
+    accumulated over row chunks so the pooled design (N·P rows) never exists at once."""
 
-    (xtr, ztr, ytr), (xva, zva, yva), (xev, zev, _) = design(b_train), design(b_val), design(b_eval)
-    mtr, mva = b_train["tgt_mask"].numpy(), b_val["tgt_mask"].numpy()
-    full = b_train["ctx_mask"][:, 0].all(1).numpy()
-    H = ytr.shape[1]
-    pred, chosen = np.repeat(zev[:, None], H, axis=1), {}
-    for h in range(H):
-        r = full & mtr[:, h].all(1)
-        if r.sum() < 2:
-            chosen[h] = None  # too few complete samples: the forecast stays persistence
+    def __init__(self):
+        self.n, self.sx, self.sy, self.sxx, self.sxy = 0, 0.0, 0.0, 0.0, 0.0
+
+    def add(self, x: np.ndarray, y: np.ndarray, sign: float = 1.0) -> None:
+        x, y = x.astype(np.float64), y.astype(np.float64)
+        self.n += sign * len(x)
+        self.sx, self.sy = self.sx + sign * x.sum(0), self.sy + sign * y.sum(0)
+        self.sxx, self.sxy = self.sxx + sign * x.T @ x, self.sxy + sign * x.T @ y
+
+    def centred(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+        xm, ym = self.sx / self.n, self.sy / self.n
+        cxx, cxy = self.sxx - self.n * np.outer(xm, xm), self.sxy - self.n * np.outer(xm, ym)
+        return xm, ym, cxx, cxy, max(float(np.trace(cxx)) / self.n, 1e-12)
+
+    def solve_path(self, alphas) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(x_mean, y_mean, w) per alpha with change ≈ (x − x_mean) @ w + y_mean, from one eigendecomposition."""
+        xm, ym, cxx, cxy, scale = self.centred()
+        lam, u = np.linalg.eigh(cxx)
+        uty = u.T @ cxy
+        return [(xm, ym, u @ (uty / (lam + a * scale)[:, None])) for a in alphas]
+
+    def solve(self, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        xm, ym, cxx, cxy, scale = self.centred()
+        return xm, ym, np.linalg.solve(cxx + alpha * scale * np.eye(len(cxx)), cxy)
+
+
+def principal_basis(table: samples.ScanTable, rank: int = RIDGE_RANK, *, day_only: bool = True) -> torch.Tensor | None:
+    """(D, rank) top principal directions of the train split's sky-row standardised embeddings (None when
+    rank >= D: the ridge then sees every dimension)."""
+    D = table.z.shape[-1]
+    if rank >= D:
+        return None
+    use = table.present & (table.split == "train")[:, None] & (table.is_day if day_only else True)
+    x = table.z[use].astype(np.float64)
+    _, vectors = np.linalg.eigh(np.cov(x, rowvar=False))
+    return torch.from_numpy(vectors[:, ::-1][:, :rank].astype(np.float32).copy())
+
+
+def _view_rows(table, win, basis, *, h: int, means_min, day_only: bool, chunk: int = 256):
+    """(sample idx, design (B, P, F), change (B, P, D), now (B, P, D), valid (B, P)) chunks of `win` at horizon h:
+    a row is a (sample, sky view) whose view is present at t and whose target is valid."""
+    for start in range(0, len(win), chunk):
+        idx = np.arange(start, min(start + chunk, len(win)))
+        b = samples.gather(table, win, idx, day_only=day_only, means_min=means_min)
+        now = b["view_x"][:, 0, :, 0]
+        valid = (b["tgt_mask"][:, h] & b["view_mask"][:, 0, :, 0]).numpy()
+        yield (idx, samples.ridge_features(b, basis).numpy(), (b["tgt_z"][:, h] - now).numpy(), now.numpy(),
+               valid)
+
+
+def _fit(table, win, basis, *, h, means_min, day_only, sign=1.0, normal=None) -> _Normal:
+    """The statistics of `win`'s valid rows at horizon h, added (sign=-1: taken) to `normal` or a new one."""
+    normal = normal or _Normal()
+    for _, x, y, _, valid in _view_rows(table, win, basis, h=h, means_min=means_min, day_only=day_only):
+        normal.add(x[valid], y[valid], sign)
+    return normal
+
+
+def _predict(table, win, fits, basis, *, h, means_min, day_only) -> list[np.ndarray]:
+    """now + (x − x_mean) @ w + y_mean for each fit: (N, P, D) each, every slot (masked ones are not scored)."""
+    out = [np.zeros((len(win), table.z.shape[1], table.z.shape[2]), np.float32) for _ in fits]
+    for idx, x, _, now, _ in _view_rows(table, win, basis, h=h, means_min=means_min, day_only=day_only):
+        for o, (xm, ym, w) in zip(out, fits, strict=True):
+            o[idx] = now + ym + (x - xm) @ w
+    return out
+
+
+def view_ridge_fits(table: samples.ScanTable, wins: dict[str, samples.Windows], *, means_min=(30.0, 60.0),
+                    day_only: bool = True, alphas=RIDGE_ALPHAS, rank: int = RIDGE_RANK) -> tuple[list, dict, object]:
+    """The per-view ridge's fits per horizon, (x_mean, y_mean, w) with change ≈ (x − x_mean) @ w + y_mean on
+    `samples.ridge_features` rows (None: fewer than 2 train rows, the forecast stays persistence), the penalty
+    chosen per horizon on wins["val"] (1e-1 without val targets), and the projection basis of the rows."""
+    kw = dict(means_min=means_min, day_only=day_only)
+    basis = principal_basis(table, rank, day_only=day_only)
+    val = samples.gather(table, wins["val"], np.arange(len(wins["val"])), day_only=day_only, means_min=None)
+    fits, chosen = [], {}
+    for h in range(len(wins["train"].horizons_min)):
+        normal = _fit(table, wins["train"], basis, h=h, **kw)
+        if normal.n < 2:
+            fits.append(None)
+            chosen[h] = None
             continue
-        path = RidgePath(xtr[r], (ytr[r, h] - ztr[r]).reshape(r.sum(), -1))
+        path = normal.solve_path(alphas)
+        m, true = val["tgt_mask"][:, h].numpy(), val["tgt_z"][:, h].numpy()
+        errors = [(((f - true) ** 2).mean(-1) * m).sum()
+                  for f in _predict(table, wins["val"], path, basis, h=h, **kw)]
+        best = int(np.argmin(errors)) if m.any() else alphas.index(1e-1)
+        fits.append(path[best])
+        chosen[h] = alphas[best]
+    return fits, chosen, basis
 
-        def fit(x, a, path=path):
-            return [p.reshape(len(x), *ztr.shape[1:]) for p in path.predict_path(x, a)]
 
-        errors = [(((zva + f - yva[:, h]) ** 2).mean(-1) * mva[:, h]).sum() for f in fit(xva, alphas)]
-        best = alphas[int(np.argmin(errors))] if mva[:, h].any() else alphas[2]
-        pred[:, h] = zev + fit(xev, [best])[0]
-        chosen[h] = best
+def view_ridge(table: samples.ScanTable, wins: dict[str, samples.Windows], eval_table: samples.ScanTable,
+               eval_win: samples.Windows, *, means_min=(30.0, 60.0), day_only: bool = True,
+               alphas=RIDGE_ALPHAS, rank: int = RIDGE_RANK) -> tuple[np.ndarray, dict[int, float | None]]:
+    """The per-view ridge: the change z(t+h) − z(t) of each sky view from `samples.ridge_features` (its own view
+    context + its ring neighbours at t + the horizon views below + the clock), one coefficient set shared by
+    all views (fitted on every view's rows pooled, hence rotation-equivariant like the networks), penalty per
+    horizon chosen on val (`view_ridge_fits`). Fitted on `table`'s wins["train"], applied to `eval_win` of
+    `eval_table`: (N, H, P, D) and the penalties."""
+    fits, chosen, basis = view_ridge_fits(table, wins, means_min=means_min, day_only=day_only, alphas=alphas,
+                                          rank=rank)
+    pred = np.repeat(eval_table.z[eval_win.anchor][:, None], len(fits), axis=1)
+    for h, fit in enumerate(fits):
+        if fit is not None:
+            pred[:, h] = _predict(eval_table, eval_win, [fit], basis, h=h, means_min=means_min, day_only=day_only)[0]
     return pred.astype(np.float32), chosen
 
 
-def ridge_start(table: samples.ScanTable, wins: dict[str, samples.Windows], *,
-                day_only: bool = True) -> tuple[dict[str, np.ndarray], dict[int, float | None]]:
+def ridge_start(table: samples.ScanTable, wins: dict[str, samples.Windows], *, means_min=(30.0, 60.0),
+                day_only: bool = True, rank: int = RIDGE_RANK) -> tuple[dict[str, np.ndarray], dict[int, float | None]]:
     """The forecast the learned variants start from with residual_base=ridge: {"train", "val"} → (N, H, P, D).
 
-    val: exactly the "ridge" baseline (fitted on all train windows, penalty per horizon chosen on val), which is
-    also what evaluation adds to a variant's output on any other windows. train: cross-fitted by day with those
-    penalties, each day's forecast from a ridge fitted on the other train days (as the damping is): an
-    in-sample ridge with more columns (P·D) than rows nearly interpolates its own targets, which would teach
-    the network that the start needs no correction. One day alone is fitted in-sample.
+    val: exactly the "ridge" baseline (`view_ridge`, fitted on all train windows, penalty per horizon chosen on
+    val), which is also what evaluation adds to a variant's output on any other windows. train: cross-fitted by
+    day with those penalties, each day's forecast from the ridge fitted without its day (as the damping is), so
+    the network does not learn that an in-sample start needs no correction. Days go round-robin into at most
+    CROSS_FIT_FOLDS folds (leave one day out up to that many days; each fold is one F × F solve). One day alone
+    is fitted in-sample. A fold's fit subtracts its statistics from the whole train set's.
     """
-    b_train, b_val = (samples.gather(table, wins[s], np.arange(len(wins[s])), day_only=day_only)
-                      for s in ("train", "val"))
-    val, alphas = ridge(b_train, b_val, b_val, context=False)
-    x = b_train["ctx_z"][:, 0].flatten(1).double().numpy()
-    z, y = b_train["ctx_z"][:, 0].numpy(), b_train["tgt_z"].double().numpy()
-    days = table.day[wins["train"].anchor]
-    full = b_train["ctx_mask"][:, 0].all(1).numpy()
-    train, gram = np.repeat(z[:, None], y.shape[1], axis=1), x @ x.T
+    kw = dict(means_min=means_min, day_only=day_only)
+    train_win = wins["train"]
+    val, alphas = view_ridge(table, wins, table, wins["val"], rank=rank, **kw)
+    basis = principal_basis(table, rank, day_only=day_only)
+    train = np.repeat(table.z[train_win.anchor][:, None], len(train_win.horizons_min), axis=1)
+    days = table.day[train_win.anchor]
+    unique_days = np.unique(days)
+    folds = min(CROSS_FIT_FOLDS, len(unique_days))
     for h, alpha in alphas.items():
         if alpha is None:
-            continue  # too few complete samples: the start stays persistence, as in `ridge`
-        change = (y[:, h] - z).reshape(len(z), -1)
-        fit = full & b_train["tgt_mask"][:, h].all(1).numpy()
-        if len(np.unique(days)) > 1:
-            train[:, h] += ridge_leave_group_out(gram, change, days, fit, alpha).reshape(z.shape)
-        else:
-            train[:, h] += RidgePath(x[fit], change[fit]).predict(x, alpha).reshape(z.shape)
+            continue  # too few rows: the start stays persistence, as in `view_ridge`
+        total = _fit(table, train_win, basis, h=h, **kw)
+        if folds == 1:
+            train[:, h] = _predict(table, train_win, [total.solve(alpha)], basis, h=h, **kw)[0]
+            continue
+        for fold in range(folds):
+            held = np.isin(days, unique_days[fold::folds])
+            sub = samples.Windows(train_win.anchor[held], train_win.ctx[held], train_win.tgt[held],
+                                  train_win.horizons_min)
+            rest = copy.deepcopy(total)
+            _fit(table, sub, basis, h=h, sign=-1.0, normal=rest, **kw)
+            train[held, h] = _predict(table, sub, [rest.solve(alpha)], basis, h=h, **kw)[0]
     return {"train": train.astype(np.float32), "val": val}, alphas
 
 
-def forecasts(b_train: dict, b_val: dict, b_eval: dict,
-              damping: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """Every embedding baseline on the evaluation batch; also returns the damping (fitted on b_train unless
-    given, e.g. by fit_damping_by_day) and the ridge penalties."""
+def forecasts(b_train: dict, b_eval: dict, damping: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """The batch-wise embedding baselines on the evaluation batch (the per-view ridge, which streams its own
+    batches, is `view_ridge`); also returns the damping (fitted on b_train unless given, e.g. by
+    fit_damping_by_day)."""
     damping = fit_damping(b_train) if damping is None else damping
     preds = {"persistence": _persist(b_eval),
              "smart_persistence": damped_forecast(b_eval, np.ones_like(damping)),
              "damped_anomaly": damped_forecast(b_eval, damping),
              "climatology": damped_forecast(b_eval, np.zeros_like(damping))}
-    preds["ridge"], alpha = ridge(b_train, b_val, b_eval, context=False)
-    preds["ridge_context"], alpha_ctx = ridge(b_train, b_val, b_eval, context=True)
-    return preds, {"damping": damping, "ridge_alpha": alpha, "ridge_context_alpha": alpha_ctx}
+    return preds, {"damping": damping}
 
 
 def cloud_fraction(table: samples.ScanTable, win: samples.Windows) -> dict[str, np.ndarray]:

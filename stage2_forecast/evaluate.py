@@ -50,12 +50,13 @@ def predict(model, cfg: Config, table, win, clim, *, base: np.ndarray | None = N
             batch_size: int = 64) -> np.ndarray:
     """Forecasts (N, H, P, D) on `win`; `base` is the ridge forecast on `win` a residual_base=ridge run adds to."""
     if cfg.residual and cfg.residual_base == "ridge" and base is None:
-        raise ValueError(f"{cfg.run_dir} starts from the ridge forecast: pass base= (baselines.ridge on these windows)")
+        raise ValueError(f"{cfg.run_dir} starts from the ridge forecast: pass base= (baselines.view_ridge on these "
+                         "windows)")
     out = []
     for start in range(0, len(win), batch_size):
         idx = np.arange(start, min(start + batch_size, len(win)))
         out.append(model(samples.gather(table, win, idx, day_only=cfg.day_only, clim=clim, images=needs_images(cfg),
-                                        base=base)))
+                                        base=base, means_min=cfg.context_means_min)))
     return torch.cat(out).numpy()
 
 
@@ -140,11 +141,13 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
     for run in (stage1_run, eval_stage1_run) if eval_stage1_run is not None else (stage1_run,):
         check_embeddings(run)
     base = loaded[0][1] if loaded else (base or Config(stage1_run=str(stage1_run)))
-    keys = ("features", "horizons_min", "scan_gap_s", "step_min", "tolerance_min", "day_only", "day_anchors")
+    keys = ("features", "horizons_min", "scan_gap_s", "step_min", "tolerance_min", "day_only", "day_anchors",
+            "context_means_min", "train_days")
     for r, cfg, _, _ in loaded:
         if any(getattr(cfg, k) != getattr(base, k) for k in keys):
             raise UserError(f"{r}: sample settings {[(k, getattr(cfg, k)) for k in keys]} differ from {runs[0]}")
     fit = samples.load_scan_table(stage1_run, features=base.features, gap_s=base.scan_gap_s, prepared_dir=base.prepared)
+    samples.restrict_train_days(fit, base.train_days)  # the baselines learn from the runs' train days; test as is
     mean, std = samples.standardise(fit, day_only=base.day_only)
     for r, _, _, stats in loaded:
         if stats["mean"].shape != mean.shape or not (np.allclose(stats["mean"], mean, atol=1e-4)
@@ -162,11 +165,14 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
     if len(test) == 0:
         raise UserError(f"no evaluation samples in {eval_stage1_run or stage1_run}: are there daytime scans?")
     clim = baselines.fit_climatology(fit, day_only=base.day_only)
-    batch = {s: samples.gather(fit, w, np.arange(len(w)), day_only=base.day_only, clim=clim) for s, w in wins.items()}
-    b = samples.gather(table, test, np.arange(len(test)), day_only=base.day_only, clim=clim)
+    b_train = samples.gather(fit, wins["train"], np.arange(len(wins["train"])), day_only=base.day_only, clim=clim,
+                             means_min=None)
+    b = samples.gather(table, test, np.arange(len(test)), day_only=base.day_only, clim=clim, means_min=None)
     true, mask = b["tgt_z"].numpy(), b["tgt_mask"].numpy()
     damping = baselines.fit_damping_by_day(fit, wins["train"], day_only=base.day_only)
-    found, fitted = baselines.forecasts(batch["train"], batch["val"], b, damping=damping)
+    found, fitted = baselines.forecasts(b_train, b, damping=damping)
+    found["ridge"], fitted["ridge_alpha"] = baselines.view_ridge(fit, wins, table, test, day_only=base.day_only,
+                                                                 means_min=base.context_means_min)
     preds = {k: [v] for k, v in found.items()}
     run_names: dict[str, list[str]] = {}  # method -> its run folders' names, in the order of preds[method]
     for r, cfg, model, _ in loaded:
@@ -200,7 +206,6 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
     report = {"horizons_min": list(base.horizons_min), "n_test": len(test), "variants": {}, "by_day_type": {},
               "rankme": {k: rankme(v[0][mask]) for k, v in preds.items()},
               "ridge_alpha": {hkeys[h]: a for h, a in fitted["ridge_alpha"].items()},
-              "ridge_context_alpha": {hkeys[h]: a for h, a in fitted["ridge_context_alpha"].items()},
               "damping_mean": {hk: float(fitted["damping"][h].mean()) for h, hk in enumerate(hkeys)},
               "day_type_upper_cloud_fraction": DAY_TYPES, "cloud_fraction_probe": use_probe,
               "n_test_days": {t: int((types == t).sum()) for t in DAY_TYPES},

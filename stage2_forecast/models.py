@@ -1,19 +1,25 @@
-"""The two stage-2 predictors; they share the encodings, the batch format and the output (B, H, P, D).
+"""The two stage-2 predictors; they share the view tokens, the batch format and the output (B, H, P, D).
 
-- `DetrForecaster`: stage-1 embeddings of the last T scans (P × T tokens) + encodings of time offset, preset
-  and time of day → transformer encoder; one learned query per (horizon, preset), starting from a zero target,
-  cross-attends to the encoded context (facebookresearch/detr `models/transformer.py`).
-- `JepaForecaster`: the stage-1 image encoders (frozen by default) embed the P images at time t; a narrow
-  predictor sees those tokens plus mask tokens carrying Δt and the preset, and predictions are read at the
-  mask tokens (facebookresearch/ijepa predictor).
+A *view* is one capture position: row r (0 sky, 1 horizon) × azimuth column p (0..7, a ring). Its inputs are
+the view context of `samples.view_context`, view_x (B, R, P, K, D): K slots = the last T scans and the 30/60-min
+means. Every (view, slot) is one token: proj(x) + slot + time offset + row + time of day. No token carries its
+absolute column: attention between two tokens gets a learned per-head bias by the circular distance of their
+columns (0..4), so rotating the ring of views (column c → c + k mod 8, inputs and targets alike) permutes
+tokens and outputs and changes nothing else. One head, shared by all views, reads every forecast.
+
+- `DetrForecaster`: transformer encoder over the context tokens; one query per (horizon, sky view) = the
+  horizon's embedding + that view's own encoded token at t (so a query knows its view only relative to the
+  others), starting from a zero target and cross-attending to the memory (facebookresearch/detr).
+- `JepaForecaster`: the time-conditioned predictor of a single JEA: the context tokens (the stage-1 encoders'
+  embeddings at t, frozen by default, cached in the table) plus one mask token per (horizon, sky view) carrying
+  Δt; predictions are read at the mask tokens (facebookresearch/ijepa predictor).
 
 Both predict in standardised target space. With `residual=True` each output adds a linear forecast fitted in
 closed form on train, so a freshly built model (zero-initialised head) *is* that baseline and training learns
 what the network adds to it. `base="damped"`: the damped-anomaly forecast clim(t+h) + a_h·(z(t) − clim(t)) of
-the same preset (train diurnal climatology from the batch, a per-(horizon, dimension) damping a_h initialised
-at its closed-form least-squares value and trained on, `baselines.fit_damping_by_day`). `base="ridge"`: the
-batch's `base`, the ridge forecast from the last scan of all presets (`baselines.ridge_start`; a fixed input,
-P·D × P·D coefficients per horizon are too many to hold as weights).
+the same view (train diurnal climatology from the batch, a per-(horizon, dimension) damping a_h initialised at
+its closed-form least-squares value and trained on, `baselines.fit_damping_by_day`). `base="ridge"`: the batch's
+`base`, the per-view ridge on the same view context (`baselines.view_ridge`; a fixed input).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
+RING = 8  # azimuth columns of a row
+
 
 def sinusoid(x: torch.Tensor, dim: int, *, min_period: float = 2.0, max_period: float = 2000.0) -> torch.Tensor:
     """(...,) values in minutes → (..., dim) sin/cos features with periods from `min_period` to `max_period`."""
@@ -33,12 +41,13 @@ def sinusoid(x: torch.Tensor, dim: int, *, min_period: float = 2.0, max_period: 
 
 
 class Encodings(nn.Module):
-    """Encodings shared by both predictors: preset slot, time offset (minutes), time of day + sun elevation."""
+    """Encodings shared by both predictors: time offset (minutes), context slot, tilt row, time of day + sun."""
 
-    def __init__(self, *, width: int, n_presets: int):
+    def __init__(self, *, width: int, n_slots: int):
         super().__init__()
         self.width = width
-        self.preset = nn.Parameter(torch.randn(n_presets, width) * 0.02)
+        self.slot = nn.Parameter(torch.randn(n_slots, width) * 0.02)
+        self.row = nn.Parameter(torch.randn(2, width) * 0.02)
         self.offset_mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
         self.clock_mlp = nn.Sequential(nn.Linear(3, width), nn.GELU(), nn.Linear(width, width))
 
@@ -49,11 +58,86 @@ class Encodings(nn.Module):
         angle = 2 * math.pi * solar_hour / 24.0
         return self.clock_mlp(torch.stack([angle.sin(), angle.cos(), sun_elev / 90.0], dim=-1))
 
+    def tokens(self, proj: nn.Module, batch: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """view_x-shaped x (B, R, P, K, D) → tokens (B, R·P·K, W), their columns (R·P·K,), padding (B, R·P·K)
+        and the clock (B, W)."""
+        B, R, P, K, D = x.shape
+        clock = self.clock(batch["solar_hour"], batch["sun_elev"])
+        tok = (proj(x) + self.offset(batch["view_dt"])[:, None, None] + self.slot[:K] + self.row[:R, None, None]
+               + clock[:, None, None, None])
+        cols = repeat(torch.arange(P, device=x.device), "p -> (r p k)", r=R, k=K)
+        pad = ~rearrange(batch["view_mask"], "b r p k -> b (r p k)")
+        return rearrange(tok, "b r p k w -> b (r p k) w"), cols, pad, clock
 
-def _encoder(width: int, depth: int, heads: int, dropout: float) -> nn.TransformerEncoder:
-    layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout, activation="gelu", batch_first=True,
-                                       norm_first=True)
-    return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+
+class CircularBias(nn.Module):
+    """Additive attention bias by the circular column distance (0..RING/2) of query and key, per head, with the
+    key padding folded in as a −1e9 penalty: (B, heads, Lq, Lk), the float mask of `Attention`.
+
+    It depends on columns only through their difference mod RING, which is what keeps the model
+    rotation-equivariant. Initialised as a locality prior (−0.5 per column apart) so that queries that differ only
+    in their column (the jepa mask tokens) attend differently from the first step.
+    """
+
+    def __init__(self, *, heads: int):
+        super().__init__()
+        self.bias = nn.Parameter(-0.5 * torch.arange(RING // 2 + 1, dtype=torch.float32).repeat(heads, 1))
+
+    def forward(self, q_cols: torch.Tensor, k_cols: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        diff = (q_cols[:, None] - k_cols[None, :]) % RING
+        dist = torch.minimum(diff, RING - diff)  # (Lq, Lk)
+        # finite, not −inf: a row of only padded keys then stays finite (uniform) instead of NaN
+        return self.bias[:, dist][None] + torch.zeros_like(pad, dtype=self.bias.dtype).masked_fill(
+            pad, -1e9)[:, None, None]
+
+
+class Attention(nn.Module):
+    """Multi-head attention with an additive float mask (B, heads, Lq, Lk). Written out rather than
+    nn.MultiheadAttention / nn.TransformerEncoderLayer, whose fused inference path returned NaN rows with such a
+    mask (torch 2.14) where the training path did not."""
+
+    def __init__(self, *, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.q, self.kv, self.out = nn.Linear(width, width), nn.Linear(width, 2 * width), nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        q = rearrange(self.q(x), "b l (n d) -> b n l d", n=self.heads)
+        k, v = rearrange(self.kv(memory), "b l (two n d) -> two b n l d", two=2, n=self.heads)
+        a = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                                       dropout_p=self.dropout if self.training else 0.0)
+        return self.out(rearrange(a, "b n l d -> b l (n d)"))
+
+
+def _feed_forward(width: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * width, width),
+                         nn.Dropout(dropout))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm transformer encoder layer over tokens (B, L, W) with an attention bias (B, heads, L, L)."""
+
+    def __init__(self, *, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.attn = Attention(width=width, heads=heads, dropout=dropout)
+        self.ff = _feed_forward(width, dropout)
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(2))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        h = self.norms[0](x)
+        x = x + self.drop(self.attn(h, h, bias))
+        return x + self.ff(self.norms[1](x))
+
+
+def _encoder(width: int, depth: int, heads: int, dropout: float) -> nn.ModuleList:
+    return nn.ModuleList(EncoderLayer(width=width, heads=heads, dropout=dropout) for _ in range(depth))
+
+
+def _encode(layers: nn.ModuleList, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    for layer in layers:
+        x = layer(x, bias)
+    return x
 
 
 def _zero_head(width: int, dim_out: int) -> nn.Sequential:
@@ -64,56 +148,57 @@ def _zero_head(width: int, dim_out: int) -> nn.Sequential:
 
 
 class QueryDecoderLayer(nn.Module):
-    """DETR decoder layer: the query position is added to queries (and keys of self-attention) at every layer."""
+    """DETR decoder layer: the query position is added to queries (and keys of self-attention) at every layer;
+    both attentions take a CircularBias mask."""
 
     def __init__(self, *, width: int, heads: int, dropout: float):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
-        self.cross_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
-        self.ff = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Dropout(dropout),
-                                nn.Linear(4 * width, width))
+        self.self_attn = Attention(width=width, heads=heads, dropout=dropout)
+        self.cross_attn = Attention(width=width, heads=heads, dropout=dropout)
+        self.ff = _feed_forward(width, dropout)
         self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(3))
 
-    def forward(self, tgt, query_pos, memory, memory_pad):
+    def forward(self, tgt, query_pos, memory, self_bias, cross_bias):
         q = self.norms[0](tgt) + query_pos
-        tgt = tgt + self.self_attn(q, q, self.norms[0](tgt), need_weights=False)[0]
-        q = self.norms[1](tgt) + query_pos
-        tgt = tgt + self.cross_attn(q, memory, memory, key_padding_mask=memory_pad, need_weights=False)[0]
+        tgt = tgt + self.self_attn(q, q, self_bias)
+        tgt = tgt + self.cross_attn(self.norms[1](tgt) + query_pos, memory, cross_bias)
         return tgt + self.ff(self.norms[2](tgt))
 
 
 class DetrForecaster(nn.Module):
-    """Context embeddings (B, T, P, D) → forecasts (B, H, P, D) via learned (horizon, preset) queries."""
+    """View context (B, R, P, K, D) → forecasts (B, H, P, D) of the sky views via (horizon, view) queries."""
 
-    def __init__(self, *, dim: int, n_presets: int, horizons_min: tuple[float, ...], width: int = 128,
+    def __init__(self, *, dim: int, n_slots: int, horizons_min: tuple[float, ...], width: int = 128,
                  depth: int = 2, heads: int = 4, dropout: float = 0.1, residual: bool = True,
                  damping: torch.Tensor | None = None, base: str = "damped"):
         super().__init__()
         self.residual, self.base = residual, _check_base(base)
         self.register_buffer("horizons", torch.tensor(horizons_min, dtype=torch.float32), persistent=False)
-        self.enc = Encodings(width=width, n_presets=n_presets)
+        self.enc = Encodings(width=width, n_slots=n_slots)
         self.proj = nn.Linear(dim, width)
+        self.bias = CircularBias(heads=heads)
         self.encoder = _encoder(width, depth, heads, dropout)
-        self.queries = nn.Parameter(torch.randn(len(horizons_min), n_presets, width) * 0.02)
+        self.queries = nn.Parameter(torch.randn(len(horizons_min), width) * 0.02)
         self.decoder = nn.ModuleList(QueryDecoderLayer(width=width, heads=heads, dropout=dropout) for _ in range(depth))
         self.head = _zero_head(width, dim)
         self.damping = _damping(damping, len(horizons_min), dim).requires_grad_(residual and self.base == "damped")
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        ctx = batch["ctx_z"]
-        B, T, P, D = ctx.shape
-        clock = self.enc.clock(batch["solar_hour"], batch["sun_elev"])  # (B, W)
-        tokens = (self.proj(ctx) + self.enc.offset(batch["ctx_dt"])[:, :, None] + self.enc.preset
-                  + clock[:, None, None])
-        pad = ~rearrange(batch["ctx_mask"], "b t p -> b (t p)")
-        memory = self.encoder(rearrange(tokens, "b t p w -> b (t p) w"), src_key_padding_mask=pad)
-        query_pos = self.queries + self.enc.offset(self.horizons)[:, None] + self.enc.preset  # (H, P, W)
-        query_pos = rearrange(query_pos, "h p w -> 1 (h p) w") + clock[:, None]
+        B, R, P, K, D = batch["view_x"].shape
+        H = len(self.horizons)
+        tokens, cols, pad, clock = self.enc.tokens(self.proj, batch, batch["view_x"])
+        memory = _encode(self.encoder, tokens, self.bias(cols, cols, pad))
+        own = rearrange(memory, "b (r p k) w -> b r p k w", r=R, p=P)[:, 0, :, 0]  # each sky view's token at t
+        query_pos = (self.queries + self.enc.offset(self.horizons))[None, :, None] + own[:, None]  # (B, H, P, W)
+        query_pos = rearrange(query_pos, "b h p w -> b (h p) w") + clock[:, None]
+        q_cols = repeat(torch.arange(P, device=tokens.device), "p -> (h p)", h=H)
+        no_pad = torch.zeros(B, H * P, dtype=torch.bool, device=tokens.device)
+        self_mask, cross_mask = self.bias(q_cols, q_cols, no_pad), self.bias(q_cols, cols, pad)
         tgt = torch.zeros_like(query_pos)
         for layer in self.decoder:
-            tgt = layer(tgt, query_pos, memory, pad)
+            tgt = layer(tgt, query_pos, memory, self_mask, cross_mask)
         out = rearrange(self.head(tgt), "b (h p) d -> b h p d", p=P)
-        return out + _residual(batch, ctx[:, 0], self.damping, self.base) if self.residual else out
+        return out + _residual(batch, batch["ctx_z"][:, 0], self.damping, self.base) if self.residual else out
 
 
 def _check_base(base: str) -> str:
@@ -164,9 +249,9 @@ def encode_images(encoders: nn.ModuleDict, rgb: torch.Tensor, thermal: torch.Ten
 
 
 class JepaForecaster(nn.Module):
-    """Images at t (B, P, C, S, S) → context tokens; mask tokens (Δt, preset) → forecasts (B, H, P, D)."""
+    """View context (its sky row at t from the stage-1 encoders) + mask tokens (Δt) → forecasts (B, H, P, D)."""
 
-    def __init__(self, *, encoders: nn.ModuleDict, mean: torch.Tensor, std: torch.Tensor, n_presets: int,
+    def __init__(self, *, encoders: nn.ModuleDict, mean: torch.Tensor, std: torch.Tensor, n_slots: int,
                  horizons_min: tuple[float, ...], img_size: int | None = None, width: int = 64, depth: int = 2,
                  heads: int = 4, dropout: float = 0.1, residual: bool = True, finetune: bool = False,
                  damping: torch.Tensor | None = None, base: str = "damped"):
@@ -178,8 +263,9 @@ class JepaForecaster(nn.Module):
         self.register_buffer("std", std.float())
         self.register_buffer("horizons", torch.tensor(horizons_min, dtype=torch.float32), persistent=False)
         dim = mean.numel()
-        self.enc = Encodings(width=width, n_presets=n_presets)
+        self.enc = Encodings(width=width, n_slots=n_slots)
         self.proj = nn.Linear(dim, width)
+        self.bias = CircularBias(heads=heads)
         self.mask_token = nn.Parameter(torch.zeros(width))
         self.predictor = _encoder(width, depth, heads, dropout)
         self.head = _zero_head(width, dim)
@@ -191,28 +277,31 @@ class JepaForecaster(nn.Module):
         return self
 
     def context(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The sky views at t (B, P, D): the encoders' embeddings of the images, or (frozen) the cached ones."""
         if "rgb" not in batch:
             if self.finetune:
                 raise ValueError("finetune=True needs the images at t in the batch (gather(..., images=True))")
             # Frozen encoders on the frames at t give exactly the exported stage-1 embeddings, which the batch
-            # already holds standardised in ctx_z[:, 0]: reading them is the same computation, cached.
-            return batch["ctx_z"][:, 0] * batch["ctx_mask"][:, 0, :, None]
+            # already holds standardised in view_x[:, 0, :, 0]: reading them is the same computation, cached.
+            return batch["view_x"][:, 0, :, 0] * batch["view_mask"][:, 0, :, 0, None]
         with torch.set_grad_enabled(self.finetune and torch.is_grad_enabled()):
             z = encode_images(self.encoders, batch["rgb"], batch["thermal"], mean=self.mean, std=self.std,
                               img_size=self.img_size)
-        return z * batch["ctx_mask"][:, 0, :, None]  # (B, P, D), missing presets zeroed like the stage-1 table
+        return z * batch["view_mask"][:, 0, :, 0, None]  # (B, P, D), missing views zeroed like the stage-1 table
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         z = self.context(batch)
-        B, P, D = z.shape
+        B, R, P, K, D = batch["view_x"].shape
         H = len(self.horizons)
-        clock = self.enc.clock(batch["solar_hour"], batch["sun_elev"])[:, None]  # (B, 1, W)
-        ctx_tokens = self.proj(z) + self.enc.preset + clock
-        masks = self.mask_token + self.enc.offset(self.horizons)[:, None] + self.enc.preset  # (H, P, W)
-        masks = repeat(masks, "h p w -> b (h p) w", b=B) + clock
-        pad = torch.cat([~batch["ctx_mask"][:, 0], torch.zeros(B, H * P, dtype=torch.bool, device=z.device)], 1)
-        x = self.predictor(torch.cat([ctx_tokens, masks], dim=1), src_key_padding_mask=pad)
-        out = rearrange(self.head(x[:, P:]), "b (h p) d -> b h p d", h=H)
+        x = batch["view_x"].clone()
+        x[:, 0, :, 0] = z  # the encoders' view of t (the same values unless fine-tuned)
+        ctx, cols, pad, clock = self.enc.tokens(self.proj, batch, x)
+        masks = self.mask_token + self.enc.offset(self.horizons)[:, None] + self.enc.row[0]  # (H, 1, W)
+        masks = repeat(masks, "h 1 w -> b (h p) w", b=B, p=P) + clock[:, None]
+        all_cols = torch.cat([cols, repeat(torch.arange(P, device=z.device), "p -> (h p)", h=H)])
+        all_pad = torch.cat([pad, torch.zeros(B, H * P, dtype=torch.bool, device=z.device)], 1)
+        out = _encode(self.predictor, torch.cat([ctx, masks], dim=1), self.bias(all_cols, all_cols, all_pad))
+        out = rearrange(self.head(out[:, ctx.shape[1]:]), "b (h p) d -> b h p d", h=H)
         return out + _residual(batch, z, self.damping, self.base) if self.residual else out
 
 

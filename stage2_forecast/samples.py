@@ -1,21 +1,29 @@
-"""Stage-2 samples: stage-1 embeddings grouped into scans, context/target windows, standardisation.
+"""Stage-2 samples: stage-1 embeddings grouped into scans, context/target windows, standardisation, view tokens.
 
 A *scan* is one loop of the camera over the P = 8 sky presets (captures ~3 s apart, one loop every few
 minutes); a new scan starts when the gap to the previous capture exceeds `gap_s`. Scans live in a table with
-one slot per preset (missing presets masked). A *sample* is (node, anchor scan t): the context is the scans
-nearest t - k·step (k = 0..T-1) and the targets are the scans nearest t + h for each horizon h, each within a
-tolerance, on the same local day as t (hence the same split), else masked. Targets are strictly after t, so
-never inside the context. By default anchors and targets are both in daylight (night anchors inflate the long
-horizons' persistence error with the sunrise jump, which no method can see coming). Every table
-array has one extra all-masked row at the end, so index -1 (a masked slot) gathers zeros without special cases.
+one slot per azimuth column (missing presets masked); the horizon row's captures (data.formats.HORIZON_PRESETS,
+present when the data was made with `--rows sky,horizon`) fill a second table of the same shape. Forecast
+targets are the sky row's views; the horizon row is context only. A *sample* is (node, anchor scan t): the
+context is the scans nearest t - k·step (k = 0..T-1) and the targets are the scans nearest t + h for each
+horizon h, each within a tolerance, on the same local day as t (hence the same split), else masked. Targets
+are strictly after t, so never inside the context. By default anchors and targets are both in daylight (night
+anchors inflate the long horizons' persistence error with the sunrise jump, which no method can see coming).
+Every table array has one extra all-masked row at the end, so index -1 (a masked slot) gathers zeros without
+special cases.
 
     table = load_scan_table(stage1_run)             # reads RUN/embeddings.{parquet,json} + prepared index
     win = build_windows(table, horizons_min=(5, 15, 30, 60), context_scans=3, split="train")
+    batch = gather(table, win, idx, means_min=(30, 60))   # + view_x (B, R, P, K, D): what every model sees
+
+The *view context* (`view_context`) is the one input assembly shared by the networks and the per-view ridge:
+per row R (sky, horizon if present), column P and slot K = the T context scans and then the mean of each view
+over the scans of the last 30 and 60 minutes (up to and including t), with its mask.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +32,7 @@ import pyarrow as pa
 import torch
 
 from data.dataset import normalised_frames
-from data.formats import SKY_PRESETS
+from data.formats import HORIZON_PRESETS, SKY_PRESETS, preset_column, preset_row
 from sagecast_common.cli import UserError, read_json, require
 
 # both = the pooled vectors of both modalities; grid = the encoders' g × g feature maps, (row, col, channel)
@@ -51,6 +59,18 @@ class ScanTable:
     cloud: np.ndarray  # (S+1, P) float32 cloud_fraction from the prepared index
     prepared_dir: str
     z: np.ndarray | None = None  # (S+1, P, D) standardised embedding
+    horizon_present: np.ndarray | None = None  # (S+1, P) bool, the horizon row (None: sky row only)
+    horizon_emb: np.ndarray | None = None  # (S+1, P, D)
+    horizon_z: np.ndarray | None = None  # (S+1, P, D), standardised with the sky row's statistics
+    means: dict = field(default_factory=dict)  # minutes → (S+1,) first scan of each scan's mean window
+
+    @property
+    def n_rows(self) -> int:
+        return 1 if self.horizon_present is None else 2
+
+    def row(self, r: int) -> tuple[np.ndarray, np.ndarray]:
+        """(z, present) of row r: 0 = sky, 1 = horizon."""
+        return (self.z, self.present) if r == 0 else (self.horizon_z, self.horizon_present)
 
 
 @dataclass
@@ -98,7 +118,8 @@ def load_scan_table(stage1_run: str | Path, *, features: str = "both", gap_s: fl
     df = emb.merge(index, on=["vsn", "timestamp", "position"], how="inner", validate="one_to_one")
     if len(df) < len(emb):
         raise ValueError(f"{len(emb) - len(df)} embeddings of {stage1_run} have no row in {prepared}/index.parquet")
-    df = df[df["position"].isin(SKY_PRESETS)].sort_values(["vsn", "timestamp"], kind="stable").reset_index(drop=True)
+    df = df[df["position"].isin(SKY_PRESETS + HORIZON_PRESETS)].sort_values(["vsn", "timestamp"], kind="stable")
+    df = df.reset_index(drop=True)
     ns = df["timestamp"].astype("int64").to_numpy()
     new_node = (df["vsn"] != df["vsn"].shift()).to_numpy()
     gap = np.diff(ns, prepend=ns[0] - 1) > gap_s * 1e9
@@ -106,18 +127,19 @@ def load_scan_table(stage1_run: str | Path, *, features: str = "both", gap_s: fl
     df = df.drop_duplicates(["scan", "position"], keep="first")
     first = df.groupby("scan", sort=True).first()
     S, P = len(first), len(SKY_PRESETS)
-    slot = df["position"].map({p: i for i, p in enumerate(SKY_PRESETS)}).to_numpy()
+    # the slot is the azimuth column (the rotation tests and the ring neighbours rely on slot == column)
+    slot = df["position"].map(preset_column).to_numpy()
+    is_sky = (df["position"].map(preset_row) == "sky").to_numpy()
     day = pd.to_datetime(df["local_date"].astype(str)).map(pd.Timestamp.toordinal).to_numpy()
     scan_day = pd.to_datetime(first["local_date"].astype(str)).map(pd.Timestamp.toordinal).to_numpy()
     # A capture past local midnight belongs to the next day (maybe another split): mask it in this scan.
-    keep = day == scan_day[df["scan"].to_numpy()]
-    s, slot = df["scan"].to_numpy()[keep], slot[keep]
-    vectors = np.concatenate([np.stack(df[c].to_numpy()[keep]).astype(np.float32) for c in FEATURES[features]],
-                             axis=1)
+    same_day = day == scan_day[df["scan"].to_numpy()]
+    keep, keep_horizon = same_day & is_sky, same_day & ~is_sky
+    vectors = np.concatenate([np.stack(df[c].to_numpy()).astype(np.float32) for c in FEATURES[features]], axis=1)
 
-    def grid(values, fill, dtype):
+    def grid(values, fill, dtype, rows=keep):
         out = np.full((S + 1, P) + values.shape[1:], fill, dtype=dtype)
-        out[s, slot] = values
+        out[df["scan"].to_numpy()[rows], slot[rows]] = values
         return out
 
     hours = ((first["timestamp"] - first["timestamp"].dt.normalize()).dt.total_seconds() / 3600.0).to_numpy()
@@ -129,12 +151,15 @@ def load_scan_table(stage1_run: str | Path, *, features: str = "both", gap_s: fl
         sun_elev=np.append(first["sun_elevation"].to_numpy(np.float32), 0.0).astype(np.float32),
         solar_hour=np.append((hours + first["lon"].to_numpy() / 15.0) % 24.0, 0.0).astype(np.float32),
         location=np.append([f"{a:.3f},{o:.3f}" for a, o in zip(first["lat"], first["lon"], strict=True)], ""),
-        present=grid(np.ones(len(s), bool), False, bool),
+        present=grid(np.ones(keep.sum(), bool), False, bool),
         is_day=grid(df["is_day"].to_numpy(bool)[keep], False, bool),
-        emb=grid(vectors, 0.0, np.float32),
+        emb=grid(vectors[keep], 0.0, np.float32),
         rows=grid(df["row"].to_numpy(np.int64)[keep], -1, np.int64),
         cloud=grid(df["cloud_fraction"].to_numpy(np.float32)[keep], np.nan, np.float32),
         prepared_dir=str(prepared.resolve()),
+        horizon_present=grid(np.ones(keep_horizon.sum(), bool), False, bool, keep_horizon) if keep_horizon.any()
+        else None,
+        horizon_emb=grid(vectors[keep_horizon], 0.0, np.float32, keep_horizon) if keep_horizon.any() else None,
     )
 
 
@@ -151,7 +176,71 @@ def standardise(table: ScanTable, *, day_only: bool = True, mean=None, std=None)
         mean, std = x.mean(0), x.std(0)
         std = np.maximum(std, 0.1 * np.median(std)) + 1e-6
     table.z = np.where(table.present[..., None], (table.emb - mean) / std, 0.0).astype(np.float32)
+    if table.horizon_emb is not None:
+        # One affine map for both rows: the models' linear maps and row embedding absorb the horizon row's offset,
+        # and the checkpoint's single (mean, std) stays the whole standardisation.
+        table.horizon_z = np.where(table.horizon_present[..., None], (table.horizon_emb - mean) / std,
+                                   0.0).astype(np.float32)
     return np.asarray(mean, np.float32), np.asarray(std, np.float32)
+
+
+def restrict_train_days(table: ScanTable, n_days: int | None, *, seed: int = 0) -> np.ndarray:
+    """Keep only the first `n_days` train days in a fixed seeded order (nested: the first 10 are inside the first
+    20); the other train scans leave every split (split ""), so standardisation, climatology, windows and every
+    fitted baseline see only the kept days. Val and test are untouched. Returns the kept day ordinals."""
+    train = table.split == "train"
+    days = np.unique(table.day[train])
+    order = np.random.default_rng(seed).permutation(days)  # the order does not depend on n_days: nested sets
+    if n_days is None:
+        return np.sort(order)
+    if n_days > len(days):
+        raise UserError(f"train_days={n_days}: only {len(days)} train days in the data")
+    kept = np.sort(order[:n_days])
+    table.split = np.where(train & ~np.isin(table.day, kept), "", table.split).astype(object)
+    return kept
+
+
+def window_start(table: ScanTable, minutes: float) -> np.ndarray:
+    """(S+1,) per scan the first scan of its node and local day within (t − minutes, t] (scans are contiguous and
+    time-sorted per node and day). Cached on the table: a few bytes per scan, unlike the means themselves."""
+    if minutes not in table.means:
+        S = len(table.time_ns) - 1
+        lo = np.zeros(S + 1, np.int64)
+        for vsn, day in {(v, d) for v, d in zip(table.vsn[:S], table.day[:S], strict=True)}:
+            idx = np.flatnonzero((table.vsn[:S] == vsn) & (table.day[:S] == day))
+            t = table.time_ns[idx]
+            lo[idx] = idx[np.searchsorted(t, t - minutes * 60e9, side="right")]
+        lo[S] = S
+        table.means[minutes] = lo
+    return table.means[minutes]
+
+
+def context_mean(table: ScanTable, r: int, minutes: float, scans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `scans` (B,) and each view of row r: the mean standardised embedding over the node's scans of
+    the same local day in (t − minutes, t], and whether any was present: ((B, P, D), (B, P)). Computed per batch
+    (a table-wide cache would hold another (S, P, D) array per row and window)."""
+    z, present = table.row(r)
+    lo = window_start(table, minutes)[scans]
+    span = int((scans - lo).max(initial=0)) + 1
+    back = scans[:, None] - np.arange(span)[None]  # (B, span), most recent first
+    back = np.where(back >= lo[:, None], back, -1)  # -1: the all-masked sentinel
+    use = present[back]  # (B, span, P)
+    count = use.sum(1)
+    total = (z[back] * use[..., None]).sum(1)
+    return (total / np.maximum(count, 1)[..., None]).astype(np.float32), count > 0
+
+
+def view_context(table: ScanTable, anchor: np.ndarray, ctx: np.ndarray,
+                 means_min=(30.0, 60.0)) -> tuple[np.ndarray, np.ndarray]:
+    """The inputs every stage-2 model and the per-view ridge see: anchor (B,), ctx (B, T) scan indices →
+    x (B, R, P, K, D) and mask (B, R, P, K), K = T context scans, then one mean per entry of `means_min`."""
+    xs, ms = [], []
+    for r in range(table.n_rows):
+        z, present = table.row(r)
+        means = [context_mean(table, r, w, anchor) for w in means_min]
+        xs.append(np.stack([z[ctx[:, k]] for k in range(ctx.shape[1])] + [m for m, _ in means], axis=2))
+        ms.append(np.stack([present[ctx[:, k]] for k in range(ctx.shape[1])] + [s for _, s in means], axis=2))
+    return np.stack(xs, axis=1), np.stack(ms, axis=1)
 
 
 def _nearest(times: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -226,10 +315,46 @@ def hour_bin(solar_hour: np.ndarray) -> np.ndarray:
     return solar_hour.astype(np.int64) % 24
 
 
+# What the networks read from a batch (apart from the residual start they add to): the per-ridge test asserts that
+# the networks run on these keys alone and that the per-view ridge's design is built from them too.
+MODEL_INPUTS = ("view_x", "view_mask", "view_dt", "solar_hour", "sun_elev")
+
+
+def ridge_features(batch: dict[str, torch.Tensor], basis: torch.Tensor | None = None) -> torch.Tensor:
+    """The per-view ridge's design, from the model inputs of the batch (MODEL_INPUTS) → (B, P, F). View c's row:
+    its own K sky slots (the scans, the 30/60-min means), its two sky ring neighbours c ± 1 at t, with a horizon
+    row the horizon views c − 1, c, c + 1 at t, each slot's D-vector projected on `basis` (D, r), the train
+    embeddings' top r principal directions (None: all D), and the networks' clock (sin, cos of the solar hour,
+    sun elevation / 90): F = (K + 2 + 3·[R = 2])·r + 3. Rotating the ring rotates the rows. Missing slots are
+    zeros, as the networks see them; what the ridge leaves out is the exact scan times (view_dt), the
+    embeddings beyond their top r directions, and anything nonlinear.
+
+    Memory and time (why a projection): the ridge holds one F × F Gram matrix and its eigenvectors in float64,
+    2·8·F² bytes, and decomposes it once per horizon. On `make compare`'s sky (resnet10t, pooled D = 1,024, both
+    rows, K = 5) all D would give F = 10,243: 1.7 GB and ~8 min per horizon for the eigendecomposition (cubic in
+    F: 7.4 s measured at F = 2,563 on 2 shared cores); its 2×2 grids (D = 4,096) 27 GB. With r = 256
+    (baselines.RIDGE_RANK) F = 2,563: 0.1 GB on pooled features and on grids alike (the whole-context ridge it
+    replaces needed ~19 GB on grids).
+    """
+    view_x = batch["view_x"] if basis is None else batch["view_x"] @ basis
+    B, R, P, K, D = view_x.shape
+    cols = torch.arange(P)
+    angle = 2 * np.pi * batch["solar_hour"] / 24.0
+    clock = torch.stack([angle.sin(), angle.cos(), batch["sun_elev"] / 90.0], dim=-1)  # as models.Encodings
+    parts = [view_x[:, 0].flatten(2), view_x[:, 0, (cols - 1) % P, 0], view_x[:, 0, (cols + 1) % P, 0]]
+    if R > 1:
+        parts += [view_x[:, 1, (cols + s) % P, 0] for s in (-1, 0, 1)]
+    return torch.cat(parts + [clock[:, None].expand(B, P, 3).to(view_x.dtype)], dim=-1)
+
+
 def gather(table: ScanTable, win: Windows, idx: np.ndarray, *, day_only: bool = True, clim: np.ndarray | None = None,
-           images: bool = False, target_images: bool = False,
-           base: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+           images: bool = False, target_images: bool = False, base: np.ndarray | None = None,
+           means_min: tuple[float, ...] | None = (30.0, 60.0)) -> dict[str, torch.Tensor]:
     """One batch: context (B,T,P,D) + mask, targets (B,H,P,D) + mask, conditioning, optional images.
+
+    With `means_min` (None: left out, for whole-split batches of the embedding baselines), the batch also holds
+    the view context of `view_context`: view_x (B,R,P,K,D), view_mask (B,R,P,K) and view_dt (B,K), each slot's
+    time offset in minutes (a mean's: minus half its window).
 
     With `clim` (P, 24, D), the train diurnal climatology (baselines.fit_climatology), the batch also holds
     clim_now (B,P,D) at the anchor's solar hour and clim_tgt (B,H,P,D) at each target scan's solar hour.
@@ -248,6 +373,11 @@ def gather(table: ScanTable, win: Windows, idx: np.ndarray, *, day_only: bool = 
         "tgt_z": torch.from_numpy(table.z[g]),
         "tgt_mask": torch.from_numpy(tgt_mask),
     }
+    if means_min is not None:
+        x, m = view_context(table, a, c, means_min)
+        batch["view_x"], batch["view_mask"] = torch.from_numpy(x), torch.from_numpy(m)
+        mean_dt = np.broadcast_to(-np.asarray(means_min, np.float32) / 2, (len(a), len(means_min)))
+        batch["view_dt"] = torch.from_numpy(np.concatenate([batch["ctx_dt"].numpy(), mean_dt], axis=1))
     if clim is not None:
         P = clim.shape[0]
         batch["clim_now"] = torch.from_numpy(clim[np.arange(P), hour_bin(table.solar_hour[a])[:, None]])

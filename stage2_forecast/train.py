@@ -15,9 +15,10 @@ equal batch counts on every rank, SIGTERM/SIGUSR1 → checkpoint at the current 
 `stop_after_epoch=N`), a resume over changed data or schedule refused unless force_schedule=true, resume
 bitwise at epoch boundaries (mid-epoch: the epoch's remaining samples), RUN_DIR/.lock held while training.
 The residual starts from a baseline fitted in closed form on train (stage2_forecast.baselines): the damped
-anomaly, or with residual_base=ridge the ridge on the last scan. The best-on-val weights start as that untrained
-model and training stops after `patience` epochs without a better val MSE, so a run never ends worse on val
-than the baseline it starts from.
+anomaly, or with residual_base=ridge the per-view ridge on the same view context. The best-on-val weights start
+as that untrained model and training stops after `patience` epochs without a better val MSE, so a run never
+ends worse on val than the baseline it starts from. `train_days=N` trains on the first N train days of a fixed
+seeded order (samples.restrict_train_days; nested sets for a learning curve).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from data.formats import SKY_PRESETS
 from sagecast_common import training
 from sagecast_common.checkpoint import load_checkpoint, load_state, save_checkpoint
 from sagecast_common.cli import UserError, require
@@ -64,7 +64,11 @@ class Config:
     features: Literal["rgb", "thermal", "both", "grid"] = option(
         "both", "target vector: rgb | thermal | both = pooled (concat) | grid (g×g maps, sagecast-stage1-export)")
     horizons_min: tuple[float, ...] = option((5.0, 15.0, 30.0, 60.0), "forecast horizons in minutes")
-    context_scans: int = option(3, "T: scans of context (detr)", ge=1)
+    context_scans: int = option(3, "T: scans of context", ge=1)
+    context_means_min: tuple[float, ...] = option(
+        (30.0, 60.0), "also each view's mean over the scans of these last minutes (up to t), as context slots")
+    train_days: int | None = option(None, "keep only the first N train days in a fixed seeded order (nested: "
+                                    "the 10-day set is inside the 20-day set); val and test are untouched", ge=1)
     scan_gap_s: float = option(60.0, "a gap above this between captures starts a scan", gt=0)
     step_min: float | None = option(None, "scan cadence (default: median gap)", gt=0)
     tolerance_min: float | None = option(None, "nearest-scan tolerance (default step/2)", ge=0)
@@ -78,8 +82,8 @@ class Config:
     finetune: bool = option(False, "jepa: fine-tune the stage-1 encoders")
     residual: bool = option(True, "add the output to a closed-form linear forecast fitted on train")
     residual_base: Literal["auto", "damped", "ridge"] = option(
-        "auto", "that forecast: damped = damped anomaly (trainable damping) | ridge = ridge on the last scan of "
-        "all presets (fixed) | auto = the one with the lower val MSE (config.json records the choice)")
+        "auto", "that forecast: damped = damped anomaly (trainable damping) | ridge = the per-view ridge on the "
+        "same view context (fixed) | auto = the one with the lower val MSE (config.json records the choice)")
     width: int = option(128, "transformer width (detr)", ge=1)
     depth: int = option(2, "transformer layers", ge=1)
     heads: int = option(4, "attention heads", ge=1)
@@ -136,6 +140,7 @@ def load_data(cfg: Config):
     damping of the damped-anomaly baseline; the same for every variant."""
     table = samples.load_scan_table(cfg.stage1_run, features=cfg.features, gap_s=cfg.scan_gap_s,
                                     prepared_dir=cfg.prepared)
+    samples.restrict_train_days(table, cfg.train_days)
     mean, std = samples.standardise(table, day_only=cfg.day_only)
     kw = dict(horizons_min=cfg.horizons_min, context_scans=cfg.context_scans, step_min=cfg.step_min,
               tolerance_min=cfg.tolerance_min, day_only=cfg.day_only, day_anchors=cfg.day_anchors)
@@ -154,7 +159,7 @@ def build_model(cfg: Config, mean, std, damping=None) -> nn.Module:
     mean, std = torch.as_tensor(mean), torch.as_tensor(std)
     damping = None if damping is None else torch.as_tensor(damping)
     if cfg.variant == "detr":
-        return DetrForecaster(dim=mean.numel(), n_presets=len(SKY_PRESETS), horizons_min=cfg.horizons_min,
+        return DetrForecaster(dim=mean.numel(), n_slots=n_slots(cfg), horizons_min=cfg.horizons_min,
                               width=cfg.width, depth=cfg.depth, heads=cfg.heads, dropout=cfg.dropout,
                               residual=cfg.residual, damping=damping, base=_base(cfg))
     if cfg.variant == "jepa":
@@ -166,10 +171,15 @@ def build_model(cfg: Config, mean, std, damping=None) -> nn.Module:
                             f"`sagecast-stage1-train run_dir={cfg.stage1_run}` to write them again") from e
         names = [column.split("_", 1)[1] for column in samples.FEATURES[cfg.features]]
         return JepaForecaster(encoders=nn.ModuleDict({n: modules[n] for n in names}), mean=mean, std=std,
-                              n_presets=len(SKY_PRESETS), horizons_min=cfg.horizons_min, img_size=meta.get("img_size"),
+                              n_slots=n_slots(cfg), horizons_min=cfg.horizons_min, img_size=meta.get("img_size"),
                               width=cfg.jepa_width, depth=cfg.depth, heads=cfg.heads, dropout=cfg.dropout,
                               residual=cfg.residual, finetune=cfg.finetune, damping=damping, base=_base(cfg))
     raise UserError(f"variant={cfg.variant!r}: expected detr or jepa")
+
+
+def n_slots(cfg: Config) -> int:
+    """K: context slots per view (the scans, then the means)."""
+    return cfg.context_scans + len(cfg.context_means_min)
 
 
 def _encoders_path(cfg: Config) -> Path:
@@ -218,9 +228,10 @@ def residual_starts(cfg: Config, table, wins, clim, damping) -> tuple[Config, di
     """
     if not cfg.residual or cfg.residual_base == "damped":
         return cfg, {}
-    starts = baselines.ridge_start(table, wins, day_only=cfg.day_only)[0]
+    starts = baselines.ridge_start(table, wins, means_min=cfg.context_means_min, day_only=cfg.day_only)[0]
     if cfg.residual_base == "auto":
-        b = samples.gather(table, wins["val"], np.arange(len(wins["val"])), day_only=cfg.day_only, clim=clim)
+        b = samples.gather(table, wins["val"], np.arange(len(wins["val"])), day_only=cfg.day_only, clim=clim,
+                           means_min=None)
         m, true = b["tgt_mask"].numpy(), b["tgt_z"].numpy()
         mse = {name: float((((pred - true) ** 2).mean(-1) * m).sum() / max(m.sum(), 1))
                for name, pred in (("ridge", starts["val"]), ("damped", baselines.damped_forecast(b, damping)))}
@@ -252,7 +263,8 @@ def _train_batches(table, win, order, *, first: int, steps: int, per_rank: int, 
     for b in range(first, steps):
         yield to_device(samples.gather(table, win, np.asarray(order[b * per_rank:(b + 1) * per_rank]),
                                        day_only=cfg.day_only, clim=clim, images=needs_images(cfg),
-                                       target_images=target_images, base=base), device)
+                                       target_images=target_images, base=base,
+                                       means_min=cfg.context_means_min), device)
 
 
 def train_one_epoch(model, ddp, opt, ema, batches, *, cfg: Config, env, stop: StopSignals, log: JsonlLogger,
@@ -300,7 +312,8 @@ def validate(model, table, win, cfg: Config, device, clim, base=None) -> dict[st
     err = per = n = 0.0
     for start in range(0, len(win), cfg.batch_size):
         b = to_device(samples.gather(table, win, np.arange(start, min(start + cfg.batch_size, len(win))),
-                                     day_only=cfg.day_only, clim=clim, images=needs_images(cfg), base=base), device)
+                                     day_only=cfg.day_only, clim=clim, images=needs_images(cfg), base=base,
+                                     means_min=cfg.context_means_min), device)
         m = b["tgt_mask"].float()
         err += (((model(b) - b["tgt_z"]) ** 2).mean(-1) * m).sum().item()
         per += (((b["ctx_z"][:, None, 0] - b["tgt_z"]) ** 2).mean(-1) * m).sum().item()

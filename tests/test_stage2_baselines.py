@@ -35,7 +35,7 @@ def test_smart_persistence_and_damped_anomaly_on_a_hand_made_series():
     # anomalies now x = [1-2, 3-2, 6-8] = [-1, 1, -2]; at the target y = [3-2, 6-8, 10-8] = [1, -2, 2]
     damping = baselines.fit_damping(b)
     assert damping[0, 0] == pytest.approx(-7 / 6)  # Σxy / Σx² = (-1 - 2 - 4) / (1 + 1 + 4)
-    preds, fitted = baselines.forecasts(b, b, b)
+    preds, fitted = baselines.forecasts(b, b)
     flat = {k: v[:, 0, 0, 0] for k, v in preds.items()}
     np.testing.assert_allclose(flat["persistence"], [1, 3, 6])
     np.testing.assert_allclose(flat["smart_persistence"], [2 - 1, 8 + 1, 8 - 2])
@@ -94,16 +94,19 @@ def test_bootstrap_resamples_seeds_and_pairs_days():
 
 
 def test_ridge_start_is_cross_fitted_by_day_by_hand():
-    # Three train days and a val day of 6 scans; one preset, one dimension, so the centred ridge on the last
-    # scan is a slope: Σxc·yc / (Σxc² (1 + alpha/n)) (RidgePath's penalty is alpha × mean squared row norm).
+    # Three train days and a val day of 6 scans; one preset, one dimension, no means, so the per-view ridge's
+    # columns are the last scan three times (the view and its two "neighbours", itself on a ring of one), and
+    # the centred ridge is a slope: Σxc·yc / (Σxc² (1 + alpha/n)) (the penalty is alpha × mean squared row norm,
+    # which grows with the copies as the fit's Σ does, so the copies change nothing).
     z = np.random.default_rng(0).normal(size=24)
-    table = series_table(z, list(9 + np.arange(6) * 5 / 60) * 4)
+    # One solar hour for every scan: the ridge's clock columns are then constant, so centring removes them.
+    table = series_table(z, [9.0] * 24)
     table.day[:24] = np.repeat([1, 2, 3, 4], 6)
     table.time_ns[:24] += np.repeat(np.arange(4), 6) * 86_400 * 10**9
     table.split[:24] = np.repeat(["train", "train", "train", "val"], 6)
     kw = dict(horizons_min=(5.0,), context_scans=1, step_min=5.0)
     wins = {s: samples.build_windows(table, split=s, **kw) for s in ("train", "val")}
-    starts, alphas = baselines.ridge_start(table, wins)
+    starts, alphas = baselines.ridge_start(table, wins, means_min=())
     alpha, (train, val) = alphas[0], (wins[s] for s in ("train", "val"))
     x = table.z[train.anchor, 0, 0].astype(np.float64)
     y = table.z[train.tgt[:, 0], 0, 0] - x
@@ -116,8 +119,7 @@ def test_ridge_start_is_cross_fitted_by_day_by_hand():
         expected = x[~fit] + y[fit].mean() + slope * (x[~fit] - x[fit].mean())
         np.testing.assert_allclose(starts["train"][~fit, 0, 0, 0], expected, rtol=1e-5)
     # val: the "ridge" baseline itself, fitted on all train days
-    b_train, b_val = (samples.gather(table, w, np.arange(len(w))) for w in (train, val))
-    np.testing.assert_allclose(starts["val"], baselines.ridge(b_train, b_val, b_val, context=False)[0])
+    np.testing.assert_allclose(starts["val"], baselines.view_ridge(table, wins, table, val, means_min=())[0])
 
 
 def test_leave_group_out_ridge_matches_refitting_each_fold():

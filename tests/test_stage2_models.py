@@ -32,7 +32,7 @@ def test_untrained_model_is_the_damped_anomaly_baseline(data, variant):
     assert out.shape == (8, 4, 8, 16) and torch.isfinite(out).all()
     # Zero-initialised head + residual from the closed-form fit: the untrained forecast is the baseline's.
     # For jepa this also checks that the frozen stage-1 encoders reproduce the exported embeddings.
-    preds, fitted = baselines.forecasts(batch, batch, batch)
+    preds, fitted = baselines.forecasts(batch, batch)
     np.testing.assert_allclose(fitted["damping"], baselines.fit_damping(batch))
     expected = baselines.damped_forecast(batch, damping)
     assert np.abs(expected - preds["persistence"]).max() > 0.1  # the baseline is not plain persistence
