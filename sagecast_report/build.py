@@ -142,6 +142,11 @@ def stage2_section(report_dir: Path, scores: dict | None, index, truth, rgb) -> 
             for name, per_h in scores.get("variants", {}).items() for h, m in per_h.items()]
     out.append(table_html(["method", "horizon (min)", "n", "skill", "95 % interval", "skill vs smart persistence",
                            "95 % interval", "top-1", "CF MAE"], rows))
+    out.append("<h3>Headroom captured</h3>" + headroom_html(scores.get("headroom")))
+    curve = report_dir / "learning_curve.png"
+    if curve.is_file():  # sagecast-compare --train-days: the nested training sets, scored on the same test days
+        out.append("<h3>Learning curve</h3>" + img_html(curve.read_bytes(), "skill vs persistence against training "
+                                                        "days (nested training sets, same test days; 95 % intervals)"))
     fc = inputs.read_parquet(report_dir / "forecasts.parquet", inputs.FORECAST_COLUMNS)
     if fc is None or not len(fc):
         return "\n".join(out + ["<h3>Forecasts</h3>", NA])
@@ -164,6 +169,26 @@ def stage2_section(report_dir: Path, scores: dict | None, index, truth, rgb) -> 
                         "from t to t+h (one slot per scan); d = distance of the forecast to that frame's "
                         "standardised embedding", fmt="jpeg") if trained else NA)
     return "\n".join(out)
+
+
+def headroom_html(block: dict | None) -> str:
+    """Share of the gap between the strongest baseline and the view-limited oracle each network closes."""
+    if not block or not block.get("available"):
+        return f'<p class="na">not available: {esc((block or {}).get("why", "not computed by this evaluation"))}</p>'
+    rows = []
+    for model, per_h in block["models"].items():
+        for h, r in per_h.items():
+            if "mae_model" not in r:
+                rows.append([model, h, f"— ({r['why']})", "", "", "", ""])
+                continue
+            share = (f"{num(r['headroom'], '+.2f')} {interval(r['headroom_ci'])}" if r["headroom"] is not None
+                     else f"— ({r['why']})")
+            rows.append([model, h, share, r["baseline"], num(r["mae_baseline"], ".4f"), num(r["mae_model"], ".4f"),
+                         num(r["mae_oracle"], ".4f")])
+    return (f"<p>(strongest baseline − model) / (baseline − view-limited oracle <code>{esc(block['oracle'])}</code>) "
+            f"in {esc(block['unit'])}; {esc(block['interval'])}.</p>"
+            + table_html(["model", "horizon (min)", "headroom captured [95 %]", "baseline", "MAE baseline",
+                          "MAE model", "MAE oracle"], rows))
 
 
 def verdict_section(prepared: Path, stage1: Path, stage2: Path, scores: dict | None) -> str:

@@ -279,11 +279,16 @@ def cloud_fraction(table: samples.ScanTable, win: samples.Windows) -> dict[str, 
             "cf_preset_mean": np.repeat(np.broadcast_to(mean, now.shape)[:, None], H, axis=1)}
 
 
+# data.synthetic.oracle's ceilings: advection (knows the whole field), regional cover, and the view-limited
+# advection oracles that know only what the sky row (view) or the sky and horizon rows (view_horizon) saw.
+ORACLE_KINDS = ("advect", "cover", "view", "view_horizon")
+
+
 def oracle_cloud_fraction(table: samples.ScanTable, win: samples.Windows, raw_dir: str | Path | None,
                           horizons_min) -> tuple[dict[str, np.ndarray], np.ndarray | None, str]:
     """data.synthetic's cloud-fraction oracles as ceilings: ({name: (N, H, P)}, truth at the targets, status).
 
-    Reads RAW/<VSN>/truth.parquet: oracle_{advect,cover}_cf_{h} (the oracle's forecast made at the anchor
+    Reads RAW/<VSN>/truth.parquet: oracle_{kind}_cf_{h} (ORACLE_KINDS; the oracle's forecast made at the anchor
     capture, keyed by vsn/timestamp/position) and `cloud_fraction`, the generator's true cloud fraction (both
     layers, cirrus included). The oracles forecast that truth, not the thermal camera's measured cloud fraction
     (which misses thin cirrus), so they are scored against it: the second value is the truth at each target
@@ -294,7 +299,7 @@ def oracle_cloud_fraction(table: samples.ScanTable, win: samples.Windows, raw_di
         return {}, None, "no raw dir given (oracles exist only for data.synthetic output)"
     index = pd.read_parquet(Path(table.prepared_dir) / "index.parquet",
                             columns=["vsn", "timestamp", "position", "row"])
-    names = ["cloud_fraction"] + [f"oracle_{kind}_cf_{h:g}" for kind in ("advect", "cover") for h in horizons_min]
+    names = ["cloud_fraction"] + [f"oracle_{kind}_cf_{h:g}" for kind in ORACLE_KINDS for h in horizons_min]
     files = [Path(raw_dir) / vsn / "truth.parquet" for vsn in index["vsn"].unique()]
     truths = [pd.read_parquet(f) for f in files if f.exists()]
     if not truths:
@@ -311,7 +316,7 @@ def oracle_cloud_fraction(table: samples.ScanTable, win: samples.Windows, raw_di
     rows = table.rows[win.anchor]  # (N, P), -1 = missing → the all-NaN last row
     target = by_row[table.rows[win.tgt], 0]  # (N, H, P)
     out = {"cf_truth_persistence": np.broadcast_to(by_row[rows, 0][:, None, :], target.shape)}
-    for kind in ("advect", "cover"):
+    for kind in ORACLE_KINDS:
         cols = [names.index(f"oracle_{kind}_cf_{h:g}") for h in horizons_min]
         if any(names[c] in have for c in cols):
             out[f"cf_oracle_{kind}"] = np.stack([by_row[rows, c] for c in cols], axis=1)

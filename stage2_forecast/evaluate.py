@@ -30,11 +30,12 @@ import pyarrow.parquet as pq
 import torch
 
 from sagecast_common.bootstrap import day_sums, distinguishable, interval, replicate_totals
-from sagecast_common.cli import UserError, make_parser, require, run_cli
+from sagecast_common.cli import UserError, make_parser, read_json, require, run_cli
 from sagecast_common.linalg import rankme
 from sagecast_common.runio import atomic_write_json, atomic_write_text
 from stage2_forecast import baselines, samples
 from stage2_forecast.forecast_table import write_forecasts
+from stage2_forecast.headroom import apply_probe, fit_truth_probe, headroom_block
 from stage2_forecast.metrics import cf_block, per_day, retrieval_ranks, score, with_skill
 from stage2_forecast.plots import plot_skill
 from stage2_forecast.report_md import markdown, verdict_sentences
@@ -244,6 +245,8 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
                 report["cloud_fraction_truth"] = cf_block({k: [v] for k, v in oracles.items()}, cf_truth, m,
                                                           day_idx, len(day_ords), hkeys, n_boot)
             report["per_day"] = per_day(sq, mask, day_idx, day_ords, day_cloud, types, hkeys)
+            report["headroom"] = headroom(fit, wins, b_train, table, preds, oracles, cf_truth, mask, day_idx,
+                                          len(day_ords), hkeys, n_boot, raw_dir=raw_dir, base=base, clim=clim)
         else:
             report["by_day_type"][group] = per
     out = Path(out_dir)
@@ -253,6 +256,45 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
     write_forecasts(out / "forecasts.parquet", preds, run_names, table, test, mask)
     atomic_write_json(out / "scores.json", report)  # last: its existence means every output above is complete
     return report
+
+
+NETWORKS = ("detr", "jepa")
+
+
+def headroom(fit, wins, b_train, table, preds, oracles, cf_truth, mask, day_idx, n_days, hkeys, n_boot, *,
+             raw_dir, base, clim) -> dict:
+    """The `headroom` block of scores.json (stage2_forecast.headroom), or why there is none.
+
+    Every forecast (the networks' and the embedding baselines') is read through one ridge probe fitted on the
+    TRAIN targets' embeddings to the generator's true cloud fraction (validation picks its penalty); the
+    view-limited oracle is the one that knows the rows the networks saw (sky, or sky + horizon)."""
+    kind = "view_horizon" if table.horizon_present is not None else "view"
+    if cf_truth is None or f"cf_oracle_{kind}" not in oracles:
+        return {"available": False, "why": f"needs data.synthetic truth with oracle_{kind}_cf_<h> (the generator's "
+                                           "true cloud fraction and view-limited oracle): not available on real data"}
+    models = [m for m in NETWORKS if m in preds]
+    if not models:
+        return {"available": False, "why": "no network runs to score"}
+    train_raw = read_json(Path(fit.prepared_dir) / "report.json", made_by="sagecast-prepare",
+                          what="prepare summary").get("raw")
+    truth_of = {}
+    for split in ("train", "val"):
+        _, truth, note = baselines.oracle_cloud_fraction(fit, wins[split], train_raw, base.horizons_min)
+        if truth is None:
+            return {"available": False, "why": f"the training data's truth is unreadable ({note})"}
+        truth_of[split] = truth
+    b_val = samples.gather(fit, wins["val"], np.arange(len(wins["val"])), day_only=base.day_only, clim=clim,
+                           means_min=None)
+    xy = {}
+    for split, b in (("train", b_train), ("val", b_val)):
+        ok = b["tgt_mask"].numpy() & np.isfinite(truth_of[split])
+        xy[split] = (b["tgt_z"].numpy()[ok], truth_of[split][ok])
+    probe = fit_truth_probe(*xy["train"], *xy["val"])
+    cf_models = {m: [apply_probe(probe, p) for p in preds[m]] for m in models}
+    cf_base = {k: apply_probe(probe, v[0]) for k, v in preds.items() if k not in NETWORKS}
+    out = headroom_block(cf_models, cf_base, oracles[f"cf_oracle_{kind}"], cf_truth, mask, day_idx, n_days, hkeys,
+                         n_boot=n_boot)
+    return {"available": True, "oracle": f"oracle_{kind}_cf_<h>", "probe_alpha": probe["alpha"], **out}
 
 
 def _mean(values):

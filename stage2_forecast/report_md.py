@@ -63,6 +63,7 @@ def markdown(report: dict) -> str:
               "thermal mask above misses), so compare them with `cf_truth_persistence` here, not with the "
               "table above.", ""]
     lines += _mae_table(report, report.get("cloud_fraction_truth", {}))
+    lines += ["", "## Headroom captured", ""] + headroom_lines(report.get("headroom"))
     methods = list(report["variants"])
     lines += ["", "## Per day (skill at each horizon)", "",
               "| day | type | mean CF | samples | " + " | ".join(methods) + " |",
@@ -78,6 +79,26 @@ def markdown(report: dict) -> str:
               f"{report['n_test_days']}. Fitted damping a_h (mean over dims): {report['damping_mean']}. RankMe of "
               "forecasts: " + ", ".join(f"{k} {v:.1f}" for k, v in report["rankme"].items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def headroom_lines(block: dict | None) -> list[str]:
+    """The headroom table (stage2_forecast.headroom), or the sentence saying why there is none."""
+    if not block or not block.get("available"):
+        return [f"Not available: {(block or {}).get('why', 'not computed by this evaluation')}."]
+    lines = [f"(strongest baseline − model) / (baseline − view-limited oracle {block['oracle']}), in {block['unit']}; "
+             f"forecasts through a probe fitted on train to the true cloud fraction. Interval: {block['interval']}.",
+             "", "| model | horizon | headroom [95 % CI] | baseline | MAE baseline | MAE model | MAE oracle |",
+             "|---|---|---|---|---|---|---|"]
+    for model, per_h in block["models"].items():
+        for h, r in per_h.items():
+            if "mae_model" not in r:
+                lines.append(f"| {model} | {h} | — ({r['why']}) | | | | |")
+                continue
+            share = (f"{r['headroom']:+.2f} [{r['headroom_ci'][0]:+.2f}, {r['headroom_ci'][1]:+.2f}]"
+                     if r["headroom"] is not None else f"— ({r['why']})")
+            lines.append(f"| {model} | {h} | {share} | {r['baseline']} | {r['mae_baseline']:.4f} | "
+                         f"{r['mae_model']:.4f} | {r['mae_oracle']:.4f} |")
+    return lines
 
 
 def _mae_table(report: dict, block: dict) -> list[str]:

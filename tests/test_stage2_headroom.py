@@ -65,3 +65,19 @@ def test_truth_probe_recovers_a_linear_map_and_stays_a_fraction():
     assert apply_probe(probe, 100 * z).min() >= 0 and apply_probe(probe, 100 * z).max() <= 1
     with pytest.raises(ValueError, match="too few"):
         fit_truth_probe(z[:1], cf[:1], z[1:2], np.array([np.nan]))
+
+
+def test_reports_show_the_share_with_its_interval_or_say_why_there_is_none(world):
+    from sagecast_report.build import headroom_html
+    from stage2_forecast.report_md import headroom_lines
+
+    truth, err, mask, day = world
+    block = headroom_block({"detr": [truth + 0.6 * err]}, {"ridge": truth + err}, truth + 0.2 * err, truth, mask, day,
+                           DAYS, ["5", "15"], n_boot=50)
+    block.update(available=True, oracle="oracle_view_cf_<h>")
+    md = "\n".join(headroom_lines(block))
+    assert "| detr | 5 | +0.50 [+0.50, +0.50] | ridge |" in md
+    assert "+0.50 [0.500, 0.500]" in headroom_html(block) and "oracle_view_cf_&lt;h&gt;" in headroom_html(block)
+    why = {"available": False, "why": "needs data.synthetic truth: not available on real data"}
+    assert headroom_lines(why) == ["Not available: needs data.synthetic truth: not available on real data."]
+    assert "not available on real data" in headroom_html(why) and "<table" not in headroom_html(why)
