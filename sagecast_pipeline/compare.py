@@ -36,7 +36,6 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 from sagecast_common.cli import UserError, make_parser
 from sagecast_pipeline import steps as st
@@ -76,7 +75,8 @@ def comparison(args) -> list[st.Step]:
     s1, s1_held = out / "stage1", out / "stage1_heldout"
     steps += [st.stage1_train(out / "prepared_train", s1, args.stage1),
               st.stage1_export(s1),
-              st.stage1_evaluate(s1, ["--every", str(args.probe_every)], name="stage1_probe")]
+              st.stage1_evaluate(s1, ["--every", str(args.probe_every), *(["--real-data"] if args.raw else [])],
+                                 name="stage1_probe")]
     if raw_heldout is not None:
         steps.append(st.stage1_export(s1_held, prepared=out / "prepared_heldout", encoders_of=s1,
                                       name="stage1_export_heldout"))
@@ -109,6 +109,8 @@ def node_folders(raw: Path) -> list[str]:
 def sky_days(raw: Path) -> dict[str, int]:
     """{VSN: whole local days (node time zone, per registry location) with at least one RGB–thermal pair of a sky
     preset}: the days data.prepare would split, from the same scan, pairing, position filter and registry."""
+    from zoneinfo import ZoneInfo  # here: jobs/submit imports this module on login nodes' older Pythons
+
     from data.prepare.pairing import filter_positions, pair_files, scan_raw
     from data.sage.registry import RegistryError, node_period
 

@@ -233,6 +233,8 @@ def test_raw_comparison_reads_no_synthetic_truth_in_its_commands(tmp_path, monke
     printed = capsys.readouterr().out
     evaluations = [line for line in printed.splitlines() if line.startswith("sagecast-stage2-evaluate")]
     assert len(evaluations) == 2 and all("--real-data" in c and " --raw " not in c for c in evaluations)
+    probes = [line for line in printed.splitlines() if line.startswith("sagecast-stage1-evaluate")]
+    assert len(probes) == 1 and "--real-data" in probes[0]  # the stage-1 probe reads no truth either
     assert "sagecast-synthetic" not in printed
     assert f"--raw {tmp_path / 'cmp' / 'raw_train'} " in printed and f"--raw {tmp_path / 'cmp' / 'raw_heldout'} " \
         in printed  # the two node views are prepared apart
