@@ -103,8 +103,13 @@ STEP_FUNCTION = [
 
 
 def step_line(step: Step) -> str:
+    """The step's command after the files it copies into place first (as sagecast_pipeline.run does: only while
+    it is not done, and only what exists)."""
+    q = shlex.quote
     launcher = "launch" if step.distributed else "single"  # launch: every node and GPU of the job
-    return f'step {shlex.quote(str(step.record))} "${{{launcher}[@]}}" -- {step.shell()}'
+    copies = [f"[[ -f {q(str(step.record))} || ! -f {q(str(src))} ]] || {{ mkdir -p {q(str(dst.parent))} && "
+              f"cp -p {q(str(src))} {q(str(dst))}; }}\n" for src, dst in step.copies]
+    return "".join(copies) + f'step {q(str(step.record))} "${{{launcher}[@]}}" -- {step.shell()}'
 
 
 def array_lines(a, steps: list[Step]) -> list[str]:

@@ -106,9 +106,9 @@ def node_folders(raw: Path) -> list[str]:
     return sorted(p.name for p in raw.iterdir() if p.is_dir() and ((p / "rgb").is_dir() or (p / "thermal").is_dir()))
 
 
-def sky_days(raw: Path) -> dict[str, int]:
-    """{VSN: whole local days (node time zone, per registry location) with at least one RGB–thermal pair of a sky
-    preset}: the days data.prepare would split, from the same scan, pairing, position filter and registry."""
+def sky_days(raw: Path) -> dict[str, set]:
+    """{VSN: its local dates (node time zone) with at least one RGB–thermal pair of a sky preset}: the days
+    data.prepare would index and split whole, from the same scan, pairing, position filter and registry."""
     from zoneinfo import ZoneInfo  # here: jobs/submit imports this module on login nodes' older Pythons
 
     from data.prepare.pairing import filter_positions, pair_files, scan_raw
@@ -123,8 +123,8 @@ def sky_days(raw: Path) -> dict[str, int]:
         except RegistryError as e:
             raise UserError(f"{raw}: {e}") from None
         day = dt.datetime.fromtimestamp(p.ts_ns / 1e9, ZoneInfo(period.tz)).date()
-        days.setdefault(p.vsn, set()).add((period.lat, period.lon, day))
-    return {vsn: len(d) for vsn, d in sorted(days.items())}
+        days.setdefault(p.vsn, set()).add(day)
+    return dict(sorted(days.items()))
 
 
 def check_raw(args) -> None:
@@ -138,7 +138,7 @@ def check_raw(args) -> None:
         vsn = args.heldout_node.upper()
         if vsn not in node_folders(raw):
             raise UserError(f"--heldout-node {vsn} is not in {raw} (its nodes: {', '.join(node_folders(raw))})")
-        held = {vsn: days.pop(vsn, 0)}
+        held = {vsn: days.pop(vsn, set())}
     elif args.heldout_raw:
         held_raw = Path(args.heldout_raw)
         held = sky_days(held_raw) if held_raw.is_dir() else {}
@@ -149,9 +149,11 @@ def check_raw(args) -> None:
     if not days:
         raise UserError(f"--raw {raw}: no RGB–thermal pairs of sky presets to train on (sagecast-download writes "
                         "RAW/<VSN>/rgb and RAW/<VSN>/thermal; its default fetches the sky presets)")
-    if sum(days.values()) < SPLITS_NEED_DAYS:
-        per_node = ", ".join(f"{vsn} {n}" for vsn, n in days.items())
-        raise UserError(f"--raw {raw} has {sum(days.values())} whole local days of sky-preset pairs to train on "
+    # data.prepare.splits gives each split whole dates: it needs that many distinct dates over the training nodes.
+    dates = set().union(*days.values())
+    if len(dates) < SPLITS_NEED_DAYS:
+        per_node = ", ".join(f"{vsn} {len(d)}" for vsn, d in days.items())
+        raise UserError(f"--raw {raw} has {len(dates)} whole local days of sky-preset pairs to train on "
                         f"({per_node}); the train/val/test splits need at least {SPLITS_NEED_DAYS}")
     if (args.heldout_node or args.heldout_raw) and not any(held.values()):
         raise UserError(f"held-out data {held_raw} ({', '.join(held) or 'no nodes'}): no RGB–thermal pairs of sky "
