@@ -109,7 +109,8 @@ def node_folders(raw: Path) -> list[str]:
 def sky_days(raw: Path) -> dict[str, set]:
     """{VSN: its local dates (node time zone) with at least one RGB–thermal pair of a sky preset}: the days
     data.prepare would index and split whole, from the same scan, pairing, position filter and registry."""
-    from zoneinfo import ZoneInfo  # here: jobs/submit imports this module on login nodes' older Pythons
+    # Imported here: jobs/submit imports this module on bare login nodes (older Pythons, no project environment).
+    from zoneinfo import ZoneInfo
 
     from data.prepare.pairing import filter_positions, pair_files, scan_raw
     from data.sage.registry import RegistryError, node_period

@@ -280,7 +280,7 @@ def test_compare_runs_stage1_once_the_stage2_runs_as_an_array_and_the_reports_af
     submit(slurm, runs, "cmp", "--walltime", "30", "--raw", str(root / "raw"), "--compare-args",
            "--heldout-node W099 --seeds 0 --n-boot 20", "compare", "--", *STAGE1, *STAGE2, env=env)
     ids = job_ids(runs, "cmp")
-    assert list(ids) == ["compare_stage1", "compare_stage2", "compare_report"]
+    assert set(ids) == {"compare_stage1", "compare_stage2", "compare_report"}
     report = slurm.wait_job(ids["compare_report"], ENDED, 1500)
     stage1, tasks = slurm.job(ids["compare_stage1"]), array_tasks(slurm, ids["compare_stage2"])
     logs = "".join(p.read_text(errors="replace") for p in sorted((runs / "cmp" / "logs").iterdir()))[-4000:]
