@@ -3,52 +3,83 @@
     sagecast-compare --out runs/compare                          # the full comparison (README), = make compare
     python -m sagecast_pipeline.compare --out /tmp/c --days 4 --heldout-days 2 --seeds 0 --stage2 epochs=2
     sagecast-compare --out runs/compare --print                  # the commands and records; run nothing
+    sagecast-compare --out runs/mine --raw runs/raw --heldout-node W099      # on your own sagecast-download data
+    sagecast-compare --out runs/mine --raw runs/raw --heldout-raw runs/raw_elsewhere
 
 Steps (declared with sagecast_pipeline.steps), each a separate process, skipped when its completion record exists
 and otherwise run again, resuming its own checkpoint (rerun to resume):
   1. data.synthetic: --days whole days of W056 (seed 0, the training sky) and --heldout-days of a sky the
      training never sees (--heldout-seed, other dates); data.prepare both, the training sky with --fractions
      (more test days than the prepare default's 15 %: the intervals resample whole test days).
+     With --raw DIR (folders as sagecast-download writes them, any nodes and dates) there is no generation:
+     DIR is prepared, split by whole local days per node location; the held-out data is another folder
+     (--heldout-raw) or one node of DIR (--heldout-node: OUT/raw_train and OUT/raw_heldout then link DIR's node
+     folders, so that node's days are prepared apart and never trained on); without either, no held-out report.
   2. stage 1 (quick preset) on the training folder; export; stage1_jea.evaluate (the cloud-fraction probe).
   3. the same encoders exported on the held-out folder, into OUT/stage1_heldout.
   4. stage 2: each variant × each seed, one run dir OUT/stage2/<variant>_s<seed>.
   5. stage2_forecast.evaluate on the test split (OUT/report) and on every held-out day (OUT/report_heldout),
      with the synthetic oracles when the raw folders have them; the HTML report OUT/report/report.html.
+     On --raw data nothing synthetic is read: the reports say "not available on real data" where a number
+     needs the generator's truth (stage2_forecast.evaluate --real-data).
 SIGINT/SIGTERM are passed on to the running step, which is waited for (training checkpoints, exits 75).
 `--features grid` trains and reports stage 2 on the exported 2×2 feature grids instead (OUT/stage2_grid,
 OUT/report_grid, OUT/report_grid_heldout), reusing steps 1–3 of a finished comparison.
 Writes OUT/timings.json (seconds per step), the measured pieces behind the time estimate in docs/results.md.
+The same graph runs as batch jobs: `jobs/submit ... compare` (docs/cluster.md).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import shlex
 import sys
 from pathlib import Path
 
-from sagecast_common.cli import make_parser
+from sagecast_common.cli import UserError, make_parser
 from sagecast_pipeline import steps as st
 from sagecast_pipeline.run import StepFailed, print_steps, run_steps
+
+SPLITS_NEED_DAYS = 3  # one whole local day each for train, val and test (data.prepare.splits)
+
+
+def data_folders(args) -> tuple[Path, Path | None]:
+    """The raw folders prepared for training and for the held-out evaluation (None: no held-out evaluation)."""
+    out = Path(args.out)
+    if not args.raw:
+        return out / "raw_train", out / "raw_heldout"
+    if args.heldout_node:  # views of DIR's node folders, made by link_node_views
+        return out / "raw_train", out / "raw_heldout"
+    return Path(args.raw), Path(args.heldout_raw) if args.heldout_raw else None
 
 
 def comparison(args) -> list[st.Step]:
     """Every step of the comparison, in order."""
     out = Path(args.out)
     steps = []
-    skies = {"train": (args.start, args.days, 0), "heldout": (args.heldout_start, args.heldout_days, args.heldout_seed)}
-    for sky, (start, days, seed) in skies.items():
-        raw, prepared = out / f"raw_{sky}", out / f"prepared_{sky}"
-        steps.append(st.synthetic(raw, ["--nodes", args.node, "--start", start, "--days", str(days), "--interval-min",
-                                        str(args.interval_min), "--seed", str(seed), "--size", "small",
-                                        *shlex.split(args.synthetic)], name=f"synthetic_{sky}"))
+    raw_train, raw_heldout = data_folders(args)
+    skies = {"train": raw_train, "heldout": raw_heldout}
+    synthetic = {"train": (args.start, args.days, 0), "heldout": (args.heldout_start, args.heldout_days,
+                                                                  args.heldout_seed)}
+    for sky, raw in skies.items():
+        if raw is None:
+            continue
+        if not args.raw:
+            start, days, seed = synthetic[sky]
+            steps.append(st.synthetic(raw, ["--nodes", args.node, "--start", start, "--days", str(days),
+                                            "--interval-min", str(args.interval_min), "--seed", str(seed), "--size",
+                                            "small", *shlex.split(args.synthetic)], name=f"synthetic_{sky}"))
         split = ["--fractions", args.fractions] if sky == "train" else []
-        steps.append(st.prepare(raw, prepared, ["--size", "64", *split], name=f"prepare_{sky}"))
+        steps.append(st.prepare(raw, out / f"prepared_{sky}", ["--size", "64", *split], name=f"prepare_{sky}"))
     s1, s1_held = out / "stage1", out / "stage1_heldout"
     steps += [st.stage1_train(out / "prepared_train", s1, args.stage1),
               st.stage1_export(s1),
-              st.stage1_evaluate(s1, ["--every", str(args.probe_every)], name="stage1_probe"),
-              st.stage1_export(s1_held, prepared=out / "prepared_heldout", encoders_of=s1,
-                               name="stage1_export_heldout")]
+              st.stage1_evaluate(s1, ["--every", str(args.probe_every), *(["--real-data"] if args.raw else [])],
+                                 name="stage1_probe")]
+    if raw_heldout is not None:
+        steps.append(st.stage1_export(s1_held, prepared=out / "prepared_heldout", encoders_of=s1,
+                                      name="stage1_export_heldout"))
     runs, tag = [], "" if args.features == "both" else f"_{args.features}"
     for variant in args.variants:
         for seed in args.seeds:
@@ -56,30 +87,116 @@ def comparison(args) -> list[st.Step]:
             runs.append(run)
             steps.append(st.stage2_train(s1, run, variant, [f"seed={seed}", f"features={args.features}",
                                                              *args.stage2], name=f"stage2{tag}_{variant}_s{seed}"))
-    for name, extra, raw in ((f"report{tag}", [], "raw_train"),
-                             (f"report{tag}_heldout", ["--eval-stage1-run", str(s1_held)], "raw_heldout")):
-        steps.append(st.stage2_evaluate(s1, runs, out / name, raw=out / raw, name=name,
-                                        args=["--n-boot", str(args.n_boot), *extra]))
+    # Real data has no generator truth: no raw folder for the oracles, and the reports say so (--real-data).
+    evaluations = [(f"report{tag}", [], raw_train)]
+    if raw_heldout is not None:
+        evaluations.append((f"report{tag}_heldout", ["--eval-stage1-run", str(s1_held)], raw_heldout))
+    for name, extra, raw in evaluations:
+        steps.append(st.stage2_evaluate(s1, runs, out / name, raw=None if args.raw else raw, name=name,
+                                        args=["--n-boot", str(args.n_boot), *extra,
+                                              *(["--real-data"] if args.raw else [])]))
     report = out / f"report{tag}"
     steps.append(st.report(out / "prepared_train", s1, out / f"stage2{tag}", report / "report.html", scores=report,
                            name=f"report{tag}_html"))
     return steps
 
 
-def main(argv: list[str] | None = None) -> None:
+def node_folders(raw: Path) -> list[str]:
+    """The node folders of a sagecast-download folder: RAW/<VSN>/ with rgb/ or thermal/ inside."""
+    return sorted(p.name for p in raw.iterdir() if p.is_dir() and ((p / "rgb").is_dir() or (p / "thermal").is_dir()))
+
+
+def sky_days(raw: Path) -> dict[str, set]:
+    """{VSN: its local dates (node time zone) with at least one RGB–thermal pair of a sky preset}: the days
+    data.prepare would index and split whole, from the same scan, pairing, position filter and registry."""
+    # Imported here: jobs/submit imports this module on bare login nodes (older Pythons, no project environment).
+    from zoneinfo import ZoneInfo
+
+    from data.prepare.pairing import filter_positions, pair_files, scan_raw
+    from data.sage.registry import RegistryError, node_period
+
+    files, _ = scan_raw(raw)
+    kept, _ = filter_positions(pair_files(files)[0], all_positions=False, keep_unpositioned=False)
+    days: dict[str, set] = {}
+    for p in kept:
+        try:
+            period = node_period(p.vsn, p.ts_ns)
+        except RegistryError as e:
+            raise UserError(f"{raw}: {e}") from None
+        day = dt.datetime.fromtimestamp(p.ts_ns / 1e9, ZoneInfo(period.tz)).date()
+        days.setdefault(p.vsn, set()).add(day)
+    return dict(sorted(days.items()))
+
+
+def check_raw(args) -> None:
+    """The refusals of --raw, before any step runs: a UserError (one line, exit 2) saying what is missing."""
+    raw = Path(args.raw)
+    if not raw.is_dir():
+        raise UserError(f"--raw {raw}: not a folder (give the folder that sagecast-download wrote)")
+    days = sky_days(raw)
+    held_raw, held = raw, {}
+    if args.heldout_node:
+        vsn = args.heldout_node.upper()
+        if vsn not in node_folders(raw):
+            raise UserError(f"--heldout-node {vsn} is not in {raw} (its nodes: {', '.join(node_folders(raw))})")
+        held = {vsn: days.pop(vsn, set())}
+    elif args.heldout_raw:
+        held_raw = Path(args.heldout_raw)
+        held = sky_days(held_raw) if held_raw.is_dir() else {}
+        both = sorted((set(held) | set(node_folders(held_raw) if held_raw.is_dir() else [])) & set(days))
+        if both:
+            raise UserError(f"--heldout-raw {held_raw} holds {', '.join(both)}, also in --raw {raw}: a held-out node "
+                            "must not be trained on (--heldout-node holds one node of --raw out)")
+    if not days:
+        raise UserError(f"--raw {raw}: no RGB–thermal pairs of sky presets to train on (sagecast-download writes "
+                        "RAW/<VSN>/rgb and RAW/<VSN>/thermal; its default fetches the sky presets)")
+    # data.prepare.splits gives each split whole dates: it needs that many distinct dates over the training nodes.
+    dates = set().union(*days.values())
+    if len(dates) < SPLITS_NEED_DAYS:
+        per_node = ", ".join(f"{vsn} {len(d)}" for vsn, d in days.items())
+        raise UserError(f"--raw {raw} has {len(dates)} whole local days of sky-preset pairs to train on "
+                        f"({per_node}); the train/val/test splits need at least {SPLITS_NEED_DAYS}")
+    if (args.heldout_node or args.heldout_raw) and not any(held.values()):
+        raise UserError(f"held-out data {held_raw} ({', '.join(held) or 'no nodes'}): no RGB–thermal pairs of sky "
+                        "presets")
+
+
+def link_node_views(args) -> None:
+    """--heldout-node: OUT/raw_train links DIR's other node folders, OUT/raw_heldout the held-out one (absolute
+    links, remade each run, so DIR may move between runs of the same OUT)."""
+    raw, held = Path(args.raw).resolve(), args.heldout_node.upper()
+    views = {"raw_train": [v for v in node_folders(raw) if v != held], "raw_heldout": [held]}
+    for view, nodes in views.items():
+        folder = Path(args.out) / view
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.iterdir():
+            if old.is_symlink():
+                old.unlink()
+        for vsn in nodes:
+            os.symlink(raw / vsn, folder / vsn, target_is_directory=True)
+
+
+def parser():
     ap = make_parser("sagecast-compare", __doc__)
     ap.add_argument("--out", required=True, help="everything goes under this folder")
-    ap.add_argument("--node", default="W056", help="node VSN of both skies (its registry locations)")
-    ap.add_argument("--start", default="2023-06-01", help="first local date of the training sky")
-    ap.add_argument("--days", type=int, default=42, help="whole days of the training sky")
+    ap.add_argument("--raw", help="your data: a folder as sagecast-download writes it (any nodes and dates); no "
+                                  "synthetic sky is generated and the synthetic-sky options below are unused")
+    held = ap.add_mutually_exclusive_group()
+    held.add_argument("--heldout-raw", help="with --raw: held-out data, another sagecast-download folder (none of "
+                                            "its nodes may be in --raw)")
+    held.add_argument("--heldout-node", help="with --raw: hold this node of --raw out (prepared apart, never "
+                                             "trained on, evaluated on all its days)")
+    ap.add_argument("--node", default="W056", help="synthetic sky: node VSN of both skies (its registry locations)")
+    ap.add_argument("--start", default="2023-06-01", help="synthetic sky: first local date of the training sky")
+    ap.add_argument("--days", type=int, default=42, help="synthetic sky: whole days of the training sky")
     # Many test days: the intervals resample whole days, and ±0.05 on a 15-min skill needs ~25 of them.
     ap.add_argument("--fractions", default="0.15,0.1,0.75",
-                    help="train,val,test share of the training sky's days (42 days: 10 / 6 / 26; the per-date "
+                    help="train,val,test share of the training folder's days (42 days: 10 / 6 / 26; the per-date "
                          "hash of data.prepare.splits decides, so other day counts split differently)")
-    ap.add_argument("--heldout-start", default="2023-08-01", help="first local date of the held-out sky")
-    ap.add_argument("--heldout-days", type=int, default=6, help="whole days of the held-out sky")
-    ap.add_argument("--heldout-seed", type=int, default=1, help="synthetic seed of the held-out sky")
-    ap.add_argument("--interval-min", type=float, default=5.0, help="minutes between scan loops")
+    ap.add_argument("--heldout-start", default="2023-08-01", help="synthetic sky: first local date of the held-out sky")
+    ap.add_argument("--heldout-days", type=int, default=6, help="synthetic sky: whole days of the held-out sky")
+    ap.add_argument("--heldout-seed", type=int, default=1, help="synthetic sky: seed of the held-out sky")
+    ap.add_argument("--interval-min", type=float, default=5.0, help="synthetic sky: minutes between scan loops")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="stage-2 seeds per variant")
     ap.add_argument("--variants", nargs="+", default=["detr", "jepa"], choices=("detr", "jepa"),
                     help="stage-2 variants to train")
@@ -87,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="stage-2 inputs: pooled vectors of both modalities, or their 2x2 feature grids (then the "
                          "runs go to stage2_grid/ and the reports to report_grid/, report_grid_heldout/; the data "
                          "and stage-1 steps are shared, so this reuses a finished default comparison)")
-    ap.add_argument("--synthetic", default="", help="extra data.synthetic arguments (quoted)")
+    ap.add_argument("--synthetic", default="", help="synthetic sky: extra data.synthetic arguments (quoted)")
     # Two stage-1 epochs instead of the quick preset's five keep the whole comparison within an hour on 2 cores
     # (docs/results.md has the measured pieces); pass --stage1 epochs=5 for the preset's.
     ap.add_argument("--stage1", nargs="*", default=["epochs=2"], help="stage-1 key=value overrides")
@@ -97,24 +214,48 @@ def main(argv: list[str] | None = None) -> None:
                          "(default 3, i.e. 15-minute cadence; its random-init forward pass was the slowest step)")
     ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates of each report")
     ap.add_argument("--print", action="store_true", help="print the commands and completion records; run nothing")
+    return ap
+
+
+def parse(argv: list[str] | None):
+    """compare's options, checked (jobs/submit parses its --compare-args with this too)."""
+    ap = parser()
     args = ap.parse_args(argv)
     try:
         shlex.split(args.synthetic)
     except ValueError as e:
         ap.error(f"--synthetic {args.synthetic!r}: {e}")
+    if (args.heldout_raw or args.heldout_node) and not args.raw:
+        ap.error("--heldout-raw and --heldout-node need --raw (the synthetic sky has its own held-out sky)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    try:
+        if args.raw:
+            check_raw(args)
+    except UserError as e:
+        print(f"sagecast-compare: error: {e}", file=sys.stderr)
+        sys.exit(2)
     steps = comparison(args)
     if args.print:
         print_steps(steps)
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.heldout_node:
+        link_node_views(args)
     try:
         run_steps(steps, prog="compare", timings=out / "timings.json")
     except StepFailed as e:
         print(f"sagecast-compare: {e}", file=sys.stderr)
         sys.exit(e.status)
     tag = "" if args.features == "both" else f"_{args.features}"
-    print(f"[compare] done: {out / f'report{tag}' / 'report.md'} and {out / f'report{tag}_heldout' / 'report.md'}")
+    reports = [out / f"report{tag}" / "report.md"]
+    if data_folders(args)[1] is not None:
+        reports.append(out / f"report{tag}_heldout" / "report.md")
+    print(f"[compare] done: {' and '.join(map(str, reports))}")
 
 
 if __name__ == "__main__":

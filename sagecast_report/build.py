@@ -142,11 +142,14 @@ def stage2_section(report_dir: Path, scores: dict | None, index, truth, rgb) -> 
             for name, per_h in scores.get("variants", {}).items() for h, m in per_h.items()]
     out.append(table_html(["method", "horizon (min)", "n", "skill", "95 % interval", "skill vs smart persistence",
                            "95 % interval", "top-1", "CF MAE"], rows))
-    out.append("<h3>Headroom captured</h3>" + headroom_html(scores.get("headroom")))
+    if "headroom captured" not in (scores.get("not_on_real_data") or {}):
+        out.append("<h3>Headroom captured</h3>" + headroom_html(scores.get("headroom")))
     curve = report_dir / "learning_curve.png"
     if curve.is_file():  # sagecast-compare --train-days: the nested training sets, scored on the same test days
         out.append("<h3>Learning curve</h3>" + img_html(curve.read_bytes(), "skill vs persistence against training "
                                                         "days (nested training sets, same test days; 95 % intervals)"))
+    out += [f'<p class="na">{esc(name)}: not available on real data: {esc(why)}.</p>'
+            for name, why in (scores.get("not_on_real_data") or {}).items()]
     fc = inputs.read_parquet(report_dir / "forecasts.parquet", inputs.FORECAST_COLUMNS)
     if fc is None or not len(fc):
         return "\n".join(out + ["<h3>Forecasts</h3>", NA])
@@ -240,7 +243,9 @@ def build(*, prepared: Path, stage1: Path, stage2: Path, out: Path, report_dir: 
     rgb, thermal = inputs.read_frames(prepared)
     report_dir = Path(report_dir or stage2)
     scores = inputs.read_json(report_dir / "scores.json")
-    truth = inputs.read_truth(prepared, sorted(index["vsn"].unique()))
+    # A real sky (stage-2 evaluate --real-data) has no generator truth: none is read, even if a file is there.
+    real = bool((scores or {}).get("not_on_real_data"))
+    truth = None if real else inputs.read_truth(prepared, sorted(index["vsn"].unique()))
     # Labels carry folder, node and method names: plain text, never mathtext (a "$" in a name must not parse).
     with matplotlib.rc_context({"text.parse_math": False}):
         sections = [("data", "1 Data", data_section(prepared, index, rgb, thermal)),

@@ -218,14 +218,15 @@ def retrieval_examples(rows: pd.DataFrame, z: dict[str, np.ndarray]) -> dict:
             "examples": examples}
 
 
-def evaluate(run: str | Path, *, rows: str = "day", batch_size: int = 256, seed: int = 0, every: int = 1) -> dict:
+def evaluate(run: str | Path, *, rows: str = "day", batch_size: int = 256, seed: int = 0, every: int = 1,
+             real_data: bool = False) -> dict:
     run = Path(run)
     table, feats, info = _read_embeddings(run)
     prepared = Path(info["prepared_dir"])
     index = pd.read_parquet(prepared / "index.parquet")
     table = table.merge(index[KEYS + ["cloud_fraction", "lon", "row", "local_date"]], on=KEYS, how="left",
                         validate="one_to_one")
-    truth = _true_cloud_fraction(prepared, table)
+    truth = None if real_data else _true_cloud_fraction(prepared, table)  # a real sky has no generator truth
     if truth is not None:
         table["true_cloud_fraction"] = truth.to_numpy()
     keep = (table["is_day"].to_numpy(bool) if rows == "day" else np.ones(len(table), bool)) & \
@@ -298,6 +299,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="rows to evaluate: daytime only (as trained) or all")
     ap.add_argument("--batch-size", type=int, default=256, help="for the random-init features")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random-init encoders")
+    ap.add_argument("--real-data", action="store_true",
+                    help="the data is a real sky: read no synthetic truth (RAW/<VSN>/truth.parquet) even if present")
     ap.add_argument("--every", type=int, default=1,
                     help="keep every N-th capture of each (node, preset) in time order (default: all)")
     args = ap.parse_args(argv)
@@ -307,7 +310,8 @@ def main(argv: list[str] | None = None) -> None:
     def run() -> None:
         require(Path(args.run) / "embeddings.parquet", what="stage-1 embeddings",
                 made_by=f"sagecast-stage1-export --run {args.run}")
-        evaluate(args.run, rows=args.rows, batch_size=args.batch_size, seed=args.seed, every=args.every)
+        evaluate(args.run, rows=args.rows, batch_size=args.batch_size, seed=args.seed, every=args.every,
+                 real_data=args.real_data)
 
     run_cli(run, prog=ap.prog)
 

@@ -44,6 +44,12 @@ from stage2_forecast.train import Config, load_run, needs_images
 # Day type by mean daytime cloud_fraction (prepared index): clear < 3/8 (≤ 2 oktas), overcast ≥ 6/8.
 DAY_TYPES = {"clear": 0.375, "broken": 0.75, "overcast": 1.01}
 LEARNED = ("detr", "jepa")
+# What only a synthetic sky can give, with why: on real data (--real-data) the reports list these as "not
+# available on real data" instead of leaving them silently out.
+NOT_ON_REAL_DATA = {"synthetic oracles": "they forecast the generator's true cloud fraction (thin cirrus "
+                                         "included), which no camera on a real node records",
+                    "headroom captured": "it is measured against a view-limited oracle that knows the true wind "
+                                         "and cloud field, which only the synthetic sky has"}
 
 
 @torch.no_grad()
@@ -136,7 +142,9 @@ def read_probe(stage1_run) -> dict | None:
 
 
 def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n_boot: int = 1000,
-             base: Config | None = None) -> dict:
+             base: Config | None = None, real_data: bool = False) -> dict:
+    if real_data and raw_dir is not None:
+        raise UserError("--real-data reads no raw folder: the oracles need a synthetic sky's truth, drop --raw")
     (Path(out_dir) / "scores.json").unlink(missing_ok=True)  # a previous evaluation's record: not this one's
     loaded = [(r, *load_run(r)) for r in runs]
     for run in (stage1_run, eval_stage1_run) if eval_stage1_run is not None else (stage1_run,):
@@ -196,7 +204,8 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
     cf_true = table.cloud[test.tgt]  # (N, H, P) measured cloud_fraction of the target capture
     cf = {k: [cloud(p) for p in v] for k, v in preds.items()} if use_probe else {}
     scalar = baselines.cloud_fraction(table, test)
-    oracles, cf_truth, oracle_note = baselines.oracle_cloud_fraction(table, test, raw_dir, base.horizons_min)
+    oracles, cf_truth, oracle_note = (({}, None, "not available on real data") if real_data else
+                                      baselines.oracle_cloud_fraction(table, test, raw_dir, base.horizons_min))
     cf.update({k: [v] for k, v in scalar.items()})
     day_ords, day_idx = np.unique(table.day[test.anchor], return_inverse=True)
     daytime = table.present & table.is_day
@@ -211,6 +220,7 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
               "day_type_upper_cloud_fraction": DAY_TYPES, "cloud_fraction_probe": use_probe,
               "n_test_days": {t: int((types == t).sum()) for t in DAY_TYPES},
               "seeds": {k: len(v) for k, v in preds.items()}, "n_boot": n_boot, "oracles": oracle_note,
+              "not_on_real_data": NOT_ON_REAL_DATA if real_data else {},
               "eval": {"stage1_run": str(eval_stage1_run or stage1_run), "held_out": held_out,
                        "split": split or "all"},
               "days_per_split_per_location": {"train_data": days_per_split(fit)}}
@@ -258,9 +268,6 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
     return report
 
 
-NETWORKS = ("detr", "jepa")
-
-
 def headroom(fit, wins, b_train, table, preds, oracles, cf_truth, mask, day_idx, n_days, hkeys, n_boot, *,
              raw_dir, base, clim) -> dict:
     """The `headroom` block of scores.json (stage2_forecast.headroom), or why there is none.
@@ -272,7 +279,7 @@ def headroom(fit, wins, b_train, table, preds, oracles, cf_truth, mask, day_idx,
     if cf_truth is None or f"cf_oracle_{kind}" not in oracles:
         return {"available": False, "why": f"needs data.synthetic truth with oracle_{kind}_cf_<h> (the generator's "
                                            "true cloud fraction and view-limited oracle): not available on real data"}
-    models = [m for m in NETWORKS if m in preds]
+    models = [m for m in LEARNED if m in preds]
     if not models:
         return {"available": False, "why": "no network runs to score"}
     train_raw = read_json(Path(fit.prepared_dir) / "report.json", made_by="sagecast-prepare",
@@ -291,7 +298,7 @@ def headroom(fit, wins, b_train, table, preds, oracles, cf_truth, mask, day_idx,
         xy[split] = (b["tgt_z"].numpy()[ok], truth_of[split][ok])
     probe = fit_truth_probe(*xy["train"], *xy["val"])
     cf_models = {m: [apply_probe(probe, p) for p in preds[m]] for m in models}
-    cf_base = {k: apply_probe(probe, v[0]) for k, v in preds.items() if k not in NETWORKS}
+    cf_base = {k: apply_probe(probe, v[0]) for k, v in preds.items() if k not in LEARNED}
     out = headroom_block(cf_models, cf_base, oracles[f"cf_oracle_{kind}"], cf_truth, mask, day_idx, n_days, hkeys,
                          n_boot=n_boot)
     return {"available": True, "oracle": f"oracle_{kind}_cf_<h>", "probe_alpha": probe["alpha"], **out}
@@ -309,10 +316,13 @@ def main(argv: list[str] | None = None) -> None:
                     help="where scores.json, forecasts.parquet, report.md and skill_vs_horizon.png go")
     ap.add_argument("--eval-stage1-run", help="held-out: embeddings of another prepared folder by the same encoders")
     ap.add_argument("--raw", help="raw data.synthetic folder with <VSN>/truth.parquet (cloud-fraction oracles)")
+    ap.add_argument("--real-data", action="store_true",
+                    help="the data is a real sky: read no synthetic truth, and list what needs it as not available")
     ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates")
     args = ap.parse_args(argv)
     run_cli(lambda: print(markdown(evaluate(args.stage1_run, args.runs, args.out, eval_stage1_run=args.eval_stage1_run,
-                                            raw_dir=args.raw, n_boot=args.n_boot))), prog=ap.prog)
+                                            raw_dir=args.raw, n_boot=args.n_boot, real_data=args.real_data))),
+            prog=ap.prog)
 
 
 if __name__ == "__main__":

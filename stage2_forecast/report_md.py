@@ -58,12 +58,16 @@ def markdown(report: dict) -> str:
     lines += ["", "## Cloud fraction MAE", "", "Against the measured cloud fraction of the target capture (the "
               "thermal cloud mask of data.prepare); forecasts through the stage-1 probe.", ""]
     lines += _mae_table(report, report.get("cloud_fraction", {}))
-    lines += ["", "## Synthetic oracles (generator's true cloud fraction)", "", f"Oracles: {report['oracles']}. "
-              "Scored against the generator's true cloud fraction (both layers: thin cirrus counts, which the "
-              "thermal mask above misses), so compare them with `cf_truth_persistence` here, not with the "
-              "table above.", ""]
-    lines += _mae_table(report, report.get("cloud_fraction_truth", {}))
-    lines += ["", "## Headroom captured", ""] + headroom_lines(report.get("headroom"))
+    if report.get("not_on_real_data"):
+        lines += ["", "## Not available on real data", ""]
+        lines += [f"- {name}: not available on real data: {why}." for name, why in report["not_on_real_data"].items()]
+    else:
+        lines += ["", "## Synthetic oracles (generator's true cloud fraction)", "", f"Oracles: {report['oracles']}. "
+                  "Scored against the generator's true cloud fraction (both layers: thin cirrus counts, which the "
+                  "thermal mask above misses), so compare them with `cf_truth_persistence` here, not with the "
+                  "table above.", ""]
+        lines += _mae_table(report, report.get("cloud_fraction_truth", {}))
+        lines += ["", "## Headroom captured", ""] + headroom_lines(report.get("headroom"))
     methods = list(report["variants"])
     lines += ["", "## Per day (skill at each horizon)", "",
               "| day | type | mean CF | samples | " + " | ".join(methods) + " |",

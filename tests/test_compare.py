@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from sagecast_pipeline import compare, run
@@ -166,3 +167,117 @@ def test_killed_during_stage1_the_rerun_trains_to_the_end_before_exporting(tmp_p
     assert "stage1_train: done" not in printed and "[compare] stage1_train: " in printed
     exported = json.loads((out / "stage1" / "embeddings.json").read_text())
     assert exported["step"] == killed_at["total_steps"]  # embeddings of the finished encoders
+
+
+def two_node_registry(tmp_path, monkeypatch) -> None:
+    """W056 (San Diego from 2023-05-20) and a second node W099 near Chicago, through SAGECAST_NODES."""
+    registry = json.loads((REPO / "data" / "sage" / "nodes.json").read_text())
+    registry["W099"] = [{"from": None, "to": None, "lat": 41.70, "lon": -87.99, "elevation_m": 220.0,
+                         "tz": "America/Chicago", "source": "a test node"}]
+    path = tmp_path / "nodes.json"
+    path.write_text(json.dumps(registry))
+    monkeypatch.setenv("SAGECAST_NODES", str(path))
+
+
+def sky_files(raw: Path, vsn: str, days: list[str], positions=(1, 5)) -> None:
+    """Empty RGB and thermal files named as sagecast-download writes them, one capture at local noon per day:
+    what compare's refusals read (names only)."""
+    from data.formats import rgb_name, thermal_name
+
+    for day in days:
+        for pos in positions:
+            ts = pd.Timestamp(f"{day}T19:00:00Z") + pd.Timedelta(seconds=3 * pos)
+            for kind, name in (("rgb", rgb_name(768, 256, pos)), ("thermal", thermal_name(pos))):
+                path = raw / vsn / kind / f"{ts.value}-{name}"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+
+
+@pytest.mark.parametrize("case", ["few_days", "no_sky", "heldout_in_train", "heldout_node_absent"])
+def test_raw_refusals_are_one_line_and_exit_2(tmp_path, monkeypatch, case):
+    two_node_registry(tmp_path, monkeypatch)
+    raw, other = tmp_path / "raw", tmp_path / "other"
+    days = ["2023-06-01", "2023-06-02", "2023-06-03"]
+    sky_files(raw, "W099", days)
+    sky_files(raw, "W056", days[:2])
+    argv = ["--out", str(tmp_path / "cmp"), "--raw", str(raw)]
+    expected = {"few_days": "has 2 whole local days of sky-preset pairs to train on (W056 2); the train/val/test "
+                            "splits need at least 3",
+                "no_sky": "no RGB–thermal pairs of sky presets to train on",
+                "heldout_in_train": "holds W056, also in --raw",
+                "heldout_node_absent": "--heldout-node W123 is not in"}[case]
+    if case == "few_days":
+        argv += ["--heldout-node", "W099"]
+    elif case == "no_sky":
+        raw = tmp_path / "horizon"
+        sky_files(raw, "W056", days, positions=(2, 6))  # not sky presets
+        argv = ["--out", str(tmp_path / "cmp"), "--raw", str(raw)]
+    elif case == "heldout_in_train":
+        sky_files(other, "W056", days[:1])
+        argv += ["--heldout-raw", str(other)]
+    else:
+        argv += ["--heldout-node", "W123"]
+    proc = subprocess.run([sys.executable, "-m", "sagecast_pipeline.compare", *argv], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr, proc.stderr
+    assert not (tmp_path / "cmp").exists()  # refused before anything was written
+
+
+def test_raw_comparison_reads_no_synthetic_truth_in_its_commands(tmp_path, monkeypatch, capsys):
+    two_node_registry(tmp_path, monkeypatch)
+    raw = tmp_path / "raw"
+    sky_files(raw, "W056", ["2023-06-01", "2023-06-02", "2023-06-03"])
+    sky_files(raw, "W099", ["2023-06-01"])
+    compare.main(["--out", str(tmp_path / "cmp"), "--raw", str(raw), "--heldout-node", "W099", "--print"])
+    printed = capsys.readouterr().out
+    evaluations = [line for line in printed.splitlines() if line.startswith("sagecast-stage2-evaluate")]
+    assert len(evaluations) == 2 and all("--real-data" in c and " --raw " not in c for c in evaluations)
+    probes = [line for line in printed.splitlines() if line.startswith("sagecast-stage1-evaluate")]
+    assert len(probes) == 1 and "--real-data" in probes[0]  # the stage-1 probe reads no truth either
+    assert "sagecast-synthetic" not in printed
+    assert f"--raw {tmp_path / 'cmp' / 'raw_train'} " in printed and f"--raw {tmp_path / 'cmp' / 'raw_heldout'} " \
+        in printed  # the two node views are prepared apart
+    assert not (tmp_path / "cmp").exists()  # --print makes nothing
+
+
+@pytest.mark.slow
+def test_compare_on_downloaded_data_with_a_held_out_node(tmp_path, monkeypatch):
+    """The user's flow: two nodes downloaded from (the double of) SAGE, compared with one held out; the
+    generator's truth is there but unreadable, and nothing may read it."""
+    from data.synthetic.generate import generate
+    from tests.sage_double import SageDouble
+
+    two_node_registry(tmp_path, monkeypatch)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no real ~/.netrc
+    src, raw, out = tmp_path / "src", tmp_path / "raw", tmp_path / "cmp"
+    generate(src, nodes=["W056", "W099"], start="2023-06-01", days=4, interval_min=60, seed=0, size="small",
+             fault_rate=0.0, progress=False)
+    with SageDouble(src, user="u", token="t", lifetime_s=600) as d:
+        subprocess.run([sys.executable, "-m", "data.sage.download", "--vsn", "W056", "--vsn", "W099", "--start",
+                        "2023-06-01", "--end", "2023-06-06", "--out", str(raw), "--endpoint", f"{d.url}/api/v1/query",
+                        "--storage-url", d.url, "--backoff", "0.01", "--timeout", "5"],
+                       cwd=REPO, check=True, capture_output=True, timeout=300,
+                       env={**os.environ, "SAGE_USER": "u", "SAGE_TOKEN": "t"})
+    for vsn in ("W056", "W099"):
+        assert (raw / vsn / "rgb").is_dir() and not (raw / vsn / "truth.parquet").exists()
+        (raw / vsn / "truth.parquet").write_bytes(b"not a parquet file: any reader of the truth fails on it")
+
+    compare.main(["--out", str(out), "--raw", str(raw), "--heldout-node", "W099", "--seeds", "0",
+                  "--stage1", *TINY_STAGE1, "--stage2", *TINY_STAGE2, "--n-boot", "50"])
+
+    assert set(pd.read_parquet(out / "prepared_train" / "index.parquet")["vsn"]) == {"W056"}
+    assert set(pd.read_parquet(out / "prepared_heldout" / "index.parquet")["vsn"]) == {"W099"}
+    for name in ("report", "report_heldout"):
+        report = json.loads((out / name / "scores.json").read_text())
+        assert report["n_test"] > 0 and "cloud_fraction_truth" not in report
+        for method in ("detr", "jepa", "ridge", "persistence"):
+            for row in report["variants"][method].values():
+                lo, hi = row["skill_ci"]
+                assert lo <= row["skill_vs_persistence"] <= hi
+        assert "synthetic oracles" in report["not_on_real_data"]
+        assert "- synthetic oracles: not available on real data: " in (out / name / "report.md").read_text()
+    held = json.loads((out / "report_heldout" / "scores.json").read_text())["days_per_split_per_location"]
+    assert [k.split("@")[0] for k in held["eval_data"]] == ["W099"]
+    assert [k.split("@")[0] for k in held["train_data"]] == ["W056"]
+    assert "synthetic oracles: not available on real data: " in (out / "report" / "report.html").read_text()

@@ -575,3 +575,65 @@ def test_overrides_are_parsed_before_anything_is_queued(tmp_path):
     bare = submit(tmp_path, env | {"PYTHON": shutil.which("python3")}, "--scheduler", "slurm", "--name", "n",
                   "stage1", "--", "epochs=2", parse_overrides=True)
     assert "overrides not checked here" in bare.stderr and len(calls(tmp_path)) == 3
+
+
+COMPARE_IDS = {  # ids the fake prints: stage 1, the stage-2 array (Cobalt: one job per run), the reports
+    "slurm": ["800;c1", "801;c1", "802;c1"], "pbs": ["900.srv", "901[].srv", "902.srv"],
+    "cobalt": ["4242", "4243", "4244", "4245"]}
+
+
+@pytest.mark.parametrize("scheduler", sorted(SCHED))
+def test_compare_is_stage1_once_then_a_stage2_array_then_the_reports(tmp_path, scheduler):
+    prog = SCHED[scheduler][0]
+    env = fake_bin(tmp_path, prog) | {"FAKE_IDS": " ".join(COMPARE_IDS[scheduler])}
+    (tmp_path / "raw").mkdir()
+    out = submit(tmp_path, env, "--scheduler", scheduler, "--name", "c", "--raw", str(tmp_path / "raw"),
+                 "--compare-args", "--seeds 0 --n-boot 50", "compare", "--", "stage1.epochs=1", "stage2.epochs=1")
+    run, ext = tmp_path / "runs" / "c", {"cobalt": "cobalt", "pbs": "pbs", "slurm": "sbatch"}[scheduler]
+    submitted = [Path(c["argv"][-1]).name for c in calls(tmp_path)]
+    trains = ["compare_stage2"] if scheduler != "cobalt" else ["compare_stage2_0", "compare_stage2_1"]
+    assert submitted == [f"{k}.{ext}" for k in ("compare_stage1", *trains, "compare_report")], out.stdout
+    scripts = {k: (run / f"{k}.{ext}").read_text() for k in ("compare_stage1", *trains, "compare_report")}
+    check_scripts(*(run / f"{k}.{ext}" for k in scripts))
+
+    stage1 = scripts["compare_stage1"]
+    assert "sagecast-prepare --raw" in stage1 and "sagecast-stage1-train" in stage1 and "epochs=1" in stage1
+    assert "sagecast-stage2-train" not in stage1 and "sagecast-synthetic" not in stage1
+    runs = [line for k in trains for line in scripts[k].splitlines() if "sagecast-stage2-train" in line]
+    assert sorted(re.search(r"--variant (\w+)", x).group(1) for x in runs) == ["detr", "jepa"]
+    report = scripts["compare_report"]
+    assert report.count("sagecast-stage2-evaluate") == 1 and "--real-data" in report and "sagecast-report" in report
+
+    ids = [x.split(";")[0] for x in COMPARE_IDS[scheduler]]
+    argv = [c["argv"] for c in calls(tmp_path)]
+    assert not any("depend" in a for a in argv[0])  # stage 1 waits for nothing
+    waits = {"slurm": [f"--dependency=afterok:{ids[0]}"], "pbs": [f"depend=afterok:{ids[0]}"],
+             "cobalt": [ids[0]]}[scheduler]
+    for train in argv[1:-1]:
+        assert all(w in train for w in waits)
+    last = {"slurm": f"--dependency=afterok:{ids[1]}", "pbs": f"depend=afterok:{ids[1]}",
+            "cobalt": f"{ids[1]}:{ids[2]}"}[scheduler]  # Slurm and PBS: afterok on the array waits for every task
+    assert last in argv[-1]
+    if scheduler == "slurm":
+        assert "#SBATCH --array=0-1" in scripts["compare_stage2"]
+        assert 'case "${SLURM_ARRAY_TASK_ID}" in' in scripts["compare_stage2"]
+        assert "#SBATCH --nodes=2" in stage1 and "#SBATCH --nodes=1" in scripts["compare_stage2"]
+        assert "compare_stage2-%A_%a.out" in scripts["compare_stage2"]
+    if scheduler == "pbs":
+        assert "#PBS -J 0-1" in scripts["compare_stage2"] and '"${PBS_ARRAY_INDEX}"' in scripts["compare_stage2"]
+    record = json.loads((run / "submit.json").read_text())
+    assert [record["jobs"][k]["id"] for k in ("compare_stage1", *trains, "compare_report")] == ids
+    assert record["overrides"]["compare"][:2] == ["--out", str(run)]
+
+
+def test_compare_is_submitted_alone_and_checked_by_sagecast_compare(tmp_path):
+    env = fake_bin(tmp_path, "sbatch") | {"FAKE_IDS": "1 2 3"}
+    both = submit(tmp_path, env, "--scheduler", "slurm", "--name", "c", "stage1", "compare", check=False)
+    assert both.returncode == 2 and "compare is submitted alone" in both.stderr
+    (tmp_path / "raw" / "W056" / "rgb").mkdir(parents=True)  # a node folder without a single sky-preset pair
+    env["PYTHON"] = sys.executable
+    out = subprocess.run([sys.executable, str(SUBMIT), "--project", "P", "--queue", "q", "--scheduler", "slurm",
+                          "--runs-root", str(tmp_path / "runs"), "--name", "c", "--raw", str(tmp_path / "raw"),
+                          "compare"], env=env, capture_output=True, text=True)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "no RGB–thermal pairs of sky presets" in out.stderr and calls(tmp_path) == []

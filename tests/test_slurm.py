@@ -55,19 +55,22 @@ def runs_root(tmp_path_factory, tiny_prepared):
     return root
 
 
-def jobs_submit(slurm, runs_root: Path, name: str, *args: str, parse_overrides: bool = False):
+def jobs_submit(slurm, runs_root: Path, name: str, *args: str, parse_overrides: bool = False,
+                env: dict[str, str] | None = None):
     """jobs/submit CPU-only jobs of 2 CPUs each (the node has 4; later arguments win); `parse_overrides`: let it
-    parse the overrides first (seconds: it imports torch), else the job does. Its finished process."""
+    parse the overrides first (seconds: it imports torch), else the job does; `env`: more environment for the
+    jobs (sbatch passes its own on). Its finished process."""
     env = {**slurm.env, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "jobs" / "submit"), "--scheduler", "slurm", "--project", "test",
                            "--queue", "debug", "--walltime", "10", "--gpus-per-node", "0", "--cpus-per-node", "2",
                            "--runs-root", str(runs_root), "--name", name, *([] if parse_overrides else ["--no-check"]),
                            *args], env=env, capture_output=True, text=True, timeout=120)
 
 
-def submit(slurm, runs_root: Path, name: str, *args: str, parse_overrides: bool = False) -> None:
-    out = jobs_submit(slurm, runs_root, name, *args, parse_overrides=parse_overrides)
+def submit(slurm, runs_root: Path, name: str, *args: str, parse_overrides: bool = False,
+           env: dict[str, str] | None = None) -> None:
+    out = jobs_submit(slurm, runs_root, name, *args, parse_overrides=parse_overrides, env=env)
     assert out.returncode == 0, out.stderr
 
 
@@ -248,3 +251,55 @@ def test_the_grace_signal_reaches_sbatch_and_bad_values_are_refused_before_queue
     assert "batch_size" in refused(jobs_submit(slurm, runs_root, "grace2", "stage1", "--", *STAGE1,
                                                "stage1.batch_size=-4", parse_overrides=True))
     assert queued(slurm) == [job] and not (runs_root / "grace2" / "submit.json").exists()
+
+
+def array_tasks(slurm, job: str) -> list[dict[str, str]]:
+    """`scontrol show job -o` of a job array: one record per task."""
+    return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in slurm.scontrol("show", "job", "-o", job).splitlines()
+            if line.strip()]
+
+
+def test_compare_runs_stage1_once_the_stage2_runs_as_an_array_and_the_reports_after_them(slurm, tmp_path_factory,
+                                                                                          monkeypatch):
+    """`jobs/submit ... compare` on two downloaded-layout nodes, one held out: the comparison of sagecast-compare
+    --raw as jobs. The generator's truth files are garbage: a job that read one would fail."""
+    from data.synthetic.generate import generate
+
+    root = tmp_path_factory.mktemp("slurm_compare")
+    registry = json.loads((REPO / "data" / "sage" / "nodes.json").read_text())
+    registry["W099"] = [{"from": None, "to": None, "lat": 41.70, "lon": -87.99, "elevation_m": 220.0,
+                         "tz": "America/Chicago", "source": "a test node"}]
+    (root / "nodes.json").write_text(json.dumps(registry))
+    env = {"SAGECAST_NODES": str(root / "nodes.json")}
+    monkeypatch.setenv("SAGECAST_NODES", env["SAGECAST_NODES"])  # the generator places the nodes through it too
+    generate(root / "raw", nodes=["W056", "W099"], start="2023-06-01", days=3, interval_min=60, seed=0,
+             size="small", fault_rate=0.0, progress=False)
+    for vsn in ("W056", "W099"):
+        (root / "raw" / vsn / "truth.parquet").write_bytes(b"not parquet: reading the synthetic truth fails")
+    runs = root / "runs"
+    submit(slurm, runs, "cmp", "--walltime", "30", "--raw", str(root / "raw"), "--compare-args",
+           "--heldout-node W099 --seeds 0 --n-boot 20", "compare", "--", *STAGE1, *STAGE2, env=env)
+    ids = job_ids(runs, "cmp")
+    assert set(ids) == {"compare_stage1", "compare_stage2", "compare_report"}
+    report = slurm.wait_job(ids["compare_report"], ENDED, 1500)
+    stage1, tasks = slurm.job(ids["compare_stage1"]), array_tasks(slurm, ids["compare_stage2"])
+    logs = "".join(p.read_text(errors="replace") for p in sorted((runs / "cmp" / "logs").iterdir()))[-4000:]
+    for info in (stage1, *tasks, report):
+        assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), logs
+    assert sorted(t["ArrayTaskId"] for t in tasks) == ["0", "1"]
+    assert all(when(t, "StartTime") >= when(stage1, "EndTime") for t in tasks)
+    assert all(when(report, "StartTime") >= when(t, "EndTime") for t in tasks)  # afterok on the whole array
+    assert sorted(p.name for p in (runs / "cmp" / "stage2").iterdir()) == ["detr_s0", "jepa_s0"]
+    for name in ("report", "report_heldout"):
+        scores = json.loads((runs / "cmp" / name / "scores.json").read_text())
+        assert "synthetic oracles" in scores["not_on_real_data"] and "cloud_fraction_truth" not in scores
+        assert all(lo <= row["skill_vs_persistence"] <= hi for row in scores["variants"]["detr"].values()
+                   for lo, hi in [row["skill_ci"]])
+    assert "not available on real data" in (runs / "cmp" / "report" / "report.html").read_text()
+
+    submit(slurm, runs, "cmp", "--raw", str(root / "raw"), "--compare-args",
+           "--heldout-node W099 --seeds 0 --n-boot 20", "compare", "--", *STAGE1, *STAGE2, env=env)
+    again = job_ids(runs, "cmp")["compare_stage1"]  # resubmitted: every step finds its completion record
+    assert slurm.wait_job(again, ENDED, 300)["JobState"] == "COMPLETED"
+    log = job_log(runs, "cmp", "compare_stage1", again)
+    assert log.count("done: ") == 6 and "run_stage.sh:" not in log, log[-2000:]  # no step was launched
