@@ -9,8 +9,10 @@
 Steps (declared with sagecast_pipeline.steps), each a separate process, skipped when its completion record exists
 and otherwise run again, resuming its own checkpoint (rerun to resume):
   1. data.synthetic: --days whole days of W056 (seed 0, the training sky) and --heldout-days of a sky the
-     training never sees (--heldout-seed, other dates); data.prepare both, the training sky with --fractions
-     (more test days than the prepare default's 15 %: the intervals resample whole test days).
+     training never sees (--heldout-seed, other dates), both --rows (default sky and horizon), daylight scan
+     loops only (stage 2 anchors and scores daytime scans; night frames would double the data steps' cost);
+     data.prepare both, the training sky with --fractions (more test days than the prepare default's 15 %: the
+     intervals resample whole test days).
      With --raw DIR (folders as sagecast-download writes them, any nodes and dates) there is no generation:
      DIR is prepared, split by whole local days per node location; the held-out data is another folder
      (--heldout-raw) or one node of DIR (--heldout-node: OUT/raw_train and OUT/raw_heldout then link DIR's node
@@ -31,6 +33,7 @@ The same graph runs as batch jobs: `jobs/submit ... compare` (docs/cluster.md).
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import shlex
@@ -68,10 +71,13 @@ def comparison(args) -> list[st.Step]:
         if not args.raw:
             start, days, seed = synthetic[sky]
             steps.append(st.synthetic(raw, ["--nodes", args.node, "--start", start, "--days", str(days),
-                                            "--interval-min", str(args.interval_min), "--seed", str(seed), "--size",
-                                            "small", *shlex.split(args.synthetic)], name=f"synthetic_{sky}"))
+                                            "--interval-min", str(args.interval_min), "--seed", str(seed),
+                                            "--size", "small", "--rows", args.rows, "--daylight-only",
+                                            *shlex.split(args.synthetic)],
+                                      name=f"synthetic_{sky}"))
         split = ["--fractions", args.fractions] if sky == "train" else []
-        steps.append(st.prepare(raw, out / f"prepared_{sky}", ["--size", "64", *split], name=f"prepare_{sky}"))
+        steps.append(st.prepare(raw, out / f"prepared_{sky}", ["--size", "64", "--rows", args.rows, *split],
+                                name=f"prepare_{sky}"))
     s1, s1_held = out / "stage1", out / "stage1_heldout"
     steps += [st.stage1_train(out / "prepared_train", s1, args.stage1),
               st.stage1_export(s1),
@@ -96,6 +102,20 @@ def comparison(args) -> list[st.Step]:
                                         args=["--n-boot", str(args.n_boot), *extra,
                                               *(["--real-data"] if args.raw else [])]))
     report = out / f"report{tag}"
+    real_data = ["--real-data"] if args.raw else []
+    if args.train_days:  # the learning curve: nested training sets, one seed each, scored on the same test days
+        curves = []
+        for days in args.train_days:
+            day_runs = [out / f"stage2{tag}_days{days}" / f"{v}_s{args.seeds[0]}" for v in args.variants]
+            steps += [st.stage2_train(s1, r, v, [f"seed={args.seeds[0]}", f"features={args.features}",
+                                                 f"train_days={days}", *args.stage2],
+                                      name=f"stage2{tag}_days{days}_{v}")
+                      for r, v in zip(day_runs, args.variants, strict=True)]
+            curves.append(out / f"report{tag}_days{days}")
+            steps.append(st.stage2_evaluate(s1, day_runs, curves[-1], raw=None if args.raw else raw_train,
+                                            name=f"report{tag}_days{days}", args=["--n-boot", str(args.n_boot),
+                                                                                  *real_data]))
+        steps.append(st.learning_curve(curves, args.train_days, report, name=f"learning_curve{tag}"))
     steps.append(st.report(out / "prepared_train", s1, out / f"stage2{tag}", report / "report.html", scores=report,
                            name=f"report{tag}_html"))
     return steps
@@ -176,6 +196,16 @@ def link_node_views(args) -> None:
             os.symlink(raw / vsn, folder / vsn, target_is_directory=True)
 
 
+def _day_list(text: str) -> list[int]:
+    try:
+        days = sorted({int(d) for d in text.split(",") if d.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--train-days wants a comma list of whole days, got {text!r}") from None
+    if not days or days[0] < 1:
+        raise argparse.ArgumentTypeError(f"--train-days wants positive day counts, got {text!r}")
+    return days
+
+
 def parser():
     ap = make_parser("sagecast-compare", __doc__)
     ap.add_argument("--out", required=True, help="everything goes under this folder")
@@ -212,6 +242,13 @@ def parser():
     ap.add_argument("--probe-every", type=int, default=3,
                     help="stage1_jea.evaluate --every: the stage-1 probes and their baselines on every N-th capture "
                          "(default 3, i.e. 15-minute cadence; its random-init forward pass was the slowest step)")
+    ap.add_argument("--train-days", type=_day_list, default=[],
+                    help="learning curve: also train each variant (first seed) with only N training days for each N "
+                         "of this comma list (nested sets, e.g. 10,20,40), score them on the same test days and "
+                         "draw skill against N in the report (OUT/report/learning_curve.png)")
+    ap.add_argument("--rows", default="sky,horizon",
+                    help="preset rows generated and prepared (data.formats.parse_rows): sky, or sky,horizon (the "
+                         "horizon row is stage-2 context; targets stay the sky row)")
     ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates of each report")
     ap.add_argument("--print", action="store_true", help="print the commands and completion records; run nothing")
     return ap

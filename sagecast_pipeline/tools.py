@@ -21,6 +21,7 @@ TOOLS = {
     "sagecast-stage1-evaluate": "stage1_jea.evaluate",
     "sagecast-stage2-train": "stage2_forecast.train",
     "sagecast-stage2-evaluate": "stage2_forecast.evaluate",
+    "sagecast-learning-curve": "stage2_forecast.learning_curve",
     "sagecast-report": "sagecast_report",
     "sagecast-compare": "sagecast_pipeline.compare",
     "sagecast-edge-export": "edge_export",

@@ -27,7 +27,7 @@ TINY_STAGE2 = ["epochs=1", "batch_size=8", "horizons_min=60,120", "context_scans
 def test_compare_runs_every_step_and_resumes(tmp_path, capsys):
     out = tmp_path / "cmp"
     argv = ["--out", str(out), "--days", "4", "--heldout-days", "1", "--interval-min", "60", "--seeds", "0", "1",
-            "--stage1", *TINY_STAGE1, "--stage2", *TINY_STAGE2, "--n-boot", "50"]
+            "--stage1", *TINY_STAGE1, "--stage2", *TINY_STAGE2, "--n-boot", "50", "--train-days", "1"]
     compare.main(argv)
 
     prepared = json.loads((out / "prepared_train" / "report.json").read_text())
@@ -48,6 +48,22 @@ def test_compare_runs_every_step_and_resumes(tmp_path, capsys):
         pairs = {(c["a"], c["b"]) for c in report["comparisons"]}
         assert ("detr", "jepa") in pairs
     assert (out / "report" / "report.html").stat().st_size > 0
+    index = pd.read_parquet(out / "prepared_train" / "index.parquet")
+    assert set(index["preset_row"]) == {"sky", "horizon"}  # both rows by default; stage 2 reads the horizon as context
+    # the synthetic truth gives the headroom block: each network against the strongest baseline and the oracle
+    room = json.loads((out / "report" / "scores.json").read_text())["headroom"]
+    assert room["available"] and room["oracle"] == "oracle_view_horizon_cf_<h>" and set(room["models"]) == {"detr",
+                                                                                                          "jepa"}
+    scored = room["models"]["detr"]["60"]
+    assert scored["mae_oracle"] <= scored["mae_baseline"] + 1e-12 or scored["headroom"] is None
+    if scored["headroom"] is not None:
+        lo, hi = scored["headroom_ci"]
+        assert lo <= scored["headroom"] <= hi
+    # the learning curve: the one-day training sets of both variants, scored on the same test days
+    curve = json.loads((out / "report" / "learning_curve.json").read_text())
+    assert curve["train_days"] == [1] and {"detr", "jepa", "ridge"} <= set(curve["methods"])
+    assert json.loads((out / "stage2_days1" / "detr_s0" / "config.json").read_text())["train_days"] == 1
+    assert "Learning curve" in (out / "report" / "report.html").read_text()
     timings = json.loads((out / "timings.json").read_text())
     assert {"synthetic_train", "prepare_heldout", "stage1_train", "stage2_jepa_s1", "report_heldout"} <= set(timings)
 
