@@ -278,7 +278,8 @@ def headroom(fit, wins, b_train, table, preds, oracles, cf_truth, mask, day_idx,
     kind = "view_horizon" if table.horizon_present is not None else "view"
     if cf_truth is None or f"cf_oracle_{kind}" not in oracles:
         return {"available": False, "why": f"needs data.synthetic truth with oracle_{kind}_cf_<h> (the generator's "
-                                           "true cloud fraction and view-limited oracle): not available on real data"}
+                                           "true cloud fraction and view-limited oracle); none was read, and real "
+                                           "data has none"}
     models = [m for m in LEARNED if m in preds]
     if not models:
         return {"available": False, "why": "no network runs to score"}
