@@ -42,7 +42,7 @@ from stage1_jea.optim import build_optimizer
 from stage1_jea.plots import plot_training
 
 PROG = "sagecast-stage1-train"
-SCHEDULE_KEYS = ("epochs", "batch_size", "base_lr", "warmup_epochs", "final_lr_ratio")
+SCHEDULE_KEYS = ("epochs", "epoch_pairs", "batch_size", "base_lr", "warmup_epochs", "final_lr_ratio")
 
 
 @dataclass
@@ -59,6 +59,8 @@ class Config:
     crop_size: int | None = option(None, "training crop (None: prepared size)", ge=1)
     day_only: bool = option(True, "train on daytime pairs only")
     epochs: int = option(100, "training epochs", ge=1)
+    epoch_pairs: int = option(0, "pairs per epoch, a fresh seeded draw from all training pairs each epoch (caps an "
+                                 "epoch's cost on many days); 0: every pair", ge=0)
     batch_size: int = option(256, "global batch (all ranks)", ge=1)
     optimizer: Literal["lars", "adamw"] = option("lars", "optimiser")
     base_lr: float = option(0.2, "peak lr = base_lr * batch_size / 256", gt=0)
@@ -172,8 +174,10 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
     require(Path(cfg.prepared) / "index.parquet", made_by="sagecast-prepare", what="prepared index")
     dataset = _dataset(cfg)
     img_size = int(dataset[0][0].shape[-1])
+    # rank_shard is a fresh (seed, epoch) permutation: its first epoch_pairs / world_size are a new draw each epoch
+    per_rank_pairs = cfg.epoch_pairs // env.world_size if cfg.epoch_pairs else None
     shard = lambda epoch: rank_shard(len(dataset), rank=env.rank, world_size=env.world_size, seed=cfg.seed,
-                                     epoch=epoch)
+                                     epoch=epoch)[:per_rank_pairs]
     steps_per_epoch = training.steps_per_epoch(len(shard(0)), per_rank)
     if steps_per_epoch == 0:
         raise UserError(f"{len(dataset)} training pairs in {cfg.prepared} are fewer than one batch ({per_rank}/rank)")

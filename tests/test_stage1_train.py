@@ -48,7 +48,8 @@ def test_resume_is_bitwise_identical_and_writes_run_files(fake_data, tmp_path):
     ckpt = torch.load(resumed / "ckpt.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["total_steps"], ckpt["config"]["epochs"]) == (1, 6, 2)
     assert ckpt["schedule"] == {"total_steps": 6, "steps_per_epoch": 3, "train_pairs": 27, "epochs": 2,
-                                "batch_size": 8, "base_lr": 0.2, "warmup_epochs": 0.5, "final_lr_ratio": 0.001}
+                                "epoch_pairs": 0, "batch_size": 8, "base_lr": 0.2, "warmup_epochs": 0.5,
+                                "final_lr_ratio": 0.001}
     after_one = _weights(resumed)
     train.main(_cfg(fake_data, resumed))
     _assert_bitwise(_weights(straight), _weights(resumed))
@@ -92,6 +93,26 @@ def test_signal_mid_epoch_saves_the_current_step_and_resume_finishes_the_schedul
     written = (run / "encoders.pt").stat().st_mtime_ns
     assert train.main(_cfg(fake_data, run))["interrupted"] is False  # a finished run: nothing to do
     assert (run / "encoders.pt").stat().st_mtime_ns == written  # written once
+
+
+def test_epoch_pairs_draws_a_fresh_subset_each_epoch_and_sets_the_schedule(fake_data, tmp_path, monkeypatch):
+    seen = []
+    real_loader = train.DataLoader
+
+    def recording_loader(dataset, **kw):
+        seen.append(list(kw["sampler"]))
+        return real_loader(dataset, **kw)
+
+    monkeypatch.setattr(train, "DataLoader", recording_loader)
+    out = train.main(_cfg(fake_data, tmp_path / "run", epoch_pairs=16, epochs=3))
+    assert out == {"step": 6, "total_steps": 6, "interrupted": False}  # 16 of 27 pairs // 8 = 2 steps per epoch
+    assert [len(s) for s in seen] == [16, 16, 16]
+    assert all(len(set(s)) == 16 and max(s) < 27 for s in seen)
+    assert len({tuple(sorted(s)) for s in seen}) == 3  # another draw each epoch, not the same 16 pairs
+    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    assert (ckpt["schedule"]["epoch_pairs"], ckpt["schedule"]["steps_per_epoch"]) == (16, 2)
+    with pytest.raises(UserError, match=r"schedule changed .*epoch_pairs: 16 -> 24"):
+        train.main(_cfg(fake_data, tmp_path / "run", epoch_pairs=24, epochs=3))
 
 
 def test_changed_schedule_is_refused_unless_forced(fake_data, tmp_path):
