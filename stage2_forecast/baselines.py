@@ -28,18 +28,23 @@ training data, applied to any evaluation batch — the test split or a held-out 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from sagecast_common.runio import atomic_path
 from stage2_forecast import samples
 from stage2_forecast.models import damped_anomaly
 
 RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 CROSS_FIT_FOLDS = 5
 RIDGE_RANK = 256  # principal directions per slot in the per-view ridge (samples.ridge_features: memory, time)
+# Bump when the per-view ridge's arithmetic changes: it is part of every ridge cache key (stage2_forecast.train).
+RIDGE_CACHE_VERSION = 1
 
 
 def fit_climatology(table: samples.ScanTable, *, day_only: bool = True, exclude_day: int | None = None) -> np.ndarray:
@@ -117,10 +122,14 @@ class _Normal:
         self.n, self.sx, self.sy, self.sxx, self.sxy = 0, 0.0, 0.0, 0.0, 0.0
 
     def add(self, x: np.ndarray, y: np.ndarray, sign: float = 1.0) -> None:
-        x, y = x.astype(np.float64), y.astype(np.float64)
+        """Add a chunk of rows; its products in float32 (half the time of float64 on the compare's F = 2,563
+        design; a chunk is ≤ 2,048 rows), the running sums in float64."""
+        x, y = x.astype(np.float32), y.astype(np.float32)
         self.n += sign * len(x)
-        self.sx, self.sy = self.sx + sign * x.sum(0), self.sy + sign * y.sum(0)
-        self.sxx, self.sxy = self.sxx + sign * x.T @ x, self.sxy + sign * x.T @ y
+        self.sx = self.sx + sign * x.sum(0, dtype=np.float64)
+        self.sy = self.sy + sign * y.sum(0, dtype=np.float64)
+        self.sxx = self.sxx + sign * (x.T @ x).astype(np.float64)
+        self.sxy = self.sxy + sign * (x.T @ y).astype(np.float64)
 
     def centred(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
         xm, ym = self.sx / self.n, self.sy / self.n
@@ -151,46 +160,70 @@ def principal_basis(table: samples.ScanTable, rank: int = RIDGE_RANK, *, day_onl
     return torch.from_numpy(vectors[:, ::-1][:, :rank].astype(np.float32).copy())
 
 
-def _view_rows(table, win, basis, *, h: int, means_min, day_only: bool, chunk: int = 256):
-    """(sample idx, design (B, P, F), change (B, P, D), now (B, P, D), valid (B, P)) chunks of `win` at horizon h:
-    a row is a (sample, sky view) whose view is present at t and whose target is valid."""
-    for start in range(0, len(win), chunk):
-        idx = np.arange(start, min(start + chunk, len(win)))
-        b = samples.gather(table, win, idx, day_only=day_only, means_min=means_min)
-        now = b["view_x"][:, 0, :, 0]
-        valid = (b["tgt_mask"][:, h] & b["view_mask"][:, 0, :, 0]).numpy()
-        yield (idx, samples.ridge_features(b, basis).numpy(), (b["tgt_z"][:, h] - now).numpy(), now.numpy(),
-               valid)
+class _Rows:
+    """The per-view ridge's rows of `win`, gathered once for every horizon (the view context and the design do
+    not depend on h): chunks of (sample idx, design (B, P, F) float32, targets (B, H, P, D), now (B, P, D),
+    valid (B, H, P)); a row is a (sample, sky view) whose view is present at t and whose target at h is valid."""
+
+    def __init__(self, table, win, basis, *, means_min, day_only: bool, chunk: int = 256):
+        self.n, self.shape, self.chunks = len(win), table.z.shape[1:], []
+        for start in range(0, len(win), chunk):
+            idx = np.arange(start, min(start + chunk, len(win)))
+            b = samples.gather(table, win, idx, day_only=day_only, means_min=means_min)
+            now = b["view_x"][:, 0, :, 0]
+            valid = (b["tgt_mask"] & b["view_mask"][:, 0, :, 0][:, None]).numpy()  # (B, H, P)
+            self.chunks.append((idx, samples.ridge_features(b, basis).numpy(), b["tgt_z"].numpy(), now.numpy(),
+                                valid))
+
+    def at(self, h: int, keep: np.ndarray | None = None):
+        """(idx, design, change z(t+h) − z(t), now, valid) per chunk, only the samples where `keep` (N,) is true."""
+        for idx, x, tgt, now, valid in self.chunks:
+            sel = slice(None) if keep is None else keep[idx]
+            yield idx[sel], x[sel], tgt[sel, h] - now[sel], now[sel], valid[sel, h]
 
 
-def _fit(table, win, basis, *, h, means_min, day_only, sign=1.0, normal=None) -> _Normal:
-    """The statistics of `win`'s valid rows at horizon h, added (sign=-1: taken) to `normal` or a new one."""
+def _fit(rows: _Rows, *, h, keep=None, sign=1.0, normal=None) -> _Normal:
+    """The statistics of the valid rows at horizon h (of the kept samples), added (sign=-1: taken) to `normal`
+    or a new one."""
     normal = normal or _Normal()
-    for _, x, y, _, valid in _view_rows(table, win, basis, h=h, means_min=means_min, day_only=day_only):
+    for _, x, y, _, valid in rows.at(h, keep):
         normal.add(x[valid], y[valid], sign)
     return normal
 
 
-def _predict(table, win, fits, basis, *, h, means_min, day_only) -> list[np.ndarray]:
-    """now + (x − x_mean) @ w + y_mean for each fit: (N, P, D) each, every slot (masked ones are not scored)."""
-    out = [np.zeros((len(win), table.z.shape[1], table.z.shape[2]), np.float32) for _ in fits]
-    for idx, x, _, now, _ in _view_rows(table, win, basis, h=h, means_min=means_min, day_only=day_only):
-        for o, (xm, ym, w) in zip(out, fits, strict=True):
+def _predict(rows: _Rows, fits, *, h, keep=None) -> list[np.ndarray]:
+    """now + (x − x_mean) @ w + y_mean for each fit: (N, P, D) each, every slot (masked ones are not scored;
+    samples not kept stay 0). In float32: the fits are solved in float64, their products need not be."""
+    out = [np.zeros((rows.n, *rows.shape), np.float32) for _ in fits]
+    fits32 = [tuple(a.astype(np.float32) for a in fit) for fit in fits]
+    for idx, x, _, now, _ in rows.at(h, keep):
+        for o, (xm, ym, w) in zip(out, fits32, strict=True):
             o[idx] = now + ym + (x - xm) @ w
     return out
 
 
 def view_ridge_fits(table: samples.ScanTable, wins: dict[str, samples.Windows], *, means_min=(30.0, 60.0),
-                    day_only: bool = True, alphas=RIDGE_ALPHAS, rank: int = RIDGE_RANK) -> tuple[list, dict, object]:
+                    day_only: bool = True, alphas=RIDGE_ALPHAS, rank: int = RIDGE_RANK,
+                    cache: Path | None = None, train_rows: _Rows | None = None) -> tuple[list, dict, object]:
     """The per-view ridge's fits per horizon, (x_mean, y_mean, w) with change ≈ (x − x_mean) @ w + y_mean on
     `samples.ridge_features` rows (None: fewer than 2 train rows, the forecast stays persistence), the penalty
-    chosen per horizon on wins["val"] (1e-1 without val targets), and the projection basis of the rows."""
+    chosen per horizon on wins["val"] (1e-1 without val targets), and the projection basis of the rows.
+
+    `cache`: a folder keyed by everything the fits depend on (`ridge_cache_key`): read from cache/fits.npz when
+    there, written there otherwise. Every stage-2 run and evaluation of a comparison fits this same ridge; on
+    `make compare`'s 40 training days one fit is minutes (the design is streamed through the view context).
+    `train_rows`: wins["train"]'s `_Rows` on this basis, when the caller has them already."""
+    cached = _load(cache, "fits")
+    if cached is not None:
+        return _fits_from_arrays(cached)
     kw = dict(means_min=means_min, day_only=day_only)
     basis = principal_basis(table, rank, day_only=day_only)
+    train_rows = train_rows or _Rows(table, wins["train"], basis, **kw)
+    val_rows = _Rows(table, wins["val"], basis, **kw)
     val = samples.gather(table, wins["val"], np.arange(len(wins["val"])), day_only=day_only, means_min=None)
     fits, chosen = [], {}
     for h in range(len(wins["train"].horizons_min)):
-        normal = _fit(table, wins["train"], basis, h=h, **kw)
+        normal = _fit(train_rows, h=h)
         if normal.n < 2:
             fits.append(None)
             chosen[h] = None
@@ -198,32 +231,80 @@ def view_ridge_fits(table: samples.ScanTable, wins: dict[str, samples.Windows], 
         path = normal.solve_path(alphas)
         m, true = val["tgt_mask"][:, h].numpy(), val["tgt_z"][:, h].numpy()
         errors = [(((f - true) ** 2).mean(-1) * m).sum()
-                  for f in _predict(table, wins["val"], path, basis, h=h, **kw)]
+                  for f in _predict(val_rows, path, h=h)]
         best = int(np.argmin(errors)) if m.any() else alphas.index(1e-1)
         fits.append(path[best])
         chosen[h] = alphas[best]
+    _save(cache, "fits", _fits_to_arrays(fits, chosen, basis))
     return fits, chosen, basis
+
+
+def _fits_to_arrays(fits, chosen, basis) -> dict[str, np.ndarray]:
+    arrays = {"alpha": np.array([np.nan if chosen[h] is None else chosen[h] for h in range(len(fits))])}
+    if basis is not None:
+        arrays["basis"] = basis.numpy()
+    for h, fit in enumerate(fits):
+        if fit is not None:
+            arrays.update({f"{name}{h}": a for name, a in zip(("xm", "ym", "w"), fit, strict=True)})
+    return arrays
+
+
+def _fits_from_arrays(arrays: dict[str, np.ndarray]):
+    alpha = arrays["alpha"]
+    chosen = {h: None if np.isnan(a) else float(a) for h, a in enumerate(alpha)}
+    fits = [None if chosen[h] is None else tuple(arrays[f"{name}{h}"] for name in ("xm", "ym", "w"))
+            for h in range(len(alpha))]
+    basis = torch.from_numpy(arrays["basis"]) if "basis" in arrays else None
+    return fits, chosen, basis
+
+
+def _load(cache: Path | None, name: str) -> dict[str, np.ndarray] | None:
+    """The arrays of cache/name.npz (None: no cache, or not written yet)."""
+    if cache is None or not (cache / f"{name}.npz").exists():
+        return None
+    with np.load(cache / f"{name}.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+def _save(cache: Path | None, name: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write cache/name.npz atomically (runs of a Slurm array may write the same file at once: the last rename
+    wins, and both wrote the same numbers)."""
+    if cache is None:
+        return
+    with atomic_path(cache / f"{name}.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def ridge_cache_key(settings: dict) -> str:
+    """A short key for a ridge cache folder: every input the per-view ridge depends on (the caller's sample
+    settings and file hashes), this module's ridge constants and RIDGE_CACHE_VERSION."""
+    full = {**settings, "rank": RIDGE_RANK, "alphas": RIDGE_ALPHAS, "folds": CROSS_FIT_FOLDS,
+            "version": RIDGE_CACHE_VERSION}
+    return hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def view_ridge(table: samples.ScanTable, wins: dict[str, samples.Windows], eval_table: samples.ScanTable,
                eval_win: samples.Windows, *, means_min=(30.0, 60.0), day_only: bool = True,
-               alphas=RIDGE_ALPHAS, rank: int = RIDGE_RANK) -> tuple[np.ndarray, dict[int, float | None]]:
+               alphas=RIDGE_ALPHAS, rank: int = RIDGE_RANK,
+               cache: Path | None = None) -> tuple[np.ndarray, dict[int, float | None]]:
     """The per-view ridge: the change z(t+h) − z(t) of each sky view from `samples.ridge_features` (its own view
     context + its ring neighbours at t + the horizon views below + the clock), one coefficient set shared by
     all views (fitted on every view's rows pooled, hence rotation-equivariant like the networks), penalty per
     horizon chosen on val (`view_ridge_fits`). Fitted on `table`'s wins["train"], applied to `eval_win` of
-    `eval_table`: (N, H, P, D) and the penalties."""
+    `eval_table`: (N, H, P, D) and the penalties. `cache`: see `view_ridge_fits`."""
     fits, chosen, basis = view_ridge_fits(table, wins, means_min=means_min, day_only=day_only, alphas=alphas,
-                                          rank=rank)
+                                          rank=rank, cache=cache)
     pred = np.repeat(eval_table.z[eval_win.anchor][:, None], len(fits), axis=1)
+    rows = _Rows(eval_table, eval_win, basis, means_min=means_min, day_only=day_only)
     for h, fit in enumerate(fits):
         if fit is not None:
-            pred[:, h] = _predict(eval_table, eval_win, [fit], basis, h=h, means_min=means_min, day_only=day_only)[0]
+            pred[:, h] = _predict(rows, [fit], h=h)[0]
     return pred.astype(np.float32), chosen
 
 
 def ridge_start(table: samples.ScanTable, wins: dict[str, samples.Windows], *, means_min=(30.0, 60.0),
-                day_only: bool = True, rank: int = RIDGE_RANK) -> tuple[dict[str, np.ndarray], dict[int, float | None]]:
+                day_only: bool = True, rank: int = RIDGE_RANK,
+                cache: Path | None = None) -> tuple[dict[str, np.ndarray], dict[int, float | None]]:
     """The forecast the learned variants start from with residual_base=ridge: {"train", "val"} → (N, H, P, D).
 
     val: exactly the "ridge" baseline (`view_ridge`, fitted on all train windows, penalty per horizon chosen on
@@ -231,12 +312,23 @@ def ridge_start(table: samples.ScanTable, wins: dict[str, samples.Windows], *, m
     day with those penalties, each day's forecast from the ridge fitted without its day (as the damping is), so
     the network does not learn that an in-sample start needs no correction. Days go round-robin into at most
     CROSS_FIT_FOLDS folds (leave one day out up to that many days; each fold is one F × F solve). One day alone
-    is fitted in-sample. A fold's fit subtracts its statistics from the whole train set's.
+    is fitted in-sample. A fold's fit subtracts its statistics from the whole train set's. `cache`: the folder
+    of `view_ridge_fits`; the cross-fitted train forecast is kept there too (cache/start.npz).
     """
     kw = dict(means_min=means_min, day_only=day_only)
     train_win = wins["train"]
-    val, alphas = view_ridge(table, wins, table, wins["val"], rank=rank, **kw)
     basis = principal_basis(table, rank, day_only=day_only)
+    cached = _load(cache, "start")
+    train_rows = None if cached is not None else _Rows(table, train_win, basis, **kw)
+    fits, alphas, basis = view_ridge_fits(table, wins, rank=rank, cache=cache, train_rows=train_rows, **kw)
+    val_rows = _Rows(table, wins["val"], basis, **kw)
+    val = np.repeat(table.z[wins["val"].anchor][:, None], len(fits), axis=1)
+    for h, fit in enumerate(fits):
+        if fit is not None:
+            val[:, h] = _predict(val_rows, [fit], h=h)[0]
+    val = val.astype(np.float32)
+    if cached is not None:
+        return {"train": cached["train"], "val": val}, alphas
     train = np.repeat(table.z[train_win.anchor][:, None], len(train_win.horizons_min), axis=1)
     days = table.day[train_win.anchor]
     unique_days = np.unique(days)
@@ -244,18 +336,18 @@ def ridge_start(table: samples.ScanTable, wins: dict[str, samples.Windows], *, m
     for h, alpha in alphas.items():
         if alpha is None:
             continue  # too few rows: the start stays persistence, as in `view_ridge`
-        total = _fit(table, train_win, basis, h=h, **kw)
+        total = _fit(train_rows, h=h)
         if folds == 1:
-            train[:, h] = _predict(table, train_win, [total.solve(alpha)], basis, h=h, **kw)[0]
+            train[:, h] = _predict(train_rows, [total.solve(alpha)], h=h)[0]
             continue
         for fold in range(folds):
             held = np.isin(days, unique_days[fold::folds])
-            sub = samples.Windows(train_win.anchor[held], train_win.ctx[held], train_win.tgt[held],
-                                  train_win.horizons_min)
             rest = copy.deepcopy(total)
-            _fit(table, sub, basis, h=h, sign=-1.0, normal=rest, **kw)
-            train[held, h] = _predict(table, sub, [rest.solve(alpha)], basis, h=h, **kw)[0]
-    return {"train": train.astype(np.float32), "val": val}, alphas
+            _fit(train_rows, h=h, keep=held, sign=-1.0, normal=rest)
+            train[held, h] = _predict(train_rows, [rest.solve(alpha)], h=h, keep=held)[0][held]
+    train = train.astype(np.float32)
+    _save(cache, "start", {"train": train})
+    return {"train": train, "val": val}, alphas
 
 
 def forecasts(b_train: dict, b_eval: dict, damping: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict]:

@@ -21,6 +21,7 @@ what the HTML report shows) and, last, OUT/scores.json (the numbers; its existen
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from stage2_forecast.headroom import apply_probe, fit_truth_probe, headroom_bloc
 from stage2_forecast.metrics import cf_block, per_day, retrieval_ranks, score, with_skill
 from stage2_forecast.plots import plot_skill
 from stage2_forecast.report_md import markdown, verdict_sentences
-from stage2_forecast.train import Config, load_run, needs_images
+from stage2_forecast.train import SAMPLE_KEYS, Config, load_run, needs_images, ridge_cache
 
 # Day type by mean daytime cloud_fraction (prepared index): clear < 3/8 (≤ 2 oktas), overcast ≥ 6/8.
 DAY_TYPES = {"clear": 0.375, "broken": 0.75, "overcast": 1.01}
@@ -150,8 +151,7 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
     for run in (stage1_run, eval_stage1_run) if eval_stage1_run is not None else (stage1_run,):
         check_embeddings(run)
     base = loaded[0][1] if loaded else (base or Config(stage1_run=str(stage1_run)))
-    keys = ("features", "horizons_min", "scan_gap_s", "step_min", "tolerance_min", "day_only", "day_anchors",
-            "context_means_min", "train_days")
+    keys = tuple(k for k in SAMPLE_KEYS if k != "context_scans")
     for r, cfg, _, _ in loaded:
         if any(getattr(cfg, k) != getattr(base, k) for k in keys):
             raise UserError(f"{r}: sample settings {[(k, getattr(cfg, k)) for k in keys]} differ from {runs[0]}")
@@ -180,8 +180,10 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
     true, mask = b["tgt_z"].numpy(), b["tgt_mask"].numpy()
     damping = baselines.fit_damping_by_day(fit, wins["train"], day_only=base.day_only)
     found, fitted = baselines.forecasts(b_train, b, damping=damping)
+    # the fits every run's residual start used (ridge_cache: the same key as in training; refitted when absent)
+    cache = ridge_cache(dataclasses.replace(base, stage1_run=str(stage1_run)), fit)
     found["ridge"], fitted["ridge_alpha"] = baselines.view_ridge(fit, wins, table, test, day_only=base.day_only,
-                                                                 means_min=base.context_means_min)
+                                                                 means_min=base.context_means_min, cache=cache)
     preds = {k: [v] for k, v in found.items()}
     run_names: dict[str, list[str]] = {}  # method -> its run folders' names, in the order of preds[method]
     for r, cfg, model, _ in loaded:

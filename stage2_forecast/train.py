@@ -228,7 +228,8 @@ def residual_starts(cfg: Config, table, wins, clim, damping) -> tuple[Config, di
     """
     if not cfg.residual or cfg.residual_base == "damped":
         return cfg, {}
-    starts = baselines.ridge_start(table, wins, means_min=cfg.context_means_min, day_only=cfg.day_only)[0]
+    starts = baselines.ridge_start(table, wins, means_min=cfg.context_means_min, day_only=cfg.day_only,
+                                   cache=ridge_cache(cfg, table))[0]
     if cfg.residual_base == "auto":
         b = samples.gather(table, wins["val"], np.arange(len(wins["val"])), day_only=cfg.day_only, clim=clim,
                            means_min=None)
@@ -239,6 +240,21 @@ def residual_starts(cfg: Config, table, wins, clim, damping) -> tuple[Config, di
         print(f"residual_base=auto: {chosen} (val MSE ridge {mse['ridge']:.4f}, damped anomaly {mse['damped']:.4f})")
         cfg = dataclasses.replace(cfg, residual_base=chosen)
     return cfg, starts if cfg.residual_base == "ridge" else {}
+
+
+# The settings that decide the scan table, the windows and hence the per-view ridge (not the model's).
+SAMPLE_KEYS = ("features", "horizons_min", "scan_gap_s", "step_min", "tolerance_min", "day_only", "day_anchors",
+               "context_scans", "context_means_min", "train_days")
+
+
+def ridge_cache(cfg: Config, table: samples.ScanTable) -> Path:
+    """STAGE1_RUN/ridge_cache/<key>: where the per-view ridge of these embeddings and sample settings is kept
+    (baselines.view_ridge_fits), shared by every stage-2 run and evaluation on them. The key hashes the
+    embeddings and the prepared index (a re-export or re-prepare gives a new key) with the sample settings."""
+    settings = {k: getattr(cfg, k) for k in SAMPLE_KEYS}
+    settings["embeddings"] = file_sha256(Path(cfg.stage1_run) / "embeddings.parquet")
+    settings["index"] = file_sha256(Path(table.prepared_dir) / "index.parquet")
+    return Path(cfg.stage1_run) / "ridge_cache" / baselines.ridge_cache_key(settings)
 
 
 def needs_images(cfg: Config) -> bool:

@@ -135,3 +135,37 @@ def test_leave_group_out_ridge_matches_refitting_each_fold():
             np.testing.assert_allclose(out[groups == g], path.predict(x[groups == g], 0.1), atol=1e-9)
     with pytest.raises(ValueError, match="fewer than 2 rows"):
         ridge_leave_group_out(np.eye(3), np.ones((3, 1)), np.array([0, 1, 1]), np.array([True, False, False]), 1.0)
+
+
+def test_ridge_cache_returns_the_same_forecasts_without_refitting(tmp_path, monkeypatch):
+    z = np.random.default_rng(1).normal(size=24)
+    table = series_table(z, [9.0] * 24)
+    table.day[:24] = np.repeat([1, 2, 3, 4], 6)
+    table.time_ns[:24] += np.repeat(np.arange(4), 6) * 86_400 * 10**9
+    table.split[:24] = np.repeat(["train", "train", "train", "val"], 6)
+    kw = dict(horizons_min=(5.0, 10.0), context_scans=1, step_min=5.0)
+    wins = {s: samples.build_windows(table, split=s, **kw) for s in ("train", "val")}
+    cache = tmp_path / "ridge_cache" / "key"
+    first, alphas = baselines.ridge_start(table, wins, means_min=(), cache=cache)
+    assert sorted(p.name for p in cache.iterdir()) == ["fits.npz", "start.npz"]
+    uncached, _ = baselines.ridge_start(table, wins, means_min=())
+
+    def no_fitting(*a, **k):
+        raise AssertionError("refitted although the cache holds the fits")
+
+    monkeypatch.setattr(baselines, "_fit", no_fitting)
+    again, alphas_again = baselines.ridge_start(table, wins, means_min=(), cache=cache)
+    assert alphas_again == alphas
+    for split in ("train", "val"):
+        np.testing.assert_array_equal(again[split], first[split])
+        np.testing.assert_array_equal(first[split], uncached[split])
+    np.testing.assert_array_equal(baselines.view_ridge(table, wins, table, wins["val"], means_min=(), cache=cache)[0],
+                                  first["val"])
+
+
+def test_ridge_cache_key_changes_with_every_setting():
+    settings = {"features": "both", "train_days": None, "embeddings": "abc", "index": "def"}
+    key = baselines.ridge_cache_key(settings)
+    assert key == baselines.ridge_cache_key(dict(settings))
+    for k, v in (("features", "grid"), ("train_days", 10), ("embeddings", "abd"), ("index", "deg")):
+        assert baselines.ridge_cache_key({**settings, k: v}) != key, k

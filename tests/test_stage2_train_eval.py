@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -207,7 +208,12 @@ def test_ridge_start_trains_and_evaluates_from_the_ridge_forecast(fake_stage1_ru
     untrained.mkdir()
     ckpt["best_model"] = train.build_model(cfg, ckpt["mean"], ckpt["std"]).state_dict()
     torch.save(ckpt, untrained / "ckpt.pt")
+    # training kept its ridge in the stage-1 run's cache; evaluation finds it there under the same key
+    cache = train.ridge_cache(cfg, table)
+    assert cache.parent == fake_stage1_run / "ridge_cache" and {"fits.npz", "start.npz"} <= set(os.listdir(cache))
+    before = sorted((fake_stage1_run / "ridge_cache").iterdir())
     report = evaluate.evaluate(fake_stage1_run, [untrained], tmp_path / "out", n_boot=20)
+    assert sorted((fake_stage1_run / "ridge_cache").iterdir()) == before
     for h in ("5", "15"):
         assert report["variants"]["detr"][h]["mse"] == pytest.approx(report["variants"]["ridge"][h]["mse"], rel=1e-5)
         assert report["variants"]["detr"][h]["mse"] != pytest.approx(report["variants"]["damped_anomaly"][h]["mse"])

@@ -224,3 +224,18 @@ def test_horizon_row_captures_become_a_second_row_of_views(fake_stage1_run, tmp_
     np.testing.assert_allclose(b["view_x"][:, 1, :, 0], table.horizon_z[win.anchor[:4]])
     np.testing.assert_allclose(table.horizon_z[table.horizon_present],
                                ((table.horizon_emb - mean) / std)[table.horizon_present], rtol=1e-5)
+
+
+def test_per_view_ridge_rows_leave_out_views_absent_at_t_or_at_the_target():
+    table, _ = ring_table(12, noise=0.5)
+    rng = np.random.default_rng(3)
+    table.present[:-1] &= rng.random(table.present[:-1].shape) > 0.2  # a fifth of the views missing
+    kw = dict(horizons_min=(5.0, 10.0), context_scans=1, step_min=5.0)
+    win = samples.build_windows(table, split="train", **kw)
+    rows = baselines._Rows(table, win, None, means_min=(), day_only=True)
+    for h in range(2):
+        idx, _, _, _, valid = (np.concatenate(parts) for parts in zip(*rows.at(h), strict=True))
+        expected = table.present[win.anchor] & table.present[win.tgt[:, h]] & table.is_day[win.tgt[:, h]]
+        np.testing.assert_array_equal(idx, np.arange(len(win)))
+        np.testing.assert_array_equal(valid, expected)
+        assert 0 < valid.mean() < 0.8  # the test is not vacuous: some rows are out
