@@ -152,6 +152,9 @@ def export(stage1: str | Path, stage2: str | Path, out: str | Path) -> Path:
     if cfg.features == "grid" or cfg.finetune:
         raise UserError(f"{stage2}: features={cfg.features}, finetune={cfg.finetune}: only frozen pooled features "
                         "(features=rgb|thermal|both, finetune=false) can be exported")
+    if cfg.motion is not None:
+        raise UserError(f"{stage2}: trained with the cloud-motion input (motion={cfg.motion}); a node's runtime "
+                        "has no motion source to feed it")
     emb_meta = json.loads((stage1 / "embeddings.json").read_text()) if (stage1 / "embeddings.json").exists() else {}
     if emb_meta.get("checkpoint_sha256") not in (None, file_sha256(enc_path)):
         raise UserError(f"{enc_path} is not the checkpoint {stage1}/embeddings.json was exported from: the "

@@ -27,6 +27,10 @@ and otherwise run again, resuming its own checkpoint (rerun to resume):
 SIGINT/SIGTERM are passed on to the running step, which is waited for (training checkpoints, exits 75).
 `--features grid` trains and reports stage 2 on the exported 2×2 feature grids instead (OUT/stage2_grid,
 OUT/report_grid, OUT/report_grid_heldout), reusing steps 1–3 of a finished comparison.
+`--motion` adds the cloud-motion input to stage 2 (config motion=: the training sky's raw folder, whose
+truth.parquet has each scan's motion_u, motion_v; the held-out evaluation reads the held-out sky's): runs in
+OUT/stage2_motion, reports OUT/report_motion and OUT/report_motion_heldout, steps 1–3 reused likewise. Real
+data (--raw) has no truth: give the motion table with --motion-table (it serves training and held-out data).
 Writes OUT/timings.json (seconds per step), the measured pieces behind the time estimate in docs/results.md.
 The same graph runs as batch jobs: `jobs/submit ... compare` (docs/cluster.md).
 """
@@ -57,11 +61,27 @@ def data_folders(args) -> tuple[Path, Path | None]:
     return Path(args.raw), Path(args.heldout_raw) if args.heldout_raw else None
 
 
+def run_tag(args) -> str:
+    """The suffix of stage-2 run and report folders: "" for the default inputs, _grid, _motion, _grid_motion."""
+    return ("" if args.features == "both" else f"_{args.features}") + ("_motion" if args.motion else "")
+
+
+def motion_tables(args) -> tuple[Path | None, Path | None]:
+    """The cloud-motion tables of the training and the held-out data (None, None without --motion): the table the
+    user gave, else the raw folders (data.synthetic's truth.parquet)."""
+    if not args.motion:
+        return None, None
+    if args.motion_table:
+        return Path(args.motion_table), Path(args.motion_table)
+    return data_folders(args)
+
+
 def comparison(args) -> list[st.Step]:
     """Every step of the comparison, in order."""
     out = Path(args.out)
     steps = []
     raw_train, raw_heldout = data_folders(args)
+    motion_train, motion_heldout = motion_tables(args)
     skies = {"train": raw_train, "heldout": raw_heldout}
     synthetic = {"train": (args.start, args.days, 0), "heldout": (args.heldout_start, args.heldout_days,
                                                                   args.heldout_seed)}
@@ -86,17 +106,19 @@ def comparison(args) -> list[st.Step]:
     if raw_heldout is not None:
         steps.append(st.stage1_export(s1_held, prepared=out / "prepared_heldout", encoders_of=s1,
                                       name="stage1_export_heldout"))
-    runs, tag = [], "" if args.features == "both" else f"_{args.features}"
+    runs, tag = [], run_tag(args)
+    inputs = [f"features={args.features}", *([f"motion={motion_train}"] if motion_train else [])]
     for variant in args.variants:
         for seed in args.seeds:
             run = out / f"stage2{tag}" / f"{variant}_s{seed}"
             runs.append(run)
-            steps.append(st.stage2_train(s1, run, variant, [f"seed={seed}", f"features={args.features}",
-                                                             *args.stage2], name=f"stage2{tag}_{variant}_s{seed}"))
+            steps.append(st.stage2_train(s1, run, variant, [f"seed={seed}", *inputs, *args.stage2],
+                                         name=f"stage2{tag}_{variant}_s{seed}"))
     # Real data has no generator truth: no raw folder for the oracles, and the reports say so (--real-data).
     evaluations = [(f"report{tag}", [], raw_train)]
     if raw_heldout is not None:
-        evaluations.append((f"report{tag}_heldout", ["--eval-stage1-run", str(s1_held)], raw_heldout))
+        held_motion = ["--motion", str(motion_heldout)] if motion_heldout else []
+        evaluations.append((f"report{tag}_heldout", ["--eval-stage1-run", str(s1_held), *held_motion], raw_heldout))
     for name, extra, raw in evaluations:
         steps.append(st.stage2_evaluate(s1, runs, out / name, raw=None if args.raw else raw, name=name,
                                         args=["--n-boot", str(args.n_boot), *extra,
@@ -107,8 +129,8 @@ def comparison(args) -> list[st.Step]:
         curves = []
         for days in args.train_days:
             day_runs = [out / f"stage2{tag}_days{days}" / f"{v}_s{args.seeds[0]}" for v in args.variants]
-            steps += [st.stage2_train(s1, r, v, [f"seed={args.seeds[0]}", f"features={args.features}",
-                                                 f"train_days={days}", *args.stage2],
+            steps += [st.stage2_train(s1, r, v, [f"seed={args.seeds[0]}", *inputs, f"train_days={days}",
+                                                 *args.stage2],
                                       name=f"stage2{tag}_days{days}_{v}")
                       for r, v in zip(day_runs, args.variants, strict=True)]
             curves.append(out / f"report{tag}_days{days}")
@@ -150,6 +172,9 @@ def sky_days(raw: Path) -> dict[str, set]:
 
 def check_raw(args) -> None:
     """The refusals of --raw, before any step runs: a UserError (one line, exit 2) saying what is missing."""
+    if args.motion and not args.motion_table:
+        raise UserError("--motion on --raw data needs --motion-table PATH (a parquet/CSV table with columns vsn, "
+                        "timestamp, motion_u, motion_v): real data has no synthetic truth to read the motion from")
     raw = Path(args.raw)
     if not raw.is_dir():
         raise UserError(f"--raw {raw}: not a folder (give the folder that sagecast-download wrote)")
@@ -238,6 +263,12 @@ def parser():
                     help="stage-2 inputs: pooled vectors of both modalities, or their 2x2 feature grids (then the "
                          "runs go to stage2_grid/ and the reports to report_grid/, report_grid_heldout/; the data "
                          "and stage-1 steps are shared, so this reuses a finished default comparison)")
+    ap.add_argument("--motion", action="store_true",
+                    help="stage 2 with the cloud-motion input (runs in stage2_motion/, reports in report_motion/, "
+                         "report_motion_heldout/; data and stage 1 are shared): the synthetic skies' truth, or "
+                         "--motion-table")
+    ap.add_argument("--motion-table", help="the cloud-motion table (parquet/CSV: vsn, timestamp, motion_u, motion_v) "
+                                           "for training and held-out data; implies --motion; needed with --raw")
     ap.add_argument("--synthetic", default="", help="synthetic sky: extra data.synthetic arguments (quoted)")
     # Two stage-1 epochs instead of the quick preset's five keep the whole comparison within an hour on 2 cores
     # (docs/results.md has the measured pieces); pass --stage1 epochs=5 for the preset's.
@@ -268,6 +299,7 @@ def parse(argv: list[str] | None):
         ap.error(f"--synthetic {args.synthetic!r}: {e}")
     if (args.heldout_raw or args.heldout_node) and not args.raw:
         ap.error("--heldout-raw and --heldout-node need --raw (the synthetic sky has its own held-out sky)")
+    args.motion = args.motion or bool(args.motion_table)
     return args
 
 
@@ -292,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     except StepFailed as e:
         print(f"sagecast-compare: {e}", file=sys.stderr)
         sys.exit(e.status)
-    tag = "" if args.features == "both" else f"_{args.features}"
+    tag = run_tag(args)
     reports = [out / f"report{tag}" / "report.md"]
     if data_folders(args)[1] is not None:
         reports.append(out / f"report{tag}_heldout" / "report.md")

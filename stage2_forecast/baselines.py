@@ -14,10 +14,10 @@ training data, applied to any evaluation batch — the test split or a held-out 
   persistence (quick default, 3 train days: skill −0.9 at 5 min with the in-sample fit).
 - climatology: clim(t+h), the train mean by preset and solar hour.
 - ridge: the per-view ridge (`view_ridge`) on the same view context the networks see (last T scans, 30/60-min
-  means, ring neighbours, horizon row, clock; each slot on the train embeddings' top RIDGE_RANK principal
-  directions), one coefficient set shared by all views, to the change z(t+h) − z(t); penalty chosen per
-  horizon on val. (The whole-context ridge over T·P·D columns is gone: on grids it needed
-  ~19 GB.)
+  means, ring neighbours, horizon row, clock, and the cloud motion when the table has it; each slot on the
+  train embeddings' top RIDGE_RANK principal directions), one coefficient set shared by all views, to the
+  change z(t+h) − z(t); penalty chosen per horizon on val. (The whole-context ridge over T·P·D columns is gone:
+  on grids it needed ~19 GB.)
 
     clim = fit_climatology(table)
     b_train = samples.gather(table, wins["train"], np.arange(len(wins["train"])), clim=clim)

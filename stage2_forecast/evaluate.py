@@ -4,6 +4,8 @@
         --out runs/stage2
     python -m stage2_forecast.evaluate --stage1-run runs/stage1 --runs ... --eval-stage1-run runs/heldout \
         --out runs/stage2/heldout      # held-out: all days of another prepared folder's embeddings
+    python -m stage2_forecast.evaluate ... --eval-stage1-run runs/heldout --motion runs/raw_heldout \
+        --out runs/stage2/heldout      # runs trained with motion=...: the held-out sky's motion table
 
 Everything is scored in the same space (stage-1 embeddings standardised with train statistics) on the same
 slots: (sample, horizon, preset) with a daytime target whose preset was also seen at t. Per method and
@@ -14,7 +16,9 @@ overcast days. Every skill carries a 95 % interval from a paired bootstrap over 
 sagecast_common.bootstrap), and so do the differences detr − jepa and each variant − the strongest baseline.
 Baselines (stage2_forecast.baselines) are fitted on the training folder's train/val splits; a held-out
 evaluation (`--eval-stage1-run`, a stage-1 export of another prepared folder by the same encoders) scores all
-its days with the training standardisation and climatology. Writes OUT/report.md, OUT/skill_vs_horizon.png,
+its days with the training standardisation and climatology. Runs trained with the cloud-motion input read
+their `motion` table for the training data and the test split; a held-out sky needs its own (`--motion PATH`,
+a table or raw folder; on --real-data the user's table). Writes OUT/report.md, OUT/skill_vs_horizon.png,
 OUT/forecasts.parquet (every scored forecast decoded to its nearest real frame, stage2_forecast.forecast_table:
 what the HTML report shows) and, last, OUT/scores.json (the numbers; its existence means the evaluation finished).
 """
@@ -143,9 +147,12 @@ def read_probe(stage1_run) -> dict | None:
 
 
 def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n_boot: int = 1000,
-             base: Config | None = None, real_data: bool = False) -> dict:
+             base: Config | None = None, real_data: bool = False, motion=None) -> dict:
     if real_data and raw_dir is not None:
         raise UserError("--real-data reads no raw folder: the oracles need a synthetic sky's truth, drop --raw")
+    if motion is not None and eval_stage1_run is None:
+        raise UserError("--motion is the held-out sky's motion table (with --eval-stage1-run); the test split uses "
+                        "the one the runs were trained with (their motion=...)")
     (Path(out_dir) / "scores.json").unlink(missing_ok=True)  # a previous evaluation's record: not this one's
     loaded = [(r, *load_run(r)) for r in runs]
     for run in (stage1_run, eval_stage1_run) if eval_stage1_run is not None else (stage1_run,):
@@ -157,6 +164,10 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
             raise UserError(f"{r}: sample settings {[(k, getattr(cfg, k)) for k in keys]} differ from {runs[0]}")
     fit = samples.load_scan_table(stage1_run, features=base.features, gap_s=base.scan_gap_s, prepared_dir=base.prepared)
     samples.restrict_train_days(fit, base.train_days)  # the baselines learn from the runs' train days; test as is
+    if base.motion is not None:  # the runs' own table, for the training data (and so the test split)
+        samples.join_motion(fit, samples.read_motion(base.motion), source=f"motion={base.motion}")
+    elif motion is not None:
+        raise UserError(f"--motion {motion}: the runs were trained without the cloud-motion input (motion=None)")
     mean, std = samples.standardise(fit, day_only=base.day_only)
     for r, _, _, stats in loaded:
         if stats["mean"].shape != mean.shape or not (np.allclose(stats["mean"], mean, atol=1e-4)
@@ -166,6 +177,11 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
     table = samples.load_scan_table(eval_stage1_run, features=base.features, gap_s=base.scan_gap_s) if held_out else fit
     if held_out:
         samples.standardise(table, mean=mean, std=std)
+        if base.motion is not None:
+            source = motion or base.motion
+            samples.join_motion(table, samples.read_motion(source),
+                                source=f"--motion {source}" if motion else f"motion={source} (the runs'; give the "
+                                "held-out sky's with --motion)")
     kw = dict(horizons_min=base.horizons_min, step_min=base.step_min, tolerance_min=base.tolerance_min,
               day_only=base.day_only, day_anchors=base.day_anchors)
     split = None if held_out else "test"
@@ -224,7 +240,8 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
               "seeds": {k: len(v) for k, v in preds.items()}, "n_boot": n_boot, "oracles": oracle_note,
               "not_on_real_data": NOT_ON_REAL_DATA if real_data else {},
               "eval": {"stage1_run": str(eval_stage1_run or stage1_run), "held_out": held_out,
-                       "split": split or "all"},
+                       "split": split or "all",
+                       "motion": None if base.motion is None else str(motion or base.motion)},
               "days_per_split_per_location": {"train_data": days_per_split(fit)}}
     if held_out:
         report["days_per_split_per_location"]["eval_data"] = days_per_split(table)
@@ -321,10 +338,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--raw", help="raw data.synthetic folder with <VSN>/truth.parquet (cloud-fraction oracles)")
     ap.add_argument("--real-data", action="store_true",
                     help="the data is a real sky: read no synthetic truth, and list what needs it as not available")
+    ap.add_argument("--motion", help="held-out: the held-out sky's cloud-motion table or raw folder, for runs "
+                                     "trained with motion=... (default: the runs' own)")
     ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates")
     args = ap.parse_args(argv)
     run_cli(lambda: print(markdown(evaluate(args.stage1_run, args.runs, args.out, eval_stage1_run=args.eval_stage1_run,
-                                            raw_dir=args.raw, n_boot=args.n_boot, real_data=args.real_data))),
+                                            raw_dir=args.raw, n_boot=args.n_boot, real_data=args.real_data,
+                                            motion=args.motion))),
             prog=ap.prog)
 
 

@@ -5,7 +5,10 @@ the view context of `samples.view_context`, view_x (B, R, P, K, D): K slots = th
 means. Every (view, slot) is one token: proj(x) + slot + time offset + row + time of day. No token carries its
 absolute column: attention between two tokens gets a learned per-head bias by the circular distance of their
 columns (0..4), so rotating the ring of views (column c → c + k mod 8, inputs and targets alike) permutes
-tokens and outputs and changes nothing else. One head, shared by all views, reads every forecast.
+tokens and outputs and changes nothing else. One head, shared by all views, reads every forecast. With the
+cloud-motion input (`motion=True`, stage-2 config `motion`), each token also gets a linear map of its slot's
+motion in its own view's frame (`samples.project_motion`: along and across the view's azimuth, and whether
+there is one), never the absolute direction, so rotating views and motion together still changes nothing.
 
 - `DetrForecaster`: transformer encoder over the context tokens; one query per (horizon, sky view) = the
   horizon's embedding + that view's own encoded token at t (so a query knows its view only relative to the
@@ -30,6 +33,8 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
+from stage2_forecast.samples import project_motion
+
 RING = 8  # azimuth columns of a row
 
 
@@ -41,7 +46,8 @@ def sinusoid(x: torch.Tensor, dim: int, *, min_period: float = 2.0, max_period: 
 
 
 class Encodings(nn.Module):
-    """Encodings shared by both predictors: time offset (minutes), context slot, tilt row, time of day + sun."""
+    """Encodings shared by both predictors: time offset (minutes), context slot, tilt row, time of day + sun, and
+    with `motion` the cloud motion in each view's frame."""
 
     def __init__(self, *, width: int, n_slots: int):
         super().__init__()
@@ -50,6 +56,19 @@ class Encodings(nn.Module):
         self.row = nn.Parameter(torch.randn(2, width) * 0.02)
         self.offset_mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
         self.clock_mlp = nn.Sequential(nn.Linear(3, width), nn.GELU(), nn.Linear(width, width))
+        self.motion: nn.Linear | None = None  # enable_motion
+
+    def enable_motion(self) -> None:
+        """Add the motion map. The forecasters call this last in their constructor: every other weight then draws
+        the random numbers it draws without motion, and a model without motion has no extra parameter at all."""
+        self.motion = nn.Linear(3, self.width)
+
+    def view_motion(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, P, K, W): each view's slots' motion in its own frame, mapped to the width (motion=True only)."""
+        if "motion" not in batch:
+            raise ValueError("this model takes the cloud motion (config motion=...): the batch needs motion and "
+                             "motion_mask (samples.gather on a table with samples.join_motion)")
+        return self.motion(project_motion(batch["motion"], batch["motion_mask"]))
 
     def offset(self, minutes: torch.Tensor) -> torch.Tensor:
         return self.offset_mlp(sinusoid(minutes, self.width))
@@ -65,6 +84,8 @@ class Encodings(nn.Module):
         clock = self.clock(batch["solar_hour"], batch["sun_elev"])
         tok = (proj(x) + self.offset(batch["view_dt"])[:, None, None] + self.slot[:K] + self.row[:R, None, None]
                + clock[:, None, None, None])
+        if self.motion is not None:  # both rows of a column face the same way: one frame per column
+            tok = tok + self.view_motion(batch)[:, None]
         cols = repeat(torch.arange(P, device=x.device), "p -> (r p k)", r=R, k=K)
         pad = ~rearrange(batch["view_mask"], "b r p k -> b (r p k)")
         return rearrange(tok, "b r p k w -> b (r p k) w"), cols, pad, clock
@@ -170,7 +191,7 @@ class DetrForecaster(nn.Module):
 
     def __init__(self, *, dim: int, n_slots: int, horizons_min: tuple[float, ...], width: int = 128,
                  depth: int = 2, heads: int = 4, dropout: float = 0.1, residual: bool = True,
-                 damping: torch.Tensor | None = None, base: str = "damped"):
+                 damping: torch.Tensor | None = None, base: str = "damped", motion: bool = False):
         super().__init__()
         self.residual, self.base = residual, _check_base(base)
         self.register_buffer("horizons", torch.tensor(horizons_min, dtype=torch.float32), persistent=False)
@@ -182,6 +203,8 @@ class DetrForecaster(nn.Module):
         self.decoder = nn.ModuleList(QueryDecoderLayer(width=width, heads=heads, dropout=dropout) for _ in range(depth))
         self.head = _zero_head(width, dim)
         self.damping = _damping(damping, len(horizons_min), dim).requires_grad_(residual and self.base == "damped")
+        if motion:
+            self.enc.enable_motion()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         B, R, P, K, D = batch["view_x"].shape
@@ -254,7 +277,7 @@ class JepaForecaster(nn.Module):
     def __init__(self, *, encoders: nn.ModuleDict, mean: torch.Tensor, std: torch.Tensor, n_slots: int,
                  horizons_min: tuple[float, ...], img_size: int | None = None, width: int = 64, depth: int = 2,
                  heads: int = 4, dropout: float = 0.1, residual: bool = True, finetune: bool = False,
-                 damping: torch.Tensor | None = None, base: str = "damped"):
+                 damping: torch.Tensor | None = None, base: str = "damped", motion: bool = False):
         super().__init__()
         self.encoders, self.img_size, self.residual, self.finetune = encoders, img_size, residual, finetune
         self.base = _check_base(base)
@@ -270,6 +293,8 @@ class JepaForecaster(nn.Module):
         self.predictor = _encoder(width, depth, heads, dropout)
         self.head = _zero_head(width, dim)
         self.damping = _damping(damping, len(horizons_min), dim).requires_grad_(residual and self.base == "damped")
+        if motion:
+            self.enc.enable_motion()
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -297,7 +322,10 @@ class JepaForecaster(nn.Module):
         x[:, 0, :, 0] = z  # the encoders' view of t (the same values unless fine-tuned)
         ctx, cols, pad, clock = self.enc.tokens(self.proj, batch, x)
         masks = self.mask_token + self.enc.offset(self.horizons)[:, None] + self.enc.row[0]  # (H, 1, W)
-        masks = repeat(masks, "h 1 w -> b (h p) w", b=B, p=P) + clock[:, None]
+        masks = repeat(masks, "h 1 w -> b h p w", b=B, p=P) + clock[:, None, None]
+        if self.enc.motion is not None:  # each mask token knows the motion at t in its own view's frame
+            masks = masks + self.enc.view_motion(batch)[:, None, :, 0]
+        masks = rearrange(masks, "b h p w -> b (h p) w")
         all_cols = torch.cat([cols, repeat(torch.arange(P, device=z.device), "p -> (h p)", h=H)])
         all_pad = torch.cat([pad, torch.zeros(B, H * P, dtype=torch.bool, device=z.device)], 1)
         out = _encode(self.predictor, torch.cat([ctx, masks], dim=1), self.bias(all_cols, all_cols, all_pad))

@@ -19,20 +19,29 @@ special cases.
 The *view context* (`view_context`) is the one input assembly shared by the networks and the per-view ridge:
 per row R (sky, horizon if present), column P and slot K = the T context scans and then the mean of each view
 over the scans of the last 30 and 60 minutes (up to and including t), with its mask.
+
+The optional *cloud motion* (`read_motion`, `join_motion`; stage-2 config `motion=PATH`): one vector per scan
+(m/s toward east, north) from a table with columns vsn, timestamp, motion_u, motion_v (data.synthetic's
+truth.parquet has them). Per slot the batch holds the scan's vector, or for a mean slot the mean of its scans'
+vectors (the motion that moved what the mean shows, its measurement noise averaged down), and whether there
+was one; `project_motion` turns it into each view's own frame, so that no input carries an absolute direction.
 """
 
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from data.dataset import normalised_frames
 from data.formats import HORIZON_PRESETS, SKY_PRESETS, preset_column, preset_row
+from data.sky import preset_azimuth_deg
 from sagecast_common.cli import UserError, read_json, require
 
 # both = the pooled vectors of both modalities; grid = the encoders' g × g feature maps, (row, col, channel)
@@ -63,6 +72,8 @@ class ScanTable:
     horizon_emb: np.ndarray | None = None  # (S+1, P, D)
     horizon_z: np.ndarray | None = None  # (S+1, P, D), standardised with the sky row's statistics
     means: dict = field(default_factory=dict)  # minutes → (S+1,) first scan of each scan's mean window
+    motion: np.ndarray | None = None  # (S+1, 2) float32 cloud motion m/s (east, north), 0 where none (join_motion)
+    has_motion: np.ndarray | None = None  # (S+1,) bool
 
     @property
     def n_rows(self) -> int:
@@ -220,13 +231,18 @@ def context_mean(table: ScanTable, r: int, minutes: float, scans: np.ndarray) ->
     the same local day in (t − minutes, t], and whether any was present: ((B, P, D), (B, P)). Computed per batch
     (a table-wide cache would hold another (S, P, D) array per row and window)."""
     z, present = table.row(r)
-    lo = window_start(table, minutes)[scans]
+    return _window_mean(z, present, window_start(table, minutes)[scans], scans)
+
+
+def _window_mean(values: np.ndarray, use: np.ndarray, lo: np.ndarray, scans: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Mean of `values` (S+1, ..., F) over the scans lo..scan where `use` (S+1, ...), per scan of `scans` (B,):
+    ((B, ..., F), (B, ...) whether any was used)."""
     span = int((scans - lo).max(initial=0)) + 1
     back = scans[:, None] - np.arange(span)[None]  # (B, span), most recent first
     back = np.where(back >= lo[:, None], back, -1)  # -1: the all-masked sentinel
-    use = present[back]  # (B, span, P)
-    count = use.sum(1)
-    total = (z[back] * use[..., None]).sum(1)
+    ok = use[back]  # (B, span, ...)
+    count = ok.sum(1)
+    total = (values[back] * ok[..., None]).sum(1)
     return (total / np.maximum(count, 1)[..., None]).astype(np.float32), count > 0
 
 
@@ -241,6 +257,109 @@ def view_context(table: ScanTable, anchor: np.ndarray, ctx: np.ndarray,
         xs.append(np.stack([z[ctx[:, k]] for k in range(ctx.shape[1])] + [m for m, _ in means], axis=2))
         ms.append(np.stack([present[ctx[:, k]] for k in range(ctx.shape[1])] + [s for _, s in means], axis=2))
     return np.stack(xs, axis=1), np.stack(ms, axis=1)
+
+
+def motion_context(table: ScanTable, anchor: np.ndarray, ctx: np.ndarray,
+                   means_min=(30.0, 60.0)) -> tuple[np.ndarray, np.ndarray]:
+    """The cloud motion per slot of `view_context`: (B, K, 2) m/s (east, north) and (B, K) whether there is one.
+    A scan slot holds its scan's vector; a mean slot the mean over the scans of its window that have one (what
+    moved the clouds the mean shows, with the per-loop measurement noise averaged down)."""
+    uv, has = table.motion, table.has_motion
+    means = [_window_mean(uv, has, window_start(table, w)[anchor], anchor) for w in means_min]
+    x = np.stack([uv[ctx[:, k]] for k in range(ctx.shape[1])] + [m for m, _ in means], axis=1)
+    m = np.stack([has[ctx[:, k]] for k in range(ctx.shape[1])] + [s for _, s in means], axis=1)
+    return x.astype(np.float32), m
+
+
+# The cloud-motion table: stage-2 config `motion=PATH`.
+MOTION_COLUMNS = ("vsn", "timestamp", "motion_u", "motion_v")
+MOTION_MAX_AGE_MIN = 15.0  # a scan takes the latest vector at or before its start, at most this old
+MOTION_SCALE_MS = 10.0  # m/s per unit of the projected components (low-cloud winds are ~2–15 m/s)
+
+
+def read_motion(path: str | Path) -> pd.DataFrame:
+    """A cloud-motion table → columns vsn, time_ns (int64 UTC), motion_u, motion_v (m/s toward east, north; NaN
+    where there was nothing to track), sorted. PATH is a parquet or CSV file with columns vsn, timestamp,
+    motion_u, motion_v (a wind profiler's, atmospheric motion vectors', a plugin's), or a folder: every
+    **/truth.parquet under it (data.synthetic's raw folder). Anything missing or unreadable is a UserError."""
+    p = Path(path)
+    if p.is_dir():
+        # glob.glob, not Path.glob: it follows the linked node folders that compare --heldout-node makes
+        files = [Path(f) for f in sorted(glob.glob(str(p / "**" / "truth.parquet"), recursive=True))]
+        if not files:
+            raise UserError(f"motion={p}: no truth.parquet under this folder (give a data.synthetic raw folder, or "
+                            f"a parquet/CSV table with columns {', '.join(MOTION_COLUMNS)})")
+    elif p.is_file():
+        files = [p]
+    else:
+        raise UserError(f"motion={p}: no such file or folder")
+    frames = []
+    for f in files:
+        try:
+            names = list(pd.read_csv(f, nrows=0).columns) if f.suffix.lower() == ".csv" else pq.read_schema(f).names
+            missing = [c for c in MOTION_COLUMNS if c not in names]
+            if missing:
+                raise UserError(f"motion table {f} has no column {', '.join(missing)} (it needs "
+                                f"{', '.join(MOTION_COLUMNS)})")
+            df = (pd.read_csv(f, usecols=list(MOTION_COLUMNS)) if f.suffix.lower() == ".csv"
+                  else pd.read_parquet(f, columns=list(MOTION_COLUMNS)))
+            frames.append(pd.DataFrame({
+                "vsn": df["vsn"].astype(str),
+                "time_ns": pd.to_datetime(df["timestamp"], utc=True).dt.as_unit("ns").astype("int64"),
+                "motion_u": pd.to_numeric(df["motion_u"]).astype(np.float32),
+                "motion_v": pd.to_numeric(df["motion_v"]).astype(np.float32)}))
+        except (pa.ArrowException, OSError, ValueError, TypeError) as e:
+            raise UserError(f"motion table {f} is unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    return pd.concat(frames).sort_values(["vsn", "time_ns"], kind="stable").reset_index(drop=True)
+
+
+def join_motion(table: ScanTable, motion: pd.DataFrame, *, source: str = "the motion table") -> None:
+    """Fill `table.motion` (S+1, 2) and `table.has_motion` (S+1,): per scan the latest row of its node at or before
+    the scan's first capture, at most MOTION_MAX_AGE_MIN old (never a later one: the forecast must not read a
+    vector measured after t). On data.synthetic's truth that is the scan loop's own vector. No row, or NaN (no
+    low cloud to track): 0 and has_motion False. A table that matches no scan at all is a UserError (the wrong
+    sky's table, e.g. the training sky's for a held-out one)."""
+    S = len(table.time_ns) - 1
+    uv, has, matched = np.zeros((S + 1, 2), np.float32), np.zeros(S + 1, bool), 0
+    max_age = int(MOTION_MAX_AGE_MIN * 60e9)
+    for vsn in pd.unique(table.vsn[:S]):
+        rows = motion[motion["vsn"] == vsn]
+        if rows.empty:
+            continue
+        idx = np.flatnonzero(table.vsn[:S] == vsn)
+        t = rows["time_ns"].to_numpy()
+        j = np.searchsorted(t, table.time_ns[idx], side="right") - 1
+        ok = (j >= 0) & (table.time_ns[idx] - t[np.maximum(j, 0)] <= max_age)
+        vec = rows[["motion_u", "motion_v"]].to_numpy(np.float32)[j[ok]]
+        finite = np.isfinite(vec).all(axis=1)
+        uv[idx[ok][finite]], has[idx[ok][finite]] = vec[finite], True
+        matched += int(ok.sum())
+    if matched == 0:
+        raise UserError(f"{source}: no row within {MOTION_MAX_AGE_MIN:g} min before any scan of "
+                        f"{', '.join(map(str, pd.unique(table.vsn[:S])))} (is it this sky's table?)")
+    table.motion, table.has_motion = uv, has
+
+
+def view_azimuths_deg() -> np.ndarray:
+    """(P,) azimuth (degrees clockwise from north) of each column's views (data.sky: column × 45°, no mount
+    offset; both rows of a column face the same way)."""
+    return np.array([preset_azimuth_deg(p) for p in SKY_PRESETS], np.float32)
+
+
+def project_motion(motion: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, K, 2) m/s (east, north) + (B, K) mask → (B, P, K, 3) per view: the component along its azimuth (away
+    from the node, outward), across it (clockwise, toward column c + 1), both / MOTION_SCALE_MS, and the mask.
+
+    Each view sees the motion only in its own frame: rotating the ring of views by k columns together with the
+    motion vector by k × 45° leaves every view's features as they were, so the networks stay
+    rotation-equivariant; rotating one without the other changes them.
+    """
+    az = torch.deg2rad(torch.as_tensor(view_azimuths_deg(), dtype=motion.dtype, device=motion.device))  # (P,)
+    u, v = motion[..., 0, None], motion[..., 1, None]  # (B, K, 1)
+    along = (u * az.sin() + v * az.cos()) / MOTION_SCALE_MS  # (B, K, P)
+    across = (u * az.cos() - v * az.sin()) / MOTION_SCALE_MS
+    flag = mask[..., None].to(motion.dtype).expand_as(along)
+    return torch.stack([along, across, flag], dim=-1).transpose(1, 2)
 
 
 def _nearest(times: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -316,8 +435,10 @@ def hour_bin(solar_hour: np.ndarray) -> np.ndarray:
 
 
 # What the networks read from a batch (apart from the residual start they add to): the per-ridge test asserts that
-# the networks run on these keys alone and that the per-view ridge's design is built from them too.
-MODEL_INPUTS = ("view_x", "view_mask", "view_dt", "solar_hour", "sun_elev")
+# the networks run on these keys alone and that the per-view ridge's design is built from them too. motion and
+# motion_mask are there only when the table has a motion table joined (stage-2 config `motion`).
+MODEL_INPUTS = ("view_x", "view_mask", "view_dt", "solar_hour", "sun_elev", "motion", "motion_mask")
+MOTION_RANK = 16  # principal coordinates per view that the ridge's motion products take (memory, time)
 
 
 def ridge_features(batch: dict[str, torch.Tensor], basis: torch.Tensor | None = None) -> torch.Tensor:
@@ -335,6 +456,15 @@ def ridge_features(batch: dict[str, torch.Tensor], basis: torch.Tensor | None = 
     F: 7.4 s measured at F = 2,563 on 2 shared cores); its 2×2 grids (D = 4,096) 27 GB. With r = 256
     (baselines.RIDGE_RANK) F = 2,563: 0.1 GB on pooled features and on grids alike (the whole-context ridge it
     replaces needed ~19 GB on grids).
+
+    With the cloud motion in the batch (`motion`), the row also gets its own view's `project_motion` features
+    per slot (along, across, flag: 3·K) and, so that a linear model can let the motion pick where the future
+    comes from, the rectified anchor-scan components (outward, inward, clockwise, anticlockwise parts) times the
+    first MOTION_RANK coordinates (the top principal ones when a basis is given) of the view itself, its two ring
+    neighbours and, with a horizon row, the horizon view below, all at t: 4·(3 + [R = 2])·MOTION_RANK. On
+    `make compare` F grows from 2,563 to 2,834 (0.13 GB, ~1.35× the decomposition time). It still cannot
+    scale a displacement by the horizon beyond its per-horizon coefficients, use motion × older slots or
+    × further coordinates, or anything else nonlinear.
     """
     view_x = batch["view_x"] if basis is None else batch["view_x"] @ basis
     B, R, P, K, D = view_x.shape
@@ -344,7 +474,16 @@ def ridge_features(batch: dict[str, torch.Tensor], basis: torch.Tensor | None = 
     parts = [view_x[:, 0].flatten(2), view_x[:, 0, (cols - 1) % P, 0], view_x[:, 0, (cols + 1) % P, 0]]
     if R > 1:
         parts += [view_x[:, 1, (cols + s) % P, 0] for s in (-1, 0, 1)]
-    return torch.cat(parts + [clock[:, None].expand(B, P, 3).to(view_x.dtype)], dim=-1)
+    parts.append(clock[:, None].expand(B, P, 3).to(view_x.dtype))
+    if "motion" in batch:
+        motion = project_motion(batch["motion"], batch["motion_mask"]).to(view_x.dtype)  # (B, P, K, 3)
+        now = view_x[:, 0, :, 0, :MOTION_RANK]
+        seen = [now, now[:, (cols - 1) % P], now[:, (cols + 1) % P]] + ([view_x[:, 1, :, 0, :MOTION_RANK]] if R > 1
+                                                                        else [])
+        along, across = motion[:, :, 0, 0, None], motion[:, :, 0, 1, None]  # the anchor scan's, (B, P, 1)
+        rectified = [along.clamp(min=0), (-along).clamp(min=0), across.clamp(min=0), (-across).clamp(min=0)]
+        parts += [motion.flatten(2)] + [r * x for r in rectified for x in seen]
+    return torch.cat(parts, dim=-1)
 
 
 def gather(table: ScanTable, win: Windows, idx: np.ndarray, *, day_only: bool = True, clim: np.ndarray | None = None,
@@ -354,7 +493,8 @@ def gather(table: ScanTable, win: Windows, idx: np.ndarray, *, day_only: bool = 
 
     With `means_min` (None: left out, for whole-split batches of the embedding baselines), the batch also holds
     the view context of `view_context`: view_x (B,R,P,K,D), view_mask (B,R,P,K) and view_dt (B,K), each slot's
-    time offset in minutes (a mean's: minus half its window).
+    time offset in minutes (a mean's: minus half its window); with a motion table joined (`join_motion`) also
+    motion (B,K,2) m/s (east, north) and motion_mask (B,K) of `motion_context`.
 
     With `clim` (P, 24, D), the train diurnal climatology (baselines.fit_climatology), the batch also holds
     clim_now (B,P,D) at the anchor's solar hour and clim_tgt (B,H,P,D) at each target scan's solar hour.
@@ -378,6 +518,9 @@ def gather(table: ScanTable, win: Windows, idx: np.ndarray, *, day_only: bool = 
         batch["view_x"], batch["view_mask"] = torch.from_numpy(x), torch.from_numpy(m)
         mean_dt = np.broadcast_to(-np.asarray(means_min, np.float32) / 2, (len(a), len(means_min)))
         batch["view_dt"] = torch.from_numpy(np.concatenate([batch["ctx_dt"].numpy(), mean_dt], axis=1))
+        if table.motion is not None:
+            uv, has = motion_context(table, a, c, means_min)
+            batch["motion"], batch["motion_mask"] = torch.from_numpy(uv), torch.from_numpy(has)
     if clim is not None:
         P = clim.shape[0]
         batch["clim_now"] = torch.from_numpy(clim[np.arange(P), hour_bin(table.solar_hour[a])[:, None]])

@@ -18,7 +18,9 @@ The residual starts from a baseline fitted in closed form on train (stage2_forec
 anomaly, or with residual_base=ridge the per-view ridge on the same view context. The best-on-val weights start
 as that untrained model and training stops after `patience` epochs without a better val MSE, so a run never
 ends worse on val than the baseline it starts from. `train_days=N` trains on the first N train days of a fixed
-seeded order (samples.restrict_train_days; nested sets for a learning curve).
+seeded order (samples.restrict_train_days; nested sets for a learning curve). `motion=PATH` adds the optional
+cloud-motion input (samples.read_motion: a table or a data.synthetic raw folder) to the networks and to the
+per-view ridge alike; without it the forecasts are those of a run from before the option existed.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ class Config:
         (30.0, 60.0), "also each view's mean over the scans of these last minutes (up to t), as context slots")
     train_days: int | None = option(None, "keep only the first N train days in a fixed seeded order (nested: "
                                     "the 10-day set is inside the 20-day set); val and test are untouched", ge=1)
+    motion: str | None = option(None, "cloud-motion input: a parquet/CSV table with columns vsn, timestamp, "
+                                "motion_u, motion_v (m/s toward east, north), or a data.synthetic raw folder (its "
+                                "truth.parquet files); each view token gets it in its own frame (samples.join_motion)")
     scan_gap_s: float = option(60.0, "a gap above this between captures starts a scan", gt=0)
     step_min: float | None = option(None, "scan cadence (default: median gap)", gt=0)
     tolerance_min: float | None = option(None, "nearest-scan tolerance (default step/2)", ge=0)
@@ -141,6 +146,8 @@ def load_data(cfg: Config):
     table = samples.load_scan_table(cfg.stage1_run, features=cfg.features, gap_s=cfg.scan_gap_s,
                                     prepared_dir=cfg.prepared)
     samples.restrict_train_days(table, cfg.train_days)
+    if cfg.motion is not None:
+        samples.join_motion(table, samples.read_motion(cfg.motion), source=f"motion={cfg.motion}")
     mean, std = samples.standardise(table, day_only=cfg.day_only)
     kw = dict(horizons_min=cfg.horizons_min, context_scans=cfg.context_scans, step_min=cfg.step_min,
               tolerance_min=cfg.tolerance_min, day_only=cfg.day_only, day_anchors=cfg.day_anchors)
@@ -161,7 +168,7 @@ def build_model(cfg: Config, mean, std, damping=None) -> nn.Module:
     if cfg.variant == "detr":
         return DetrForecaster(dim=mean.numel(), n_slots=n_slots(cfg), horizons_min=cfg.horizons_min,
                               width=cfg.width, depth=cfg.depth, heads=cfg.heads, dropout=cfg.dropout,
-                              residual=cfg.residual, damping=damping, base=_base(cfg))
+                              residual=cfg.residual, damping=damping, base=_base(cfg), motion=cfg.motion is not None)
     if cfg.variant == "jepa":
         path = _encoders_path(cfg)
         try:
@@ -173,7 +180,8 @@ def build_model(cfg: Config, mean, std, damping=None) -> nn.Module:
         return JepaForecaster(encoders=nn.ModuleDict({n: modules[n] for n in names}), mean=mean, std=std,
                               n_slots=n_slots(cfg), horizons_min=cfg.horizons_min, img_size=meta.get("img_size"),
                               width=cfg.jepa_width, depth=cfg.depth, heads=cfg.heads, dropout=cfg.dropout,
-                              residual=cfg.residual, finetune=cfg.finetune, damping=damping, base=_base(cfg))
+                              residual=cfg.residual, finetune=cfg.finetune, damping=damping, base=_base(cfg),
+                              motion=cfg.motion is not None)
     raise UserError(f"variant={cfg.variant!r}: expected detr or jepa")
 
 
@@ -244,7 +252,7 @@ def residual_starts(cfg: Config, table, wins, clim, damping) -> tuple[Config, di
 
 # The settings that decide the scan table, the windows and hence the per-view ridge (not the model's).
 SAMPLE_KEYS = ("features", "horizons_min", "scan_gap_s", "step_min", "tolerance_min", "day_only", "day_anchors",
-               "context_scans", "context_means_min", "train_days")
+               "context_scans", "context_means_min", "train_days", "motion")
 
 
 def ridge_cache(cfg: Config, table: samples.ScanTable) -> Path:

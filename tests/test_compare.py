@@ -209,7 +209,8 @@ def sky_files(raw: Path, vsn: str, days: list[str], positions=(1, 5)) -> None:
                 path.touch()
 
 
-@pytest.mark.parametrize("case", ["few_days", "no_sky", "heldout_in_train", "heldout_node_absent"])
+@pytest.mark.parametrize("case", ["few_days", "no_sky", "heldout_in_train", "heldout_node_absent",
+                                  "motion_without_table"])
 def test_raw_refusals_are_one_line_and_exit_2(tmp_path, monkeypatch, case):
     two_node_registry(tmp_path, monkeypatch)
     raw, other = tmp_path / "raw", tmp_path / "other"
@@ -221,9 +222,12 @@ def test_raw_refusals_are_one_line_and_exit_2(tmp_path, monkeypatch, case):
                             "splits need at least 3",
                 "no_sky": "no RGB–thermal pairs of sky presets to train on",
                 "heldout_in_train": "holds W056, also in --raw",
-                "heldout_node_absent": "--heldout-node W123 is not in"}[case]
+                "heldout_node_absent": "--heldout-node W123 is not in",
+                "motion_without_table": "--motion on --raw data needs --motion-table PATH"}[case]
     if case == "few_days":
         argv += ["--heldout-node", "W099"]
+    elif case == "motion_without_table":
+        argv += ["--motion"]
     elif case == "no_sky":
         raw = tmp_path / "horizon"
         sky_files(raw, "W056", days, positions=(2, 6))  # not sky presets
@@ -255,6 +259,35 @@ def test_raw_comparison_reads_no_synthetic_truth_in_its_commands(tmp_path, monke
     assert f"--raw {tmp_path / 'cmp' / 'raw_train'} " in printed and f"--raw {tmp_path / 'cmp' / 'raw_heldout'} " \
         in printed  # the two node views are prepared apart
     assert not (tmp_path / "cmp").exists()  # --print makes nothing
+
+    table = tmp_path / "motion.csv"  # the user's motion table serves training and the held-out node alike
+    compare.main(["--out", str(tmp_path / "cmp"), "--raw", str(raw), "--heldout-node", "W099", "--print",
+                  "--motion-table", str(table), "--seeds", "0"])
+    printed = capsys.readouterr().out
+    trains = [line for line in printed.splitlines() if line.startswith("sagecast-stage2-train")]
+    assert len(trains) == 2 and all(f" motion={table}" in c and "/stage2_motion/" in c for c in trains)
+    evaluations = [line for line in printed.splitlines() if line.startswith("sagecast-stage2-evaluate")]
+    assert [f"--motion {table}" in c for c in evaluations] == [False, True]  # the held-out one
+    assert all("--real-data" in c for c in evaluations)
+
+
+def test_motion_comparison_commands_read_each_skys_truth(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    compare.main(["--out", str(out), "--motion", "--seeds", "0", "--train-days", "10", "--print"])
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    trains = [line for line in lines if line.startswith("sagecast-stage2-train")]
+    assert len(trains) == 4 and all(f" motion={out / 'raw_train'} " in c + " " for c in trains)
+    assert {c.split("run_dir=")[1].split()[0] for c in trains} == {
+        str(out / d / f"{v}_s0") for d in ("stage2_motion", "stage2_motion_days10") for v in ("detr", "jepa")}
+    evaluations = {c.split("--out ")[1].split()[0]: c for c in lines if c.startswith("sagecast-stage2-evaluate")}
+    assert set(evaluations) == {str(out / r) for r in ("report_motion", "report_motion_heldout",
+                                                       "report_motion_days10")}
+    held = evaluations[str(out / "report_motion_heldout")]
+    assert f"--motion {out / 'raw_heldout'}" in held and f"--eval-stage1-run {out / 'stage1_heldout'}" in held
+    assert not any("--motion " in c for r, c in evaluations.items() if not r.endswith("_heldout"))  # the runs' own
+    assert "# stage1_train:" in printed and "stage2_detr_s0" not in printed  # steps 1–3 shared, no default runs
+    assert not out.exists()
 
 
 @pytest.mark.slow

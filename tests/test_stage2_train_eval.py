@@ -161,7 +161,7 @@ def test_held_out_evaluation_on_a_second_prepared_folder(fake_stage1_run, tmp_pa
     train.main(tiny(fake_stage1_run, tmp_path / "detr", epochs=1))
     report = evaluate.evaluate(fake_stage1_run, [tmp_path / "detr"], tmp_path / "out", eval_stage1_run=other,
                                n_boot=50)
-    assert report["eval"] == {"stage1_run": str(other), "held_out": True, "split": "all"}
+    assert report["eval"] == {"stage1_run": str(other), "held_out": True, "split": "all", "motion": None}
     table = samples.load_scan_table(other)
     every_day = samples.build_windows(table, horizons_min=(5.0, 15.0), context_scans=3)
     assert report["n_test"] == len(every_day) and len(report["per_day"]) == 3  # all days of the other folder

@@ -75,18 +75,24 @@ def test_an_absolute_column_embedding_would_fail_the_rotation_test(data):
         assert (model(absolute(rotate(batch, 1))) - torch.roll(out, 1, dims=2)).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("motion", [False, True])
 @pytest.mark.parametrize("variant", ["detr", "jepa"])
-def test_networks_read_only_the_model_inputs_the_ridge_is_built_from(data, variant):
+def test_networks_read_only_the_model_inputs_the_ridge_is_built_from(data, variant, motion):
     run, table, win, mean, std, clim, damping = data
     batch = samples.gather(table, win, np.arange(6), clim=clim)
-    inputs = {k: batch[k] for k in samples.MODEL_INPUTS}
-    model = build_model(Config(variant=variant, stage1_run=str(run), width=32, jepa_width=32, residual=False),
-                        mean, std).eval()
+    B, R, P, K, D = batch["view_x"].shape
+    if motion:  # what gather adds with a motion table joined (tests/test_stage2_motion.py joins real ones)
+        g = torch.Generator().manual_seed(0)
+        batch.update(motion=torch.randn(B, K, 2, generator=g) * 6, motion_mask=torch.rand(B, K, generator=g) > 0.3)
+    inputs = {k: batch[k] for k in samples.MODEL_INPUTS if k in batch}
+    assert set(samples.MODEL_INPUTS) - set(inputs) == (set() if motion else {"motion", "motion_mask"})
+    model = build_model(Config(variant=variant, stage1_run=str(run), width=32, jepa_width=32, residual=False,
+                               motion="motion.parquet" if motion else None), mean, std).eval()
     with torch.no_grad():
         assert model(inputs).shape == batch["tgt_z"].shape  # nothing else needed
     x = samples.ridge_features(inputs)  # and the ridge's design comes from the same keys
-    B, R, P, K, D = batch["view_x"].shape
-    assert x.shape == (B, P, (K + 2) * D + 3)
+    F, m = (K + 2) * D + 3, min(D, samples.MOTION_RANK)
+    assert x.shape == (B, P, F + (3 * K + 4 * 3 * m if motion else 0))
     c = 0  # view 0: itself at t, its other slots, ring neighbours 7 and 1 at t
     np.testing.assert_array_equal(x[:, c, :D], batch["view_x"][:, 0, c, 0])
     np.testing.assert_array_equal(x[:, c, D:K * D], batch["view_x"][:, 0, c, 1:].flatten(1))
@@ -99,6 +105,15 @@ def test_networks_read_only_the_model_inputs_the_ridge_is_built_from(data, varia
     with torch.no_grad():
         assert (model(moved) - model(inputs)).abs().max() > 1e-3
     assert (samples.ridge_features(moved) - x).abs().max() == pytest.approx(1.0)
+    if motion:  # view 0's own motion per slot, then the rectified anchor components × its coordinates at t
+        own = samples.project_motion(inputs["motion"], inputs["motion_mask"])[:, c]  # (B, K, 3)
+        np.testing.assert_array_equal(x[:, c, F:F + 3 * K], own.flatten(1))
+        outward = own[:, 0, 0, None].clamp(min=0)
+        np.testing.assert_allclose(x[:, c, F + 3 * K:F + 3 * K + m], outward * batch["view_x"][:, 0, c, 0, :m])
+        turned = {**inputs, "motion": inputs["motion"].flip(-1)}  # (east, north) swapped: another direction
+        with torch.no_grad():
+            assert (model(turned) - model(inputs)).abs().max() > 1e-3
+        assert (samples.ridge_features(turned) - x).abs().max() > 1e-3
 
 
 def ring_table(n_days: int, *, scans: int = 60, P: int = 8, D: int = 2, seed: int = 0, noise: float = 0.05):
