@@ -47,7 +47,7 @@ bench: $(STAMP)
 clean:
 	rm -rf $(RUNS)
 
-# DETR vs JEPA with 95 % intervals: >= 20 synthetic days, one stage-1 run, both variants x 3 seeds, the
+# DETR vs JEPA with 95 % intervals: 64 synthetic days (40 train / 3 val / 21 test), one stage-1 run, both variants x 2 seeds, the
 # report on the test split and on a held-out sky (docs/stage2.md "Comparing the variants"). Resumable: rerun to continue.
 COMPARE_ARGS ?=
 .PHONY: compare

@@ -137,7 +137,9 @@ def comparison(args) -> list[st.Step]:
             steps.append(st.stage2_evaluate(s1, day_runs, curves[-1], raw=None if args.raw else raw_train,
                                             name=f"report{tag}_days{days}", args=["--n-boot", str(args.n_boot),
                                                                                   *real_data]))
-        steps.append(st.learning_curve(curves, args.train_days, report, name=f"learning_curve{tag}"))
+        # the main runs (every training day, all --seeds) are the curve's last point: no duplicate runs for it
+        steps.append(st.learning_curve([*curves, report], [*args.train_days, "all"], report,
+                                       name=f"learning_curve{tag}"))
     steps.append(st.report(out / "prepared_train", s1, out / f"stage2{tag}", report / "report.html", scores=report,
                            name=f"report{tag}_html"))
     return steps
@@ -285,8 +287,9 @@ def parser():
                          "(default 3, i.e. 15-minute cadence; its random-init forward pass was the slowest step)")
     ap.add_argument("--train-days", type=_day_list, default=[],
                     help="learning curve: also train each variant (first seed) with only N training days for each N "
-                         "of this comma list (nested sets, e.g. 10,20,40), score them on the same test days and "
-                         "draw skill against N in the report (OUT/report/learning_curve.png)")
+                         "of this comma list (nested sets, e.g. 10,20), score them on the same test days and "
+                         "draw skill against N in the report (OUT/report/learning_curve.png); the main runs, on every "
+                         "training day, are its last point")
     ap.add_argument("--rows", default="sky,horizon",
                     help="preset rows generated and prepared (data.formats.parse_rows): sky, or sky,horizon (the "
                          "horizon row is stage-2 context; targets stay the sky row)")

@@ -104,8 +104,10 @@ def report(prepared: Path, stage1: Path, stage2: Path, out: Path, *, scores: Pat
                 out, needs=((scores or stage2) / "scores.json",))
 
 
-def learning_curve(scores: Sequence[Path], days: Sequence[int], out: Path, *, name: str = "learning_curve") -> Step:
-    """Skill against training days from the evaluations (scores.json folders) of nested training sets."""
+def learning_curve(scores: Sequence[Path], days: Sequence[int | str], out: Path, *,
+                   name: str = "learning_curve") -> Step:
+    """Skill against training days from the evaluations (scores.json folders) of nested training sets ("all":
+    the runs on every training day)."""
     return Step(name, "sagecast-learning-curve", ("--scores", *(str(s / "scores.json") for s in scores), "--days",
                                                   *map(str, days), "--out", str(out)),
                 out / "learning_curve.json", needs=tuple(s / "scores.json" for s in scores))

@@ -31,7 +31,7 @@ def test_compare_runs_every_step_and_resumes(tmp_path, capsys):
     compare.main(argv)
 
     prepared = json.loads((out / "prepared_train" / "report.json").read_text())
-    assert prepared["fractions"] == [0.15, 0.1, 0.75]
+    assert prepared["fractions"] == [0.62, 0.06, 0.32]
     assert all(len(prepared["splits"][s]["days"]) >= 1 for s in ("train", "val", "test"))
     runs = sorted(p.name for p in (out / "stage2").iterdir())
     assert runs == ["detr_s0", "detr_s1", "jepa_s0", "jepa_s1"]
@@ -59,9 +59,11 @@ def test_compare_runs_every_step_and_resumes(tmp_path, capsys):
     if scored["headroom"] is not None:
         lo, hi = scored["headroom_ci"]
         assert lo <= scored["headroom"] <= hi
-    # the learning curve: the one-day training sets of both variants, scored on the same test days
+    # the learning curve: the one-day training sets of both variants, scored on the same test days, and the main
+    # runs on every training day as the last point
     curve = json.loads((out / "report" / "learning_curve.json").read_text())
-    assert curve["train_days"] == [1] and {"detr", "jepa", "ridge"} <= set(curve["methods"])
+    assert curve["train_days"] == sorted({1, len(prepared["splits"]["train"]["days"])})
+    assert {"detr", "jepa", "ridge"} <= set(curve["methods"]) and len(curve["methods"]["detr"]["5"]) == 2
     assert json.loads((out / "stage2_days1" / "detr_s0" / "config.json").read_text())["train_days"] == 1
     assert "Learning curve" in (out / "report" / "report.html").read_text()
     timings = json.loads((out / "timings.json").read_text())

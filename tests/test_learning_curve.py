@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from sagecast_common.cli import UserError
 from stage2_forecast.learning_curve import curve, main
 
 
@@ -38,3 +39,16 @@ def test_cli_writes_the_figure_and_the_record_last_and_refuses_mismatched_lists(
         main(["--scores", str(files[0]), "--days", "10", "20", "--out", str(tmp_path / "bad")])
     assert e.value.code == 2 and "one --days value per --scores file" in capsys.readouterr().err
     assert not (tmp_path / "bad" / "learning_curve.json").exists()
+
+
+def test_all_reads_the_training_days_from_the_evaluation_and_duplicates_are_refused():
+    places = {"W056@a": {"train": 25, "val": 2, "test": 9}, "W056@b": {"train": 15, "val": 1, "test": 2}}
+    full = {**scores(0.3), "days_per_split_per_location": {"train_data": places}}
+    lc = curve([scores(0.1), full], [10, "all"])
+    assert lc["train_days"] == [10, 40] and lc["methods"]["detr"]["5"][1]["skill"] == pytest.approx(0.3)
+    with pytest.raises(UserError, match="same number of training days"):
+        curve([scores(0.1), scores(0.2), full], [10, 10, "all"])
+    both = curve([scores(0.1), full], [40, "all"])  # the full runs at a given N: two points there, both kept
+    assert both["train_days"] == [40] and len(both["methods"]["detr"]["5"]) == 2
+    with pytest.raises(UserError, match="does not say its training days"):
+        curve([scores(0.1)], ["all"])
