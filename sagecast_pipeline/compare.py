@@ -140,8 +140,9 @@ def comparison(args) -> list[st.Step]:
         # the main runs (every training day, all --seeds) are the curve's last point: no duplicate runs for it
         steps.append(st.learning_curve([*curves, report], [*args.train_days, "all"], report,
                                        name=f"learning_curve{tag}"))
+    curve = [report / "learning_curve.json"] if args.train_days else []
     steps.append(st.report(out / "prepared_train", s1, out / f"stage2{tag}", report / "report.html", scores=report,
-                           name=f"report{tag}_html"))
+                           extra_needs=curve, name=f"report{tag}_html"))
     return steps
 
 

@@ -74,14 +74,17 @@ def run_command(cmd: Sequence[str]) -> tuple[int, int | None]:
     return status, (received[0] if received else None)
 
 
-def run_one(name: str, record: Path, cmd: Sequence[str], *, prog: str, timings: Path | None = None) -> bool:
-    """Run one step unless `record` exists; add its wall time to the `timings` JSON file. True if it ran.
+def run_one(name: str, record: Path, cmd: Sequence[str], *, prog: str, timings: Path | None = None,
+            redo: bool = False) -> bool:
+    """Run one step unless `record` exists (`redo`: run it anyway; the old record stays until the tool replaces it);
+    add its wall time to the `timings` JSON file. True if it ran.
 
     The timings file is rewritten after every step, so a run stopped halfway keeps the times of what it finished."""
-    if record.exists():
+    if record.exists() and not redo:
         print(f"[{prog}] {name}: done ({record})", flush=True)
         return False
     print(f"[{prog}] {name}: {shlex.join(cmd)}", flush=True)
+    before = record.stat().st_mtime_ns if record.exists() else None
     t0 = time.perf_counter()
     status, stop = run_command(cmd)
     if stop is not None:
@@ -90,7 +93,7 @@ def run_one(name: str, record: Path, cmd: Sequence[str], *, prog: str, timings: 
                          status if status > 0 else 128 + stop)
     if status != 0:
         raise StepFailed(f"{name} failed (exit {status}): {shlex.join(cmd)}", status if status > 0 else 1)
-    if not record.exists():
+    if not record.exists() or record.stat().st_mtime_ns == before:
         raise StepFailed(f"{name} exited 0 without writing its completion record {record}", 1)
     if timings is not None:
         previous = json.loads(timings.read_text()) if timings.exists() else {}
@@ -107,14 +110,25 @@ def missing_inputs(steps: Sequence[Step]) -> list[Path]:
     return missing
 
 
+def stale(step: Step) -> bool:
+    """A `refresh` step whose record is older than a record it needs (that step reran since)."""
+    if not step.refresh or not step.record.exists():
+        return False
+    done_at = step.record.stat().st_mtime
+    return any(p.exists() and p.stat().st_mtime > done_at for p in step.needs)
+
+
 def run_steps(steps: Sequence[Step], *, prog: str, python: str = sys.executable, timings: Path | None = None) -> None:
     for step in steps:
+        redo = stale(step)
+        if redo:
+            print(f"[{prog}] {step.name}: redone (a record it reads is newer than {step.record})", flush=True)
         if not step.record.exists():
             for src, dst in step.copies:
                 if src.exists():
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(src, dst)
-        run_one(step.name, step.record, step.argv(python), prog=prog, timings=timings)
+        run_one(step.name, step.record, step.argv(python), prog=prog, timings=timings, redo=redo)
 
 
 def print_steps(steps: Sequence[Step]) -> None:

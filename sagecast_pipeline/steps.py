@@ -38,6 +38,9 @@ class Step:
     needs: tuple[Path, ...] = ()  # records of the steps whose outputs it reads
     distributed: bool = False  # started across every node and GPU of a batch job
     copies: tuple[tuple[Path, Path], ...] = ()  # (source, destination) files put in place before the command
+    # Done only while no record it needs is newer than its own: cheap steps that gather others' results (the HTML
+    # report) are redrawn when a rerun adds to them, e.g. `sagecast-compare --train-days` on a finished comparison.
+    refresh: bool = False
 
     def argv(self, python: str) -> list[str]:
         return [python, "-m", TOOLS[self.tool], *self.args]
@@ -96,12 +99,13 @@ def stage2_evaluate(stage1: Path, runs: Sequence[Path], out: Path, *, raw: Path 
 
 
 def report(prepared: Path, stage1: Path, stage2: Path, out: Path, *, scores: Path | None = None,
-           name: str = "report") -> Step:
-    """The HTML report of `stage2`'s runs; `scores` is the folder with the evaluation's scores.json (default STAGE2)."""
+           extra_needs: Sequence[Path] = (), name: str = "report") -> Step:
+    """The HTML report of `stage2`'s runs; `scores` is the folder with the evaluation's scores.json (default STAGE2);
+    `extra_needs`: other records it draws (the learning curve's), so a newer one redraws it."""
     scores_args = ("--report-dir", str(scores)) if scores else ()
     return Step(name, "sagecast-report", ("--prepared", str(prepared), "--stage1", str(stage1), "--stage2",
                                           str(stage2), "--out", str(out), *scores_args),
-                out, needs=((scores or stage2) / "scores.json",))
+                out, needs=((scores or stage2) / "scores.json", *extra_needs), refresh=True)
 
 
 def learning_curve(scores: Sequence[Path], days: Sequence[int | str], out: Path, *,

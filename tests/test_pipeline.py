@@ -157,6 +157,37 @@ def test_a_finished_step_is_skipped_and_an_unfinished_one_runs(tmp_path, monkeyp
     assert printed[0] == f"[t] a: done ({done})" and printed[1].startswith("[t] b: ") and "touch_step" in printed[1]
 
 
+def test_a_refresh_step_is_redone_when_a_record_it_reads_is_newer(tmp_path, monkeypatch, capsys):
+    """The HTML report is redrawn when a rerun adds to what it shows (e.g. a learning curve on a finished
+    comparison); other finished steps are not, and a redone step that leaves its record untouched fails."""
+    import os
+
+    from sagecast_pipeline.run import StepFailed, run_steps
+    from sagecast_pipeline.steps import Step
+
+    (tmp_path / "touch_step.py").write_text("import pathlib, sys\npathlib.Path(sys.argv[1]).write_text('ran')\n")
+    (tmp_path / "idle_step.py").write_text("")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setitem(TOOLS, "sagecast-touch", "touch_step")
+    monkeypatch.setitem(TOOLS, "sagecast-idle", "idle_step")
+    curve, html, plain = tmp_path / "learning_curve.json", tmp_path / "report.html", tmp_path / "plain.done"
+    for path, text, age in ((html, "old report", 100), (plain, "old", 100), (curve, "{}", 0)):
+        path.write_text(text)
+        os.utime(path, (path.stat().st_atime - age, path.stat().st_mtime - age))
+    steps = [Step("html", "sagecast-touch", (str(html),), html, needs=(curve,), refresh=True),
+             Step("plain", "sagecast-touch", (str(plain),), plain, needs=(curve,))]
+    run_steps(steps, prog="t")
+    assert html.read_text() == "ran" and plain.read_text() == "old"
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("[t] html: redone") and printed[-1] == f"[t] plain: done ({plain})"
+    run_steps(steps, prog="t")  # now newer than what it reads: done
+    assert capsys.readouterr().out.splitlines()[0] == f"[t] html: done ({html})"
+
+    os.utime(html, (html.stat().st_atime - 100, html.stat().st_mtime - 100))
+    with pytest.raises(StepFailed, match="without writing its completion record"):
+        run_steps([Step("html", "sagecast-idle", (), html, needs=(curve,), refresh=True)], prog="t")
+
+
 def test_synthetic_writes_its_completion_record_last(tmp_path, monkeypatch):
     from data.synthetic import generate
 
