@@ -209,11 +209,12 @@ def view_ridge_fits(table: samples.ScanTable, wins: dict[str, samples.Windows], 
     `samples.ridge_features` rows (None: fewer than 2 train rows, the forecast stays persistence), the penalty
     chosen per horizon on wins["val"] (1e-1 without val targets), and the projection basis of the rows.
 
-    `cache`: a folder keyed by everything the fits depend on (`ridge_cache_key`): read from cache/fits.npz when
-    there, written there otherwise. Every stage-2 run and evaluation of a comparison fits this same ridge; on
-    `make compare`'s 40 training days one fit is minutes (the design is streamed through the view context).
+    `cache`: a folder keyed by the settings the fits depend on (`ridge_cache_key`); the fits of these windows are
+    read from cache/fits-<windows_key>.npz when there, written there otherwise. Every stage-2 run and evaluation
+    of a comparison fits this same ridge; on `make compare`'s 40 training days one fit is minutes.
     `train_rows`: wins["train"]'s `_Rows` on this basis, when the caller has them already."""
-    cached = _load(cache, "fits")
+    name = f"fits-{windows_key(wins)}"
+    cached = _load(cache, name)
     if cached is not None:
         return _fits_from_arrays(cached)
     kw = dict(means_min=means_min, day_only=day_only)
@@ -235,7 +236,7 @@ def view_ridge_fits(table: samples.ScanTable, wins: dict[str, samples.Windows], 
         best = int(np.argmin(errors)) if m.any() else alphas.index(1e-1)
         fits.append(path[best])
         chosen[h] = alphas[best]
-    _save(cache, "fits", _fits_to_arrays(fits, chosen, basis))
+    _save(cache, name, _fits_to_arrays(fits, chosen, basis))
     return fits, chosen, basis
 
 
@@ -256,6 +257,19 @@ def _fits_from_arrays(arrays: dict[str, np.ndarray]):
             for h in range(len(alpha))]
     basis = torch.from_numpy(arrays["basis"]) if "basis" in arrays else None
     return fits, chosen, basis
+
+
+def windows_key(wins: dict[str, samples.Windows]) -> str:
+    """A short fingerprint of the train and val windows a cached ridge was fitted on (anchors, context, targets,
+    horizons): the cache folder's key covers the settings that make them, this covers everything else (a caller
+    that keeps only some windows, a change to how windows are built), so a cached file never serves other rows."""
+    h = hashlib.sha256()
+    for split in ("train", "val"):
+        win = wins[split]
+        h.update(split.encode() + repr(tuple(win.horizons_min)).encode())
+        for a in (win.anchor, win.ctx, win.tgt):
+            h.update(repr(a.shape).encode() + np.ascontiguousarray(a, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
 
 
 def _load(cache: Path | None, name: str) -> dict[str, np.ndarray] | None:
@@ -313,12 +327,13 @@ def ridge_start(table: samples.ScanTable, wins: dict[str, samples.Windows], *, m
     the network does not learn that an in-sample start needs no correction. Days go round-robin into at most
     CROSS_FIT_FOLDS folds (leave one day out up to that many days; each fold is one F × F solve). One day alone
     is fitted in-sample. A fold's fit subtracts its statistics from the whole train set's. `cache`: the folder
-    of `view_ridge_fits`; the cross-fitted train forecast is kept there too (cache/start.npz).
+    of `view_ridge_fits`; the cross-fitted train forecast is kept there too (cache/start-<windows_key>.npz).
     """
     kw = dict(means_min=means_min, day_only=day_only)
     train_win = wins["train"]
     basis = principal_basis(table, rank, day_only=day_only)
-    cached = _load(cache, "start")
+    name = f"start-{windows_key(wins)}"
+    cached = _load(cache, name)
     train_rows = None if cached is not None else _Rows(table, train_win, basis, **kw)
     fits, alphas, basis = view_ridge_fits(table, wins, rank=rank, cache=cache, train_rows=train_rows, **kw)
     val_rows = _Rows(table, wins["val"], basis, **kw)
@@ -346,7 +361,7 @@ def ridge_start(table: samples.ScanTable, wins: dict[str, samples.Windows], *, m
             _fit(train_rows, h=h, keep=held, sign=-1.0, normal=rest)
             train[held, h] = _predict(train_rows, [rest.solve(alpha)], h=h, keep=held)[0][held]
     train = train.astype(np.float32)
-    _save(cache, "start", {"train": train})
+    _save(cache, name, {"train": train})
     return {"train": train, "val": val}, alphas
 
 

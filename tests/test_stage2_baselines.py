@@ -147,7 +147,8 @@ def test_ridge_cache_returns_the_same_forecasts_without_refitting(tmp_path, monk
     wins = {s: samples.build_windows(table, split=s, **kw) for s in ("train", "val")}
     cache = tmp_path / "ridge_cache" / "key"
     first, alphas = baselines.ridge_start(table, wins, means_min=(), cache=cache)
-    assert sorted(p.name for p in cache.iterdir()) == ["fits.npz", "start.npz"]
+    key = baselines.windows_key(wins)
+    assert sorted(p.name for p in cache.iterdir()) == [f"fits-{key}.npz", f"start-{key}.npz"]
     uncached, _ = baselines.ridge_start(table, wins, means_min=())
 
     def no_fitting(*a, **k):
@@ -161,6 +162,28 @@ def test_ridge_cache_returns_the_same_forecasts_without_refitting(tmp_path, monk
         np.testing.assert_array_equal(first[split], uncached[split])
     np.testing.assert_array_equal(baselines.view_ridge(table, wins, table, wins["val"], means_min=(), cache=cache)[0],
                                   first["val"])
+
+
+def test_ridge_cache_never_serves_fits_of_other_windows(tmp_path):
+    """A caller that keeps only some training windows (a test's subset, a distributed rank) under the same cache
+    folder gets the fits of its own windows, not those cached for all of them."""
+    z = np.random.default_rng(2).normal(size=30)
+    table = series_table(z, [9.0] * 30)
+    table.day[:30] = np.repeat([1, 2, 3, 4, 5], 6)
+    table.time_ns[:30] += np.repeat(np.arange(5), 6) * 86_400 * 10**9
+    table.split[:30] = np.repeat(["train", "train", "train", "train", "val"], 6)
+    kw = dict(horizons_min=(5.0, 10.0), context_scans=1, step_min=5.0)
+    wins = {s: samples.build_windows(table, split=s, **kw) for s in ("train", "val")}
+    cache = tmp_path / "ridge_cache" / "key"
+    full, _ = baselines.ridge_start(table, wins, means_min=(), cache=cache)
+    w = wins["train"]
+    fewer = {**wins, "train": samples.Windows(w.anchor[:9], w.ctx[:9], w.tgt[:9], w.horizons_min)}
+    assert baselines.windows_key(fewer) != baselines.windows_key(wins)
+    cached, _ = baselines.ridge_start(table, fewer, means_min=(), cache=cache)
+    fresh, _ = baselines.ridge_start(table, fewer, means_min=())
+    assert len(cached["train"]) == len(fewer["train"]) == 9 != len(full["train"])
+    for split in ("train", "val"):
+        np.testing.assert_array_equal(cached[split], fresh[split])
 
 
 def test_ridge_cache_key_changes_with_every_setting():

@@ -210,7 +210,9 @@ def test_ridge_start_trains_and_evaluates_from_the_ridge_forecast(fake_stage1_ru
     torch.save(ckpt, untrained / "ckpt.pt")
     # training kept its ridge in the stage-1 run's cache; evaluation finds it there under the same key
     cache = train.ridge_cache(cfg, table)
-    assert cache.parent == fake_stage1_run / "ridge_cache" and {"fits.npz", "start.npz"} <= set(os.listdir(cache))
+    key = baselines.windows_key(wins)
+    assert cache.parent == fake_stage1_run / "ridge_cache"
+    assert {f"fits-{key}.npz", f"start-{key}.npz"} <= set(os.listdir(cache)), os.listdir(cache)
     before = sorted((fake_stage1_run / "ridge_cache").iterdir())
     report = evaluate.evaluate(fake_stage1_run, [untrained], tmp_path / "out", n_boot=20)
     assert sorted((fake_stage1_run / "ridge_cache").iterdir()) == before
