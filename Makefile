@@ -35,8 +35,10 @@ $(STAMP): pyproject.toml
 data stage1 stage2: | $(STAMP)
 	$(PIPELINE) $@
 
+# One math thread per test process unless OMP_NUM_THREADS is set: the tests run tiny models, several of them as
+# parallel processes (Slurm, gloo ranks), where two threads per process on two cores only contend (BENCHMARKS.md).
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q --durations=15
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
