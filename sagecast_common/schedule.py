@@ -21,5 +21,6 @@ def lr_at(step: int, *, total_steps: int, warmup_steps: int, peak: float, final_
 
 
 def set_lr(optimizer, lr: float) -> None:
+    """Every group at `lr`, times the group's own `lr_scale` where it has one."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -27,10 +27,13 @@ and otherwise run again, resuming its own checkpoint (rerun to resume):
 SIGINT/SIGTERM are passed on to the running step, which is waited for (training checkpoints, exits 75).
 `--features grid` trains and reports stage 2 on the exported 2×2 feature grids instead (OUT/stage2_grid,
 OUT/report_grid, OUT/report_grid_heldout), reusing steps 1–3 of a finished comparison.
-`--motion` adds the cloud-motion input to stage 2 (config motion=: the training sky's raw folder, whose
-truth.parquet has each scan's motion_u, motion_v; the held-out evaluation reads the held-out sky's): runs in
-OUT/stage2_motion, reports OUT/report_motion and OUT/report_motion_heldout, steps 1–3 reused likewise. Real
-data (--raw) has no truth: give the motion table with --motion-table (it serves training and held-out data).
+On the synthetic sky stage 2 has the cloud-motion input (config motion=: the training sky's raw folder, whose
+truth.parquet has each scan's motion_u, motion_v, the estimate a motion plugin on the node would publish; the
+held-out evaluation reads the held-out sky's) and with it the advection path (stage2_forecast.advection).
+`--no-motion` trains without it into OUT/stage2_nomotion, reports OUT/report_nomotion*, steps 1–3 reused. Real
+data (--raw) has no truth: stage 2 has no motion unless --motion-table gives one (it serves training and
+held-out data; runs in OUT/stage2_motion, reports OUT/report_motion*). A run folder trained with other inputs
+than this comparison asks for (a folder from before a change of defaults) is refused, not reused.
 Writes OUT/timings.json (seconds per step), the measured pieces behind the time estimate in docs/results.md.
 The same graph runs as batch jobs: `jobs/submit ... compare` (docs/cluster.md).
 """
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import shlex
 import sys
@@ -62,8 +66,12 @@ def data_folders(args) -> tuple[Path, Path | None]:
 
 
 def run_tag(args) -> str:
-    """The suffix of stage-2 run and report folders: "" for the default inputs, _grid, _motion, _grid_motion."""
-    return ("" if args.features == "both" else f"_{args.features}") + ("_motion" if args.motion else "")
+    """The suffix of stage-2 run and report folders: "" for the default inputs (the synthetic sky: with the cloud
+    motion; --raw: without, unless --motion-table), _grid, _nomotion (synthetic, --no-motion), _motion (--raw with
+    --motion-table), and their combinations."""
+    default_motion = not args.raw
+    motion = "" if args.motion == default_motion else ("_motion" if args.motion else "_nomotion")
+    return ("" if args.features == "both" else f"_{args.features}") + motion
 
 
 def motion_tables(args) -> tuple[Path | None, Path | None]:
@@ -146,6 +154,33 @@ def comparison(args) -> list[st.Step]:
     return steps
 
 
+# The stage-2 settings a run folder's config.json must share with the comparison that would reuse it, and the
+# value a config written before the setting existed stands for (advect: runs before the advection path had none).
+RUN_INPUTS = {"motion": None, "features": "both", "advect": False}
+
+
+def check_runs(steps: list[st.Step]) -> None:
+    """A UserError naming the first stage-2 run folder whose config.json records other inputs (RUN_INPUTS) than its
+    step passes: a folder from before a change of defaults would otherwise be skipped as done and reported."""
+    for step in steps:
+        if step.tool != "sagecast-stage2-train":
+            continue
+        given = dict(a.split("=", 1) for a in step.args if "=" in a and not a.startswith("-"))
+        config = Path(given["run_dir"]) / "config.json"
+        if not config.exists():
+            continue
+        try:
+            recorded = json.loads(config.read_text())
+        except (OSError, ValueError):
+            continue  # unreadable: the training step itself says so when it runs
+        wanted = {"motion": given.get("motion"), "features": given.get("features", "both"),
+                  "advect": given.get("advect", "true").lower() in ("true", "1", "yes")}
+        for key, default in RUN_INPUTS.items():
+            if recorded.get(key, default) != wanted[key]:
+                raise UserError(f"{config.parent} was trained with {key}={recorded.get(key, default)}, this "
+                                f"comparison asks for {key}={wanted[key]}: remove the folder or give another --out")
+
+
 def node_folders(raw: Path) -> list[str]:
     """The node folders of a sagecast-download folder: RAW/<VSN>/ with rgb/ or thermal/ inside."""
     return sorted(p.name for p in raw.iterdir() if p.is_dir() and ((p / "rgb").is_dir() or (p / "thermal").is_dir()))
@@ -175,9 +210,6 @@ def sky_days(raw: Path) -> dict[str, set]:
 
 def check_raw(args) -> None:
     """The refusals of --raw, before any step runs: a UserError (one line, exit 2) saying what is missing."""
-    if args.motion and not args.motion_table:
-        raise UserError("--motion on --raw data needs --motion-table PATH (a parquet/CSV table with columns vsn, "
-                        "timestamp, motion_u, motion_v): real data has no synthetic truth to read the motion from")
     raw = Path(args.raw)
     if not raw.is_dir():
         raise UserError(f"--raw {raw}: not a folder (give the folder that sagecast-download wrote)")
@@ -268,12 +300,14 @@ def parser():
                     help="stage-2 inputs: pooled vectors of both modalities, or their 2x2 feature grids (then the "
                          "runs go to stage2_grid/ and the reports to report_grid/, report_grid_heldout/; the data "
                          "and stage-1 steps are shared, so this reuses a finished default comparison)")
-    ap.add_argument("--motion", action="store_true",
-                    help="stage 2 with the cloud-motion input (runs in stage2_motion/, reports in report_motion/, "
-                         "report_motion_heldout/; data and stage 1 are shared): the synthetic skies' truth, or "
-                         "--motion-table")
-    ap.add_argument("--motion-table", help="the cloud-motion table (parquet/CSV: vsn, timestamp, motion_u, motion_v) "
-                                           "for training and held-out data; implies --motion; needed with --raw")
+    ap.add_argument("--no-motion", action="store_true",
+                    help="synthetic sky: stage 2 without the cloud-motion input, which it has by default (each "
+                         "sky's truth.parquet holds the motion a motion plugin would publish; runs in "
+                         "stage2_nomotion/, reports in report_nomotion/, report_nomotion_heldout/; data and stage 1 "
+                         "are shared)")
+    ap.add_argument("--motion-table", help="--raw: the cloud-motion table (parquet/CSV: vsn, timestamp, motion_u, "
+                                           "motion_v) for training and held-out data; stage 2 then has the motion "
+                                           "input (runs in stage2_motion/, reports in report_motion*/)")
     ap.add_argument("--synthetic", default="", help="synthetic sky: extra data.synthetic arguments (quoted)")
     # Stage 1 sees 3 × 12,000 pairs (a fresh draw of the ~120,000 training pairs each epoch, stage-1 epoch_pairs):
     # on 2 cores at 32 px that is ~4 minutes (147 pairs/s measured), where 3 whole epochs would take ~40.
@@ -309,7 +343,11 @@ def parse(argv: list[str] | None):
         ap.error(f"--synthetic {args.synthetic!r}: {e}")
     if (args.heldout_raw or args.heldout_node) and not args.raw:
         ap.error("--heldout-raw and --heldout-node need --raw (the synthetic sky has its own held-out sky)")
-    args.motion = args.motion or bool(args.motion_table)
+    if args.no_motion and args.motion_table:
+        ap.error("--no-motion and --motion-table contradict each other")
+    if args.motion_table and not args.raw:
+        ap.error("--motion-table is for --raw data (the synthetic sky's motion is in its truth.parquet)")
+    args.motion = bool(args.motion_table) if args.raw else not args.no_motion
     return args
 
 
@@ -325,6 +363,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.print:
         print_steps(steps)
         return
+    try:
+        check_runs(steps)
+    except UserError as e:
+        print(f"sagecast-compare: error: {e}", file=sys.stderr)
+        sys.exit(2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.heldout_node:

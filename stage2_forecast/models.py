@@ -9,6 +9,9 @@ tokens and outputs and changes nothing else. One head, shared by all views, read
 cloud-motion input (`motion=True`, stage-2 config `motion`), each token also gets a linear map of its slot's
 motion in its own view's frame (`samples.project_motion`: along and across the view's azimuth, and whether
 there is one), never the absolute direction, so rotating views and motion together still changes nothing.
+With the motion both variants also end in the advection path (stage2_forecast.advection; config `advect`,
+default on): each view's forecast is blended, by a gate that starts closed, with the context cells its clouds
+came from according to the motion, a learned cloud-base height and the views' geometry.
 
 - `DetrForecaster`: transformer encoder over the context tokens; one query per (horizon, sky view) = the
   horizon's embedding + that view's own encoded token at t (so a query knows its view only relative to the
@@ -33,6 +36,7 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
+from stage2_forecast.advection import Advection
 from stage2_forecast.samples import project_motion
 
 RING = 8  # azimuth columns of a row
@@ -191,7 +195,8 @@ class DetrForecaster(nn.Module):
 
     def __init__(self, *, dim: int, n_slots: int, horizons_min: tuple[float, ...], width: int = 128,
                  depth: int = 2, heads: int = 4, dropout: float = 0.1, residual: bool = True,
-                 damping: torch.Tensor | None = None, base: str = "damped", motion: bool = False):
+                 damping: torch.Tensor | None = None, base: str = "damped", motion: bool = False,
+                 advect: dict | None = None):
         super().__init__()
         self.residual, self.base = residual, _check_base(base)
         self.register_buffer("horizons", torch.tensor(horizons_min, dtype=torch.float32), persistent=False)
@@ -205,6 +210,7 @@ class DetrForecaster(nn.Module):
         self.damping = _damping(damping, len(horizons_min), dim).requires_grad_(residual and self.base == "damped")
         if motion:
             self.enc.enable_motion()
+        self.advect = _advection(advect, motion, dim, horizons_min)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         B, R, P, K, D = batch["view_x"].shape
@@ -221,7 +227,18 @@ class DetrForecaster(nn.Module):
         for layer in self.decoder:
             tgt = layer(tgt, query_pos, memory, self_mask, cross_mask)
         out = rearrange(self.head(tgt), "b (h p) d -> b h p d", p=P)
-        return out + _residual(batch, batch["ctx_z"][:, 0], self.damping, self.base) if self.residual else out
+        out = out + _residual(batch, batch["ctx_z"][:, 0], self.damping, self.base) if self.residual else out
+        return out if self.advect is None else self.advect(batch, out)
+
+
+def _advection(advect: dict | None, motion: bool, dim: int, horizons_min) -> Advection | None:
+    """The advection path (stage2_forecast.advection) when asked for: advect = {modalities, g, n_scans}, the
+    stage-1 layout of the vectors and the scans of the context; it routes by the motion, so it needs it."""
+    if advect is None:
+        return None
+    if not motion:
+        raise ValueError("the advection path routes by the cloud motion: it needs motion=True (config motion=...)")
+    return Advection(dim=dim, horizons_min=tuple(horizons_min), **advect)
 
 
 def _check_base(base: str) -> str:
@@ -277,7 +294,8 @@ class JepaForecaster(nn.Module):
     def __init__(self, *, encoders: nn.ModuleDict, mean: torch.Tensor, std: torch.Tensor, n_slots: int,
                  horizons_min: tuple[float, ...], img_size: int | None = None, width: int = 64, depth: int = 2,
                  heads: int = 4, dropout: float = 0.1, residual: bool = True, finetune: bool = False,
-                 damping: torch.Tensor | None = None, base: str = "damped", motion: bool = False):
+                 damping: torch.Tensor | None = None, base: str = "damped", motion: bool = False,
+                 advect: dict | None = None):
         super().__init__()
         self.encoders, self.img_size, self.residual, self.finetune = encoders, img_size, residual, finetune
         self.base = _check_base(base)
@@ -295,6 +313,7 @@ class JepaForecaster(nn.Module):
         self.damping = _damping(damping, len(horizons_min), dim).requires_grad_(residual and self.base == "damped")
         if motion:
             self.enc.enable_motion()
+        self.advect = _advection(advect, motion, dim, horizons_min)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -330,7 +349,8 @@ class JepaForecaster(nn.Module):
         all_pad = torch.cat([pad, torch.zeros(B, H * P, dtype=torch.bool, device=z.device)], 1)
         out = _encode(self.predictor, torch.cat([ctx, masks], dim=1), self.bias(all_cols, all_cols, all_pad))
         out = rearrange(self.head(out[:, ctx.shape[1]:]), "b (h p) d -> b h p d", h=H)
-        return out + _residual(batch, z, self.damping, self.base) if self.residual else out
+        out = out + _residual(batch, z, self.damping, self.base) if self.residual else out
+        return out if self.advect is None else self.advect(batch, out)
 
 
 def frozen_keys(model: nn.Module) -> frozenset[str]:

@@ -37,7 +37,7 @@ from torch import nn
 
 from sagecast_common import training
 from sagecast_common.checkpoint import load_checkpoint, load_state, save_checkpoint
-from sagecast_common.cli import UserError, require
+from sagecast_common.cli import UserError, read_json, require
 from sagecast_common.config import ConfigError, build_config, config_to_dict, option, reject_unused
 from sagecast_common.dist import rank_shard
 from sagecast_common.encoders import load_encoders
@@ -46,6 +46,7 @@ from sagecast_common.runio import JsonlLogger, atomic_write_json, file_sha256, s
 from sagecast_common.schedule import lr_at, set_lr
 from sagecast_common.stopping import StopSignals
 from stage2_forecast import baselines, samples
+from stage2_forecast.advection import LR_SCALE, NO_DECAY
 from stage2_forecast.ema import ema_target_terms, ema_update
 from stage2_forecast.loss import forecast_loss
 from stage2_forecast.models import DetrForecaster, JepaForecaster, frozen_keys
@@ -74,6 +75,8 @@ class Config:
     motion: str | None = option(None, "cloud-motion input: a parquet/CSV table with columns vsn, timestamp, "
                                 "motion_u, motion_v (m/s toward east, north), or a data.synthetic raw folder (its "
                                 "truth.parquet files); each view token gets it in its own frame (samples.join_motion)")
+    advect: bool = option(True, "with motion: the networks also route each view's cells from where the motion "
+                          "says its clouds were (stage2_forecast.advection); false: the motion only as token features")
     scan_gap_s: float = option(60.0, "a gap above this between captures starts a scan", gt=0)
     step_min: float | None = option(None, "scan cadence (default: median gap)", gt=0)
     tolerance_min: float | None = option(None, "nearest-scan tolerance (default step/2)", ge=0)
@@ -168,7 +171,8 @@ def build_model(cfg: Config, mean, std, damping=None) -> nn.Module:
     if cfg.variant == "detr":
         return DetrForecaster(dim=mean.numel(), n_slots=n_slots(cfg), horizons_min=cfg.horizons_min,
                               width=cfg.width, depth=cfg.depth, heads=cfg.heads, dropout=cfg.dropout,
-                              residual=cfg.residual, damping=damping, base=_base(cfg), motion=cfg.motion is not None)
+                              residual=cfg.residual, damping=damping, base=_base(cfg), motion=cfg.motion is not None,
+                              advect=advect_layout(cfg))
     if cfg.variant == "jepa":
         path = _encoders_path(cfg)
         try:
@@ -181,8 +185,36 @@ def build_model(cfg: Config, mean, std, damping=None) -> nn.Module:
                               n_slots=n_slots(cfg), horizons_min=cfg.horizons_min, img_size=meta.get("img_size"),
                               width=cfg.jepa_width, depth=cfg.depth, heads=cfg.heads, dropout=cfg.dropout,
                               residual=cfg.residual, finetune=cfg.finetune, damping=damping, base=_base(cfg),
-                              motion=cfg.motion is not None)
+                              motion=cfg.motion is not None, advect=advect_layout(cfg))
     raise UserError(f"variant={cfg.variant!r}: expected detr or jepa")
+
+
+def advect_layout(cfg: Config) -> dict | None:
+    """The advection path's settings (None: off, or no motion): the stage-1 layout of the vectors (modalities,
+    grid size g from embeddings.json; 1 for pooled features) and the scans of the context."""
+    if not (cfg.advect and cfg.motion is not None):
+        return None
+    g = 1
+    if cfg.features == "grid":
+        meta = read_json(Path(cfg.stage1_run) / "embeddings.json", what="stage-1 embeddings sidecar",
+                         made_by=f"sagecast-stage1-export --run {cfg.stage1_run}")
+        g = int(meta["grid"]["g"])
+    return {"modalities": len(samples.FEATURES[cfg.features]), "g": g, "n_scans": cfg.context_scans}
+
+
+def param_groups(model: nn.Module) -> list[dict]:
+    """AdamW groups. The damping is the baseline's closed-form fit: weight decay would pull it toward 0
+    (climatology). The advection path's few parameters learn at LR_SCALE × the lr (its gate would otherwise need
+    most of a short run to open), its geometry without weight decay (it would pull the log-height toward 1 m)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    geometry = {f"advect.{k}" for k in NO_DECAY}
+    groups = [{"params": [p for n, p in named if n != "damping" and not n.startswith("advect.")]},
+              {"params": [p for n, p in named if n == "damping"], "weight_decay": 0.0}]
+    if any(n.startswith("advect.") for n, _ in named):
+        groups += [{"params": [p for n, p in named if n in geometry], "weight_decay": 0.0, "lr_scale": LR_SCALE},
+                   {"params": [p for n, p in named if n.startswith("advect.") and n not in geometry],
+                    "lr_scale": LR_SCALE}]
+    return [gr for gr in groups if gr["params"]]
 
 
 def n_slots(cfg: Config) -> int:
@@ -368,9 +400,7 @@ def _train(cfg: Config, env, device: torch.device, stop: StopSignals) -> dict:
     model = build_model(cfg, mean, std, damping).to(device)
     ddp = nn.parallel.DistributedDataParallel(model) if env.distributed else model
     # The damping is the baseline's closed-form fit: weight decay would pull it toward 0 (climatology).
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and n != "damping"]
-    opt = torch.optim.AdamW([{"params": decay}, {"params": [model.damping], "weight_decay": 0.0}], lr=cfg.lr,
-                            weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = copy.deepcopy(model.encoders).requires_grad_(False).eval() if cfg.target == "ema" else None
     total = cfg.epochs * steps_per_epoch
     schedule = {"total_steps": total, "steps_per_epoch": steps_per_epoch, "train_samples": n_train,

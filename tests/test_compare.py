@@ -35,6 +35,8 @@ def test_compare_runs_every_step_and_resumes(tmp_path, capsys):
     assert all(len(prepared["splits"][s]["days"]) >= 1 for s in ("train", "val", "test"))
     runs = sorted(p.name for p in (out / "stage2").iterdir())
     assert runs == ["detr_s0", "detr_s1", "jepa_s0", "jepa_s1"]
+    main_cfg = json.loads((out / "stage2" / "detr_s0" / "config.json").read_text())
+    assert main_cfg["motion"] == str(out / "raw_train") and main_cfg["advect"]  # the synthetic sky's motion: default
     for name in ("report", "report_heldout"):
         report = json.loads((out / name / "scores.json").read_text())
         assert report["n_test"] > 0
@@ -81,7 +83,7 @@ def test_compare_runs_every_step_and_resumes(tmp_path, capsys):
     assert "stage1_train: done" in printed and "stage2_grid_detr_s0: " in printed
     assert sorted(p.name for p in (out / "stage2_grid").iterdir()) == ["detr_s0", "jepa_s0"]
     grid_cfg = json.loads((out / "stage2_grid" / "detr_s0" / "config.json").read_text())
-    assert grid_cfg["features"] == "grid"
+    assert grid_cfg["features"] == "grid" and grid_cfg["motion"] == str(out / "raw_train")
     assert (out / "report_grid" / "scores.json").exists() and (out / "report_grid_heldout" / "scores.json").exists()
 
 
@@ -212,8 +214,7 @@ def sky_files(raw: Path, vsn: str, days: list[str], positions=(1, 5)) -> None:
                 path.touch()
 
 
-@pytest.mark.parametrize("case", ["few_days", "no_sky", "heldout_in_train", "heldout_node_absent",
-                                  "motion_without_table"])
+@pytest.mark.parametrize("case", ["few_days", "no_sky", "heldout_in_train", "heldout_node_absent"])
 def test_raw_refusals_are_one_line_and_exit_2(tmp_path, monkeypatch, case):
     two_node_registry(tmp_path, monkeypatch)
     raw, other = tmp_path / "raw", tmp_path / "other"
@@ -225,12 +226,9 @@ def test_raw_refusals_are_one_line_and_exit_2(tmp_path, monkeypatch, case):
                             "splits need at least 3",
                 "no_sky": "no RGB–thermal pairs of sky presets to train on",
                 "heldout_in_train": "holds W056, also in --raw",
-                "heldout_node_absent": "--heldout-node W123 is not in",
-                "motion_without_table": "--motion on --raw data needs --motion-table PATH"}[case]
+                "heldout_node_absent": "--heldout-node W123 is not in"}[case]
     if case == "few_days":
         argv += ["--heldout-node", "W099"]
-    elif case == "motion_without_table":
-        argv += ["--motion"]
     elif case == "no_sky":
         raw = tmp_path / "horizon"
         sky_files(raw, "W056", days, positions=(2, 6))  # not sky presets
@@ -274,23 +272,53 @@ def test_raw_comparison_reads_no_synthetic_truth_in_its_commands(tmp_path, monke
     assert all("--real-data" in c for c in evaluations)
 
 
-def test_motion_comparison_commands_read_each_skys_truth(tmp_path, capsys):
+def test_the_synthetic_comparison_has_the_motion_of_each_sky_unless_told_not_to(tmp_path, capsys):
     out = tmp_path / "cmp"
-    compare.main(["--out", str(out), "--motion", "--seeds", "0", "--train-days", "10", "--print"])
-    printed = capsys.readouterr().out
-    lines = printed.splitlines()
+    compare.main(["--out", str(out), "--seeds", "0", "--train-days", "10", "--print"])
+    lines = capsys.readouterr().out.splitlines()
     trains = [line for line in lines if line.startswith("sagecast-stage2-train")]
     assert len(trains) == 4 and all(f" motion={out / 'raw_train'} " in c + " " for c in trains)
     assert {c.split("run_dir=")[1].split()[0] for c in trains} == {
-        str(out / d / f"{v}_s0") for d in ("stage2_motion", "stage2_motion_days10") for v in ("detr", "jepa")}
+        str(out / d / f"{v}_s0") for d in ("stage2", "stage2_days10") for v in ("detr", "jepa")}
     evaluations = {c.split("--out ")[1].split()[0]: c for c in lines if c.startswith("sagecast-stage2-evaluate")}
-    assert set(evaluations) == {str(out / r) for r in ("report_motion", "report_motion_heldout",
-                                                       "report_motion_days10")}
-    held = evaluations[str(out / "report_motion_heldout")]
+    assert set(evaluations) == {str(out / r) for r in ("report", "report_heldout", "report_days10")}
+    held = evaluations[str(out / "report_heldout")]
     assert f"--motion {out / 'raw_heldout'}" in held and f"--eval-stage1-run {out / 'stage1_heldout'}" in held
     assert not any("--motion " in c for r, c in evaluations.items() if not r.endswith("_heldout"))  # the runs' own
-    assert "# stage1_train:" in printed and "stage2_detr_s0" not in printed  # steps 1–3 shared, no default runs
+
+    compare.main(["--out", str(out), "--seeds", "0", "--no-motion", "--print"])
+    printed = capsys.readouterr().out
+    trains = [line for line in printed.splitlines() if line.startswith("sagecast-stage2-train")]
+    assert len(trains) == 2 and all("/stage2_nomotion/" in c and " motion=" not in c for c in trains)
+    assert f"--out {out / 'report_nomotion_heldout'}" in printed and "--motion " not in printed
+    assert "# stage1_train:" in printed  # steps 1–3 shared
     assert not out.exists()
+
+
+def test_a_run_folder_trained_with_other_inputs_is_refused_not_reused(tmp_path):
+    out = tmp_path / "cmp"
+    old = out / "stage2" / "detr_s0"
+    old.mkdir(parents=True)
+    (old / "complete.json").write_text("{}")
+    (old / "config.json").write_text(json.dumps({"motion": None, "features": "both"}))  # before motion by default
+    proc = subprocess.run([sys.executable, "-m", "sagecast_pipeline.compare", "--out", str(out), "--seeds", "0"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"{old} was trained with motion=None" in proc.stderr and "another --out" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["stage2"]  # refused before any step ran
+    # a motion run from before the advection path (no advect in its config) is another model too
+    (old / "config.json").write_text(json.dumps({"motion": str(out / "raw_train"), "features": "both"}))
+    proc = subprocess.run([sys.executable, "-m", "sagecast_pipeline.compare", "--out", str(out), "--seeds", "0"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "advect=False" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("argv", [["--no-motion", "--motion-table", "m.csv", "--raw", "r"],
+                                  ["--motion-table", "m.csv"]])
+def test_contradictory_motion_options_are_refused(argv):
+    with pytest.raises(SystemExit) as stopped:
+        compare.parse(["--out", "x", *argv])
+    assert stopped.value.code == 2
 
 
 @pytest.mark.slow
