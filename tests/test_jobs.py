@@ -637,3 +637,21 @@ def test_compare_is_submitted_alone_and_checked_by_sagecast_compare(tmp_path):
                           "compare"], env=env, capture_output=True, text=True)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "no RGB–thermal pairs of sky presets" in out.stderr and calls(tmp_path) == []
+
+
+def test_compare_refuses_a_run_folder_trained_with_other_inputs_before_queueing(tmp_path):
+    """As sagecast-compare does locally: a stage-2 folder from before a change of inputs would be skipped as done
+    by its job (its completion record exists) and reported as if trained with this comparison's inputs."""
+    env = fake_bin(tmp_path, "sbatch") | {"FAKE_IDS": "800;c1 801;c1 802;c1"}
+    (tmp_path / "raw").mkdir()
+    stale = tmp_path / "runs" / "c" / "stage2" / "detr_s0"
+    stale.mkdir(parents=True)
+    (stale / "config.json").write_text(json.dumps({"motion": "/elsewhere/raw", "features": "both", "advect": True}))
+    args = ("--scheduler", "slurm", "--name", "c", "--raw", str(tmp_path / "raw"), "--compare-args", "--seeds 0",
+            "compare")
+    line = one_line_exit_2(submit(tmp_path, env, *args, check=False))
+    assert str(stale) in line and "motion=/elsewhere/raw" in line and calls(tmp_path) == []
+    assert not (tmp_path / "runs" / "c" / "submit.json").exists()
+    (stale / "config.json").write_text(json.dumps({"motion": None, "features": "both", "advect": True}))
+    submit(tmp_path, env, *args)  # the same inputs: the folder is this comparison's, resumed
+    assert len(calls(tmp_path)) == 3
