@@ -365,10 +365,13 @@ def ridge_start(table: samples.ScanTable, wins: dict[str, samples.Windows], *, m
     return {"train": train, "val": val}, alphas
 
 
-def forecasts(b_train: dict, b_eval: dict, damping: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict]:
+def forecasts(b_train: dict | None, b_eval: dict,
+              damping: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """The batch-wise embedding baselines on the evaluation batch (the per-view ridge, which streams its own
     batches, is `view_ridge`); also returns the damping (fitted on b_train unless given, e.g. by
-    fit_damping_by_day)."""
+    fit_damping_by_day; then b_train is not read and may be None)."""
+    if damping is None and b_train is None:
+        raise ValueError("forecasts needs b_train to fit the damping, or the damping")
     damping = fit_damping(b_train) if damping is None else damping
     preds = {"persistence": _persist(b_eval),
              "smart_persistence": damped_forecast(b_eval, np.ones_like(damping)),

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -97,16 +98,56 @@ class Windows:
         return len(self.anchor)
 
 
-def read_stage1(stage1_run: str | Path) -> tuple[pd.DataFrame, dict]:
-    """The stage-1 embeddings table and its sidecar; missing or unreadable ones are a UserError naming the file."""
+def read_stage1(stage1_run: str | Path, vectors: tuple[str, ...] = ()) -> tuple[pd.DataFrame, np.ndarray, dict]:
+    """The stage-1 embeddings' capture columns (every column that is not a vector), the `vectors` columns side by
+    side as one float32 (rows, dims) array in the same row order, and the sidecar. The vectors are read from
+    Arrow's flat buffers, and only those asked for: as pandas objects, the pooled and grid vectors of
+    `make compare`'s 171,613 captures took GBs. Missing or unreadable files are a UserError naming the file;
+    a missing vector column is a ValueError (the caller says which export writes it)."""
     run = Path(stage1_run)
     made_by = f"sagecast-stage1-export --run {run}"
     path = require(run / "embeddings.parquet", made_by=made_by, what="stage-1 embeddings")
     meta = read_json(run / "embeddings.json", made_by=made_by, what="stage-1 embeddings sidecar")
     try:
-        return pd.read_parquet(path), meta
-    except (pa.ArrowException, OSError, ValueError) as e:
+        schema = pq.read_schema(path)
+        is_vector = {f.name for f in schema if pa.types.is_list(f.type) or pa.types.is_large_list(f.type)
+                     or pa.types.is_fixed_size_list(f.type)}
+        missing = [c for c in vectors if c not in is_vector]
+        if missing:
+            raise ValueError(f"{path} has no {missing} columns")
+        parquet = pq.ParquetFile(path)
+        captures = parquet.read(columns=[n for n in schema.names if n not in is_vector]).to_pandas()
+        out = _read_vectors(parquet, vectors, len(captures))
+    except (pa.ArrowException, OSError) as e:
         raise UserError(f"{path} is unreadable ({e}): rerun `{made_by}`") from None
+    return captures, out, meta
+
+
+def _read_vectors(parquet: pq.ParquetFile, names: tuple[str, ...], rows: int, batch: int = 8192) -> np.ndarray:
+    """The list columns `names` side by side, (rows, dims) float32, filled batch by batch into one array: the
+    peak is that array plus a batch, not the decoded columns, their flattened copies and a concatenation."""
+    dims = [len(next(parquet.iter_batches(batch_size=1, columns=[n])).column(0)[0]) if rows else 0 for n in names]
+    out = np.empty((rows, sum(dims)), np.float32)
+    for name, lo, d in zip(names, np.cumsum([0, *dims[:-1]]), dims, strict=True):
+        start = 0
+        for part in parquet.iter_batches(batch_size=batch, columns=[name]):
+            block = _flat_vectors(part.column(0), name)
+            if block.shape[1] != d or start + len(block) > rows:
+                raise pa.ArrowInvalid(f"column {name} has vectors of unequal length or more rows than the table")
+            out[start:start + len(block), lo:lo + d] = block
+            start += len(block)
+        if start != rows:
+            raise pa.ArrowInvalid(f"column {name} has {start} rows, the table {rows}")
+    return out
+
+
+def _flat_vectors(array: pa.Array, name: str) -> np.ndarray:
+    """A list array of equal-length float vectors as a (rows, dims) float32 array, with no per-row objects."""
+    lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False)
+    if array.null_count or (len(lengths) and lengths.min() != lengths.max()):
+        raise pa.ArrowInvalid(f"column {name} has missing or unequal-length vectors")
+    values = array.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return values.reshape(len(array), -1 if len(array) else 0)
 
 
 def load_scan_table(stage1_run: str | Path, *, features: str = "both", gap_s: float = 60.0,
@@ -114,12 +155,12 @@ def load_scan_table(stage1_run: str | Path, *, features: str = "both", gap_s: fl
     """Group the stage-1 embeddings into scans, joined with the prepared index for time/day/cloud facts."""
     if features not in FEATURES:
         raise ValueError(f"features={features!r}: expected one of {sorted(FEATURES)}")
-    emb, meta = read_stage1(stage1_run)
-    missing = [c for c in FEATURES[features] if c not in emb.columns]
-    if missing:
-        raise ValueError(f"features={features}: {stage1_run}/embeddings.parquet has no {missing} columns; export "
-                         f"them with a stage1_jea.export that writes grid features (python -m stage1_jea.export "
-                         f"--run {stage1_run})")
+    try:
+        emb, flat, meta = read_stage1(stage1_run, FEATURES[features])
+    except ValueError as e:
+        raise ValueError(f"features={features}: {e}; export them with a stage1_jea.export that writes grid "
+                         f"features (python -m stage1_jea.export --run {stage1_run})") from None
+    emb["vector"] = np.arange(len(emb))  # the row of `flat`, carried through the join and the sort
     prepared = Path(prepared_dir or meta["prepared_dir"])
     if not (prepared / "index.parquet").exists():
         raise FileNotFoundError(f"{prepared / 'index.parquet'} is missing (prepared_dir of {stage1_run})")
@@ -146,7 +187,8 @@ def load_scan_table(stage1_run: str | Path, *, features: str = "both", gap_s: fl
     # A capture past local midnight belongs to the next day (maybe another split): mask it in this scan.
     same_day = day == scan_day[df["scan"].to_numpy()]
     keep, keep_horizon = same_day & is_sky, same_day & ~is_sky
-    vectors = np.concatenate([np.stack(df[c].to_numpy()).astype(np.float32) for c in FEATURES[features]], axis=1)
+    vectors = flat[df["vector"].to_numpy()]
+    del flat
 
     def grid(values, fill, dtype, rows=keep):
         out = np.full((S + 1, P) + values.shape[1:], fill, dtype=dtype)
@@ -486,6 +528,16 @@ def ridge_features(batch: dict[str, torch.Tensor], basis: torch.Tensor | None = 
     return torch.cat(parts, dim=-1)
 
 
+def targets(table: ScanTable, win: Windows, idx: np.ndarray | None = None, *,
+            day_only: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """gather's tgt_z (B,H,P,D) and tgt_mask (B,H,P) alone (all of `win` when idx is None): what a whole split's
+    targets cost, without the context and climatology a batch also carries (a 40-day train split's are GBs)."""
+    idx = np.arange(len(win)) if idx is None else idx
+    a, g = win.anchor[idx], win.tgt[idx]
+    mask = table.present[g] & table.present[a][:, None] & (table.is_day[g] if day_only else True)
+    return table.z[g], mask
+
+
 def gather(table: ScanTable, win: Windows, idx: np.ndarray, *, day_only: bool = True, clim: np.ndarray | None = None,
            images: bool = False, target_images: bool = False, base: np.ndarray | None = None,
            means_min: tuple[float, ...] | None = (30.0, 60.0)) -> dict[str, torch.Tensor]:
@@ -503,14 +555,14 @@ def gather(table: ScanTable, win: Windows, idx: np.ndarray, *, day_only: bool = 
     """
     a, c, g = win.anchor[idx], win.ctx[idx], win.tgt[idx]
     t = table.time_ns
-    tgt_mask = table.present[g] & table.present[a][:, None] & (table.is_day[g] if day_only else True)
+    tgt_z, tgt_mask = targets(table, win, idx, day_only=day_only)
     batch = {
         "ctx_z": torch.from_numpy(table.z[c]),
         "ctx_mask": torch.from_numpy(table.present[c]),
         "ctx_dt": torch.from_numpy(np.where(c >= 0, (t[c] - t[a][:, None]) / 60e9, 0.0).astype(np.float32)),
         "sun_elev": torch.from_numpy(table.sun_elev[a]),
         "solar_hour": torch.from_numpy(table.solar_hour[a]),
-        "tgt_z": torch.from_numpy(table.z[g]),
+        "tgt_z": torch.from_numpy(tgt_z),
         "tgt_mask": torch.from_numpy(tgt_mask),
     }
     if means_min is not None:

@@ -128,3 +128,27 @@ def test_synthetic_oracles_join_on_the_anchor_capture_and_are_scored_against_the
     np.testing.assert_allclose(target[tgt_rows >= 0], tgt_rows[tgt_rows >= 0] / 100.0)  # truth at t + h
     for h in range(2):  # persistence of the truth: the anchor's value at every horizon
         np.testing.assert_allclose(found["cf_truth_persistence"][:, h][rows >= 0], rows[rows >= 0] / 100.0)
+
+
+def test_vectors_are_read_flat_in_row_order_and_ragged_ones_are_refused(fake_stage1_run, tmp_path):
+    import shutil
+
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    emb = pd.read_parquet(fake_stage1_run / "embeddings.parquet")
+    captures, flat, _ = samples.read_stage1(fake_stage1_run, ("emb_thermal", "emb_rgb"))
+    expected = np.concatenate([np.stack(emb["emb_thermal"]), np.stack(emb["emb_rgb"])], axis=1)
+    np.testing.assert_array_equal(flat, expected)
+    assert "emb_rgb" not in captures and list(captures["position"]) == list(emb["position"])
+    # batch by batch (smaller batches than rows) fills the same array
+    small = samples._read_vectors(pq.ParquetFile(fake_stage1_run / "embeddings.parquet"), ("emb_thermal",),
+                                  len(emb), batch=7)
+    np.testing.assert_array_equal(small, expected[:, :small.shape[1]])
+
+    run = tmp_path / "stage1"
+    shutil.copytree(fake_stage1_run, run)
+    emb.loc[3, "emb_rgb"] = np.zeros(5, np.float32)  # one vector shorter than the others
+    emb.to_parquet(run / "embeddings.parquet")
+    with pytest.raises(UserError, match=r"embeddings.parquet is unreadable.*emb_rgb.*sagecast-stage1-export"):
+        samples.load_scan_table(run)
