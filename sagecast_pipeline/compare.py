@@ -299,7 +299,8 @@ def parser():
     ap.add_argument("--features", default="both", choices=("both", "grid"),
                     help="stage-2 inputs: pooled vectors of both modalities, or their 2x2 feature grids (then the "
                          "runs go to stage2_grid/ and the reports to report_grid/, report_grid_heldout/; the data "
-                         "and stage-1 steps are shared, so this reuses a finished default comparison)")
+                         "and stage-1 steps are shared, so this reuses a finished default comparison; on the "
+                         "default sky it needs far more than 24 GiB of memory: docs/stage2.md)")
     ap.add_argument("--no-motion", action="store_true",
                     help="synthetic sky: stage 2 without the cloud-motion input, which it has by default (each "
                          "sky's truth.parquet holds the motion a motion plugin would publish; runs in "
