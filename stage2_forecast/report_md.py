@@ -31,8 +31,10 @@ def markdown(report: dict) -> str:
     lines = [f"# Stage-2 forecast skill ({title}, {report['n_test']} samples, {n_days} days)", "",
              f"Evaluated on {ev['stage1_run']}. Standardised stage-1 embedding targets; skill = 1 − "
              "MSE/MSE_persistence on the same slots; [lo, hi] = 95 % paired bootstrap interval over whole days "
-             "(and seeds, "
-             f"{report['n_boot']} replicates). Seeds per method: {report['seeds']}.", "",
+             "(and stage-2 seeds, "
+             f"{report['n_boot']} replicates). Seeds per method: {report['seeds']}. One set of stage-1 encoders: "
+             "the spread across stage-1 seeds is not in the intervals (measured for `make compare` in "
+             "docs/results.md).", "",
              "## Which differences are distinguishable", ""]
     if n_days < 2:
         lines += ["Only one evaluation day: the day bootstrap has nothing to resample, every interval below is a "
