@@ -126,7 +126,8 @@ def read_stage1(stage1_run: str | Path, vectors: tuple[str, ...] = ()) -> tuple[
 def _read_vectors(parquet: pq.ParquetFile, names: tuple[str, ...], rows: int, batch: int = 8192) -> np.ndarray:
     """The list columns `names` side by side, (rows, dims) float32, filled batch by batch into one array: the
     peak is that array plus a batch, not the decoded columns, their flattened copies and a concatenation."""
-    dims = [len(next(parquet.iter_batches(batch_size=1, columns=[n])).column(0)[0]) if rows else 0 for n in names]
+    dims = [_flat_vectors(next(parquet.iter_batches(batch_size=1, columns=[n])).column(0), n).shape[1] if rows
+            else 0 for n in names]
     out = np.empty((rows, sum(dims)), np.float32)
     for name, lo, d in zip(names, np.cumsum([0, *dims[:-1]]), dims, strict=True):
         start = 0

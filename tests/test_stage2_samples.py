@@ -148,7 +148,9 @@ def test_vectors_are_read_flat_in_row_order_and_ragged_ones_are_refused(fake_sta
 
     run = tmp_path / "stage1"
     shutil.copytree(fake_stage1_run, run)
-    emb.loc[3, "emb_rgb"] = np.zeros(5, np.float32)  # one vector shorter than the others
-    emb.to_parquet(run / "embeddings.parquet")
-    with pytest.raises(UserError, match=r"embeddings.parquet is unreadable.*emb_rgb.*sagecast-stage1-export"):
-        samples.load_scan_table(run)
+    for row, bad in ((3, np.zeros(5, np.float32)), (0, None)):  # one vector shorter than the others; a missing one
+        broken = emb.copy()
+        broken["emb_rgb"] = [bad if i == row else v for i, v in enumerate(broken["emb_rgb"])]
+        broken.to_parquet(run / "embeddings.parquet")
+        with pytest.raises(UserError, match=r"embeddings.parquet is unreadable.*emb_rgb.*sagecast-stage1-export"):
+            samples.load_scan_table(run)
