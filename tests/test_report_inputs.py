@@ -140,3 +140,19 @@ def test_stage1_evaluate_with_truncated_embeddings_is_one_line_naming_them(fake_
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.splitlines()) == 1
     assert err.startswith(f"sagecast-stage1-evaluate: error: {run}: unreadable embeddings")
+
+
+def test_stage1_evaluate_without_grid_columns_is_one_line_naming_the_export(fake_stage1_run, tmp_path, capsys):
+    import pandas as pd
+
+    from stage1_jea import evaluate as s1_evaluate
+
+    run = tmp_path / "stage1"
+    shutil.copytree(fake_stage1_run, run)
+    emb = pd.read_parquet(run / "embeddings.parquet")
+    emb.drop(columns=[c for c in ("grid_rgb", "grid_thermal") if c in emb]).to_parquet(run / "embeddings.parquet")
+    with pytest.raises(SystemExit) as e:
+        s1_evaluate.main(["--run", str(run)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert "has no grid columns" in err and "sagecast-stage1-export --run" in err
