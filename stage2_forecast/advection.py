@@ -3,8 +3,10 @@
 Only with the cloud-motion input (stage-2 config `motion=PATH`, `advect=True`). For each sky view's forecast
 at t + h, points spread over that view's field of view (per cell of its g × g grid) are traced upwind: a cloud
 at ground offset x (per metre of cloud-base height) at t + h was at x − m·(h + lag)/H at the context scan
-`lag` minutes before t, with m the cloud motion at t (m/s toward east, north) and H a cloud-base height the
-model learns (one value, initialised at HEIGHT_M). Each traced point is compared with the centre of every
+`lag` minutes before t, with m the cloud motion (m/s toward east, north) and H a cloud-base height the
+model learns (one value, initialised at HEIGHT_M). m is a learned weighting of the context slots' motions (the
+scans', then the 30/60-min means'; equal at start, slots without one left out): the wind turns over hours
+while each loop's estimate carries its own noise, so a longer mean can be the better estimate of the motion now. Each traced point is compared with the centre of every
 cell of every view of the context scans (both rows when the data has the horizon row; the scans, not the
 30/60-min means) in elevation and azimuth; a softmax over those cells, with a learned sharpness, a learned
 preference per scan (recent first) and the cells outside the view's field of view excluded, weighs their
@@ -48,7 +50,7 @@ HEIGHT_M = 1500.0  # the learned cloud-base height starts here (low-cloud bases 
 HALF_V = THERMAL_VFOV_DEG / 2  # 18°
 HALF_H = THERMAL_VFOV_DEG * THERMAL_W / THERMAL_H / 2  # 24°
 LR_SCALE = 10.0  # its few geometric parameters (height, sharpness, …) learn at this multiple of the peak lr
-NO_DECAY = ("log_height", "log_sharp", "lag_bias", "null", "horizon_scale")  # weight decay: not these
+NO_DECAY = ("log_height", "log_sharp", "lag_bias", "null", "horizon_scale", "motion_slot")  # weight decay: not these
 
 
 def _wrap(deg: torch.Tensor) -> torch.Tensor:
@@ -60,7 +62,7 @@ class Advection(nn.Module):
     channels in the stage-1 layout: modality-major, then (row, col, channel) of the g × g grid (g = 1: pooled)."""
 
     def __init__(self, *, dim: int, modalities: int, g: int, horizons_min: tuple[float, ...], n_scans: int,
-                 rows: int = 2):
+                 rows: int = 2, motion_slots: int = 1):
         super().__init__()
         if dim % (modalities * g * g):
             raise ValueError(f"dim {dim} is not modalities {modalities} × g² {g * g} × channels")
@@ -74,6 +76,9 @@ class Advection(nn.Module):
         self.null = nn.Parameter(torch.tensor(-2.0))
         self.horizon_scale = nn.Parameter(torch.ones(cell_c))
         self.gate = nn.Parameter(torch.zeros(len(horizons_min)))
+        # which motion moves the clouds: a learned softmax over the context slots' vectors (scans, then the
+        # 30/60-min means), equal at start; the wind turns over hours, the per-loop noise averages down
+        self.motion_slot = nn.Parameter(torch.zeros(motion_slots))
         az = torch.as_tensor(view_azimuths_deg())  # (P,)
         el = torch.tensor(TILT_ELEVATION_DEG[:rows], dtype=torch.float32)  # (R,)
         # cell (i, j) of a view: i = 0 the top (higher elevation), j = 0 the left (anticlockwise, lower azimuth)
@@ -113,8 +118,7 @@ class Advection(nn.Module):
         """Softmax weights (B, H, P, g², s², K·R·P·g²) over the context cells and (…,) the "seen by none" one."""
         mask = batch["view_mask"][:, :, :, :self.n_scans]  # (B, R, P, K)
         B, R, P, K = mask.shape
-        motion = batch["motion"][:, 0]  # (B, 2): the motion at t moves every scan's clouds
-        moving = batch["motion_mask"][:, 0]
+        motion, moving = self.motion(batch)  # (B, 2), (B,): one motion moves every scan's clouds
         lag = -batch["view_dt"][:, :K]  # (B, K) minutes before t, ≥ 0
         travel = (self.horizons[None, :, None] + lag[:, None, :]) * 60.0  # (B, H, K) seconds
         shift = motion[:, None, None, :] * (travel / self.log_height.exp())[..., None]  # (B, H, K, 2) per metre
@@ -136,6 +140,14 @@ class Advection(nn.Module):
         null = self.null.expand(*logit.shape[:-1], 1)
         w = torch.softmax(torch.cat([logit, null], dim=-1), dim=-1)
         return w[..., :-1], w[..., -1]
+
+    def motion(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 2) the motion that moves the clouds, m/s: the learned weighting of the slots that have one; (B,)
+        whether any has."""
+        n = self.motion_slot.shape[0]
+        has = batch["motion_mask"][:, :n].bool()
+        w = torch.softmax(self.motion_slot.expand(has.shape).masked_fill(~has, -1e9), dim=-1) * has
+        return (w[..., None] * batch["motion"][:, :n]).sum(1), has.any(1)
 
     def forward(self, batch: dict[str, torch.Tensor], base: torch.Tensor) -> torch.Tensor:
         x = batch["view_x"][:, :, :, :self.n_scans]  # (B, R, P, K, D)

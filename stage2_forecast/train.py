@@ -199,7 +199,8 @@ def advect_layout(cfg: Config) -> dict | None:
         meta = read_json(Path(cfg.stage1_run) / "embeddings.json", what="stage-1 embeddings sidecar",
                          made_by=f"sagecast-stage1-export --run {cfg.stage1_run}")
         g = int(meta["grid"]["g"])
-    return {"modalities": len(samples.FEATURES[cfg.features]), "g": g, "n_scans": cfg.context_scans}
+    return {"modalities": len(samples.FEATURES[cfg.features]), "g": g, "n_scans": cfg.context_scans,
+            "motion_slots": n_slots(cfg)}
 
 
 def param_groups(model: nn.Module) -> list[dict]:

@@ -51,6 +51,23 @@ def test_clouds_reach_the_view_they_move_toward_and_no_other():
     assert adv(hand_batch(motion=[0.0, speed]), base)[0, 0, 0].max() < 0.05
 
 
+def test_the_motion_is_the_learned_mix_of_the_slots_that_have_one():
+    adv = Advection(dim=4, modalities=2, g=1, horizons_min=(5.0,), n_scans=3, motion_slots=5)
+    batch = hand_batch(motion=[0.0, 0.0])
+    batch["motion"] = torch.tensor([[[5.0, 0.0], [0.0, 5.0], [1.0, 1.0], [2.0, 2.0], [-3.0, 2.0]]])
+    m, moving = adv.motion(batch)
+    torch.testing.assert_close(m, torch.tensor([[1.0, 2.0]]))  # at start: the mean of the five
+    assert moving.tolist() == [True]
+    batch["motion_mask"] = torch.tensor([[False, True, False, False, True]])
+    torch.testing.assert_close(adv.motion(batch)[0], torch.tensor([[-1.5, 3.5]]))  # a slot without one: left out
+    with torch.no_grad():
+        adv.motion_slot[1] = 20.0  # learned: slot 1 alone
+    torch.testing.assert_close(adv.motion(batch)[0], torch.tensor([[0.0, 5.0]]))
+    batch["motion_mask"] = torch.zeros(1, 5, dtype=torch.bool)
+    m, moving = adv.motion(batch)
+    assert moving.tolist() == [False] and torch.equal(m, torch.zeros(1, 2))
+
+
 def test_the_horizon_row_brings_clouds_from_farther_upwind_and_not_its_own_level():
     adv = opened(Advection(dim=4, modalities=2, g=1, horizons_min=(5.0,), n_scans=3))
     far = 1 / math.tan(math.radians(32.0))  # the horizon row's centre offset
@@ -101,6 +118,7 @@ def test_rotating_views_and_motion_together_rotates_the_advected_forecasts(data,
     assert model.advect is not None
     with torch.no_grad():
         model.advect.gate.fill_(1.0)
+        model.advect.motion_slot.normal_(0.0, 1.0)
         out = model(batch)
         model.advect.gate.zero_()
         assert (model(batch) - out).abs().max() > 1e-3  # the open path changes the forecasts
@@ -129,4 +147,6 @@ def test_the_paths_geometry_learns_faster_and_without_weight_decay(data):  # noq
     assert gate["weight_decay"] == 0.05 and gate["lr"] == pytest.approx(2e-3 * LR_SCALE)
     assert group_of[id(model.damping)]["weight_decay"] == 0.0 and group_of[id(model.damping)]["lr"] == 2e-3
     assert group_of[id(model.head[1].weight)]["lr"] == 2e-3
+    slot = group_of[id(model.advect.motion_slot)]
+    assert slot["weight_decay"] == 0.0 and slot["lr"] == pytest.approx(2e-3 * LR_SCALE)
     assert sum(len(g["params"]) for g in opt.param_groups) == sum(1 for p in model.parameters() if p.requires_grad)

@@ -132,7 +132,8 @@ def test_without_motion_the_model_and_the_ridge_are_those_of_before(data, varian
                                   damping).eval()
     none, moving = models["none"].state_dict(), models["motion"].state_dict()
     extra = set(moving) - set(none)
-    advect = {f"advect.{k}" for k in ("log_height", "log_sharp", "lag_bias", "null", "horizon_scale", "gate")}
+    advect = {f"advect.{k}" for k in ("log_height", "log_sharp", "lag_bias", "null", "horizon_scale", "gate",
+                                      "motion_slot")}
     assert extra == {"enc.motion.weight", "enc.motion.bias"} | advect and set(none) < set(moving)
     for k, v in none.items():  # the motion map is drawn last: every other weight is the same draw
         assert torch.equal(v, moving[k]), k
