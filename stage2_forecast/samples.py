@@ -320,11 +320,8 @@ MOTION_MAX_AGE_MIN = 15.0  # a scan takes the latest vector at or before its sta
 MOTION_SCALE_MS = 10.0  # m/s per unit of the projected components (low-cloud winds are ~2–15 m/s)
 
 
-def read_motion(path: str | Path) -> pd.DataFrame:
-    """A cloud-motion table → columns vsn, time_ns (int64 UTC), motion_u, motion_v (m/s toward east, north; NaN
-    where there was nothing to track), sorted. PATH is a parquet or CSV file with columns vsn, timestamp,
-    motion_u, motion_v (a wind profiler's, atmospheric motion vectors', a plugin's), or a folder: every
-    **/truth.parquet under it (data.synthetic's raw folder). Anything missing or unreadable is a UserError."""
+def motion_files(path: str | Path) -> list[Path]:
+    """The files a motion PATH names (read_motion): the file itself, or every **/truth.parquet under a folder."""
     p = Path(path)
     if p.is_dir():
         # glob.glob, not Path.glob: it follows the linked node folders that compare --heldout-node makes
@@ -332,12 +329,19 @@ def read_motion(path: str | Path) -> pd.DataFrame:
         if not files:
             raise UserError(f"motion={p}: no truth.parquet under this folder (give a data.synthetic raw folder, or "
                             f"a parquet/CSV table with columns {', '.join(MOTION_COLUMNS)})")
-    elif p.is_file():
-        files = [p]
-    else:
-        raise UserError(f"motion={p}: no such file or folder")
+        return files
+    if p.is_file():
+        return [p]
+    raise UserError(f"motion={p}: no such file or folder")
+
+
+def read_motion(path: str | Path) -> pd.DataFrame:
+    """A cloud-motion table → columns vsn, time_ns (int64 UTC), motion_u, motion_v (m/s toward east, north; NaN
+    where there was nothing to track), sorted. PATH is a parquet or CSV file with columns vsn, timestamp,
+    motion_u, motion_v (a wind profiler's, atmospheric motion vectors', a plugin's), or a folder: every
+    **/truth.parquet under it (data.synthetic's raw folder). Anything missing or unreadable is a UserError."""
     frames = []
-    for f in files:
+    for f in motion_files(path):
         try:
             names = list(pd.read_csv(f, nrows=0).columns) if f.suffix.lower() == ".csv" else pq.read_schema(f).names
             missing = [c for c in MOTION_COLUMNS if c not in names]

@@ -291,10 +291,13 @@ SAMPLE_KEYS = ("features", "horizons_min", "scan_gap_s", "step_min", "tolerance_
 def ridge_cache(cfg: Config, table: samples.ScanTable) -> Path:
     """STAGE1_RUN/ridge_cache/<key>: where the per-view ridge of these embeddings and sample settings is kept
     (baselines.view_ridge_fits), shared by every stage-2 run and evaluation on them. The key hashes the
-    embeddings and the prepared index (a re-export or re-prepare gives a new key) with the sample settings."""
+    embeddings, the prepared index and the motion table (a re-export, re-prepare or new table gives a new key)
+    with the sample settings."""
     settings = {k: getattr(cfg, k) for k in SAMPLE_KEYS}
     settings["embeddings"] = file_sha256(Path(cfg.stage1_run) / "embeddings.parquet")
     settings["index"] = file_sha256(Path(table.prepared_dir) / "index.parquet")
+    if cfg.motion is not None:  # the table's content, not only its path: a table edited in place refits
+        settings["motion_sha256"] = [file_sha256(f) for f in samples.motion_files(cfg.motion)]
     return Path(cfg.stage1_run) / "ridge_cache" / baselines.ridge_cache_key(settings)
 
 

@@ -209,3 +209,20 @@ def test_trained_with_motion_and_evaluated_on_a_held_out_sky_with_its_own_table(
         assert report["variants"][name]["5"]["mse"] != again["variants"][name]["5"]["mse"]
     with pytest.raises(UserError, match="held-out sky's motion table"):
         evaluate.evaluate(fake_stage1_run, [run], tmp_path / "out3", motion=str(held), n_boot=20)
+
+
+def test_the_ridge_cache_key_follows_the_motion_tables_content_not_its_path(fake_stage1_run, tmp_path):
+    table = samples.load_scan_table(fake_stage1_run)
+    path = tmp_path / "motion.csv"
+    motion_rows(0).to_csv(path, index=False)
+    cfg = Config(stage1_run=str(fake_stage1_run), motion=str(path))
+    key = train.ridge_cache(cfg, table)
+    assert train.ridge_cache(cfg, table) == key  # the same table: the same fits
+    motion_rows(1).to_csv(path, index=False)  # edited in place: its ridge is refitted, not served from the cache
+    assert train.ridge_cache(cfg, table) != key
+    raw = tmp_path / "raw" / "W056"
+    raw.mkdir(parents=True)
+    motion_rows(1).to_parquet(raw / "truth.parquet")  # a raw folder: every truth.parquet under it counts
+    folder = train.ridge_cache(Config(stage1_run=str(fake_stage1_run), motion=str(raw.parent)), table)
+    motion_rows(2).to_parquet(raw / "truth.parquet")
+    assert train.ridge_cache(Config(stage1_run=str(fake_stage1_run), motion=str(raw.parent)), table) != folder
