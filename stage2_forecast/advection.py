@@ -1,17 +1,17 @@
 """Where the clouds of a view's future came from: a geometric advection path the stage-2 networks share.
 
-Only with the cloud-motion input (stage-2 config `motion=PATH`, `advect=True`). For each sky view's forecast
-at t + h, points spread over that view's field of view (per cell of its g × g grid) are traced upwind: a cloud
-at ground offset x (per metre of cloud-base height) at t + h was at x − m·(h + lag)/H at the context scan
-`lag` minutes before t, with m the cloud motion (m/s toward east, north) and H a cloud-base height the
-model learns (one value, initialised at HEIGHT_M). m is a learned weighting of the context slots' motions (the
-scans', then the 30/60-min means'; equal at start, slots without one left out): the wind turns over hours
-while each loop's estimate carries its own noise, so a longer mean can be the better estimate of the motion now. Each traced point is compared with the centre of every
-cell of every view of the context scans (both rows when the data has the horizon row; the scans, not the
-30/60-min means) in elevation and azimuth; a softmax over those cells, with a learned sharpness, a learned
-preference per scan (recent first) and the cells outside the view's field of view excluded, weighs their
-vectors; a learned "seen by none" logit weighs the forecast it starts from instead. The mean over a cell's
-points is that cell's advected vector, and the output is
+Only with the cloud-motion input (stage-2 config `motion=PATH`, `advect=True`). For each sky view's forecast at t +
+h, points spread over that view's field of view (per cell of its g × g grid) are traced upwind: a cloud at ground
+offset x (per metre of cloud-base height) at t + h was at x − m·(h + lag)/H at the context scan `lag` minutes
+before t, with m the cloud motion (m/s toward east, north) and H a cloud-base height the model learns (one value,
+initialised at HEIGHT_M). m is a learned weighting of the context slots' motions (the scans', then the 30/60-min
+means'; equal at start, slots without one left out): the wind turns over hours while each loop's estimate carries
+its own noise, so a longer mean can be the better estimate of the motion now. Each traced point is compared with
+the centre of every cell of every view of the context scans (both rows when the data has the horizon row; the
+scans, not the 30/60-min means) in elevation and azimuth; a softmax over those cells, with a learned sharpness, a
+learned preference per scan (recent first) and the cells outside the view's field of view excluded, weighs their
+vectors; a learned "seen by none" logit weighs the forecast it starts from instead. The mean over a cell's points
+is that cell's advected vector, and the output is
 
     forecast + gate_h · (advected − forecast)
 
