@@ -62,11 +62,11 @@ class Advection(nn.Module):
     channels in the stage-1 layout: modality-major, then (row, col, channel) of the g × g grid (g = 1: pooled)."""
 
     def __init__(self, *, dim: int, modalities: int, g: int, horizons_min: tuple[float, ...], n_scans: int,
-                 rows: int = 2, motion_slots: int = 1):
+                 rows: int = 2, motion_slots: int = 1, ref_slot: int | None = None):
         super().__init__()
         if dim % (modalities * g * g):
             raise ValueError(f"dim {dim} is not modalities {modalities} × g² {g * g} × channels")
-        self.modalities, self.g, self.n_scans = modalities, g, n_scans
+        self.modalities, self.g, self.n_scans, self.ref_slot = modalities, g, n_scans, ref_slot
         self.channels = dim // (modalities * g * g)
         cell_c = modalities * self.channels  # one cell's vector: every modality's channels
         self.register_buffer("horizons", torch.tensor(horizons_min, dtype=torch.float32), persistent=False)
@@ -149,16 +149,32 @@ class Advection(nn.Module):
         w = torch.softmax(self.motion_slot.expand(has.shape).masked_fill(~has, -1e9), dim=-1) * has
         return (w[..., None] * batch["motion"][:, :n]).sum(1), has.any(1)
 
+    def _rows(self, src: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """(B, R, P, K, g², cell) cells → the same with each horizon cell the sky row's ring mean at that slot plus
+        its own departure from its row's ring mean (module doc); present (B, R, P, K)."""
+        if src.shape[1] == 1:
+            return src
+        present = present[..., None, None].to(src.dtype)
+        ring = (src * present).sum(2, keepdim=True) / present.sum(2, keepdim=True).clamp(min=1.0)
+        return torch.cat([src[:, :1], ring[:, :1] + self.horizon_scale * (src[:, 1:] - ring[:, 1:])], dim=1)
+
     def forward(self, batch: dict[str, torch.Tensor], base: torch.Tensor) -> torch.Tensor:
         x = batch["view_x"][:, :, :, :self.n_scans]  # (B, R, P, K, D)
         B, R, P, K, _ = x.shape
-        src = self.cells(x)  # (B, R, P, K, g², cell)
-        if R > 1:  # a horizon cell: the sky row's ring mean + its own departure from its row's ring mean
-            present = batch["view_mask"][:, :, :, :K, None, None].to(src.dtype)
-            ring = (src * present).sum(2, keepdim=True) / present.sum(2, keepdim=True).clamp(min=1.0)
-            src = torch.cat([src[:, :1], ring[:, :1] + self.horizon_scale * (src[:, 1:] - ring[:, 1:])], dim=1)
-        src = src.permute(0, 3, 1, 2, 4, 5).reshape(B, K * R * P * self.g * self.g, -1)  # (B, K·n_src, cell)
+        src = self._rows(self.cells(x), batch["view_mask"][:, :, :, :K])  # (B, R, P, K, g², cell)
         w, w_null = self.weights(batch)  # (B, H, P, g², s², K·n_src), (B, H, P, g², s²)
+        base_cells = self.cells(base)  # (B, H, P, g², cell)
+        land = 1.0 - w_null.mean(-1)[..., None]  # (B, H, P, g², 1): the share of a cell's points that landed
+        if self.ref_slot is None:
+            lands_on = 0.0
+        else:  # move departures from each view's own recent mean; they land on the target view's own mean
+            has = batch["view_mask"][:, :, :, self.ref_slot]  # (B, R, P)
+            ref = self.cells(batch["view_x"][:, :, :, self.ref_slot])  # (B, R, P, g², cell)
+            ref = torch.where(has[..., None, None], ref, src[:, :, :, 0])  # no mean: no departure
+            ref = self._rows(ref[:, :, :, None], (has | batch["view_mask"][:, :, :, 0])[..., None])[:, :, :, 0]
+            src = src - ref[:, :, :, None]
+            lands_on = land * torch.where(has[:, :1, :, None, None], ref[:, :1], base_cells)  # (B, H, P, g², cell)
+        src = src.permute(0, 3, 1, 2, 4, 5).reshape(B, K * R * P * self.g * self.g, -1)  # (B, K·n_src, cell)
         moved = torch.einsum("bhpcsn,bnf->bhpcf", w, src) / w.shape[-2]
-        advected = moved + w_null.mean(-1)[..., None] * self.cells(base)
+        advected = moved + lands_on + w_null.mean(-1)[..., None] * base_cells
         return base + self.gate[None, :, None, None] * (self.uncells(advected) - base)

@@ -77,6 +77,9 @@ class Config:
                                 "truth.parquet files); each view token gets it in its own frame (samples.join_motion)")
     advect: bool = option(True, "with motion: the networks also route each view's cells from where the motion "
                           "says its clouds were (stage2_forecast.advection); false: the motion only as token features")
+    advect_from: Literal["scan", "hour"] = option(
+        "scan", "what the advection path moves: scan = each context cell's vector | hour = its departure from its "
+        "own view's mean over the last context_means_min[-1] minutes, landing on the target view's own mean")
     scan_gap_s: float = option(60.0, "a gap above this between captures starts a scan", gt=0)
     step_min: float | None = option(None, "scan cadence (default: median gap)", gt=0)
     tolerance_min: float | None = option(None, "nearest-scan tolerance (default step/2)", ge=0)
@@ -199,8 +202,10 @@ def advect_layout(cfg: Config) -> dict | None:
         meta = read_json(Path(cfg.stage1_run) / "embeddings.json", what="stage-1 embeddings sidecar",
                          made_by=f"sagecast-stage1-export --run {cfg.stage1_run}")
         g = int(meta["grid"]["g"])
+    if cfg.advect_from == "hour" and not cfg.context_means_min:
+        raise ValueError("advect_from=hour moves departures from a view's mean: it needs context_means_min")
     return {"modalities": len(samples.FEATURES[cfg.features]), "g": g, "n_scans": cfg.context_scans,
-            "motion_slots": n_slots(cfg)}
+            "motion_slots": n_slots(cfg), "ref_slot": n_slots(cfg) - 1 if cfg.advect_from == "hour" else None}
 
 
 def param_groups(model: nn.Module) -> list[dict]:

@@ -51,6 +51,23 @@ def test_clouds_reach_the_view_they_move_toward_and_no_other():
     assert adv(hand_batch(motion=[0.0, speed]), base)[0, 0, 0].max() < 0.05
 
 
+def test_hour_mode_moves_departures_from_each_views_own_mean_not_its_look():
+    speed = 2 * SKY_COT * HEIGHT_M / 300.0  # the south view's footprint is over the north view in 5 min
+    scan = opened(Advection(dim=4, modalities=2, g=1, horizons_min=(5.0,), n_scans=3))
+    hour = opened(Advection(dim=4, modalities=2, g=1, horizons_min=(5.0,), n_scans=3, ref_slot=4))
+    # every view looks its own way (sun glare, haze) and the same at every scan: nothing moves, nothing changes
+    look = torch.arange(8.0)[:, None, None].expand(8, 5, 4)
+    batch = hand_batch(motion=[0.0, speed])
+    batch["view_x"] = look[None, None].clone()
+    base = look[None, None, :, 0]  # (1, H, P, D): each view's own look
+    torch.testing.assert_close(hour(batch, base), base, atol=1e-5, rtol=0)
+    assert (scan(batch, base) - base)[0, 0, 0].min() > 2.0  # routing whole vectors drags view 4's look to view 0
+    # a cloud: view 4 departs from its own mean at t by one; the north view gets that departure on its own look
+    batch["view_x"][0, 0, 4, 0] += 1.0
+    moved = hour(batch, base) - base
+    assert moved[0, 0, 0].min() > 0.5 and moved[0, 0, [2, 3, 4, 5, 6]].abs().max() < 0.05
+
+
 def test_the_motion_is_the_learned_mix_of_the_slots_that_have_one():
     adv = Advection(dim=4, modalities=2, g=1, horizons_min=(5.0,), n_scans=3, motion_slots=5)
     batch = hand_batch(motion=[0.0, 0.0])
@@ -105,17 +122,19 @@ def test_grid_cells_keep_the_stage1_layout():
     assert adv.src_el[0] > adv.src_el[2] and adv.src_az[0] < adv.src_az[1]  # top cell higher, left anticlockwise
 
 
-@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("rows,advect_from", [(1, "scan"), (2, "scan"), (2, "hour")])
 @pytest.mark.parametrize("variant", ["detr", "jepa"])
-def test_rotating_views_and_motion_together_rotates_the_advected_forecasts(data, variant, rows):  # noqa: F811
+def test_rotating_views_and_motion_together_rotates_the_advected_forecasts(data, variant, rows,  # noqa: F811
+                                                                           advect_from):
     run, motion, table, win, mean, std, clim, damping = data
     batch = samples.gather(table, win, np.arange(12), clim=clim)
     if rows == 2:
         batch = with_horizon_row(batch)
     torch.manual_seed(0)
     model = build_model(Config(variant=variant, stage1_run=str(run), width=32, jepa_width=32, dropout=0.0,
-                               residual_base="damped", motion=str(motion)), mean, std, damping).eval()
-    assert model.advect is not None
+                               residual_base="damped", motion=str(motion), advect_from=advect_from), mean, std,
+                        damping).eval()
+    assert model.advect is not None and (model.advect.ref_slot is None) == (advect_from == "scan")
     with torch.no_grad():
         model.advect.gate.fill_(1.0)
         model.advect.motion_slot.normal_(0.0, 1.0)
