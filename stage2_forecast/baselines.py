@@ -44,7 +44,7 @@ RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 CROSS_FIT_FOLDS = 5
 RIDGE_RANK = 256  # principal directions per slot in the per-view ridge (samples.ridge_features: memory, time)
 # Bump when the per-view ridge's arithmetic changes: it is part of every ridge cache key (stage2_forecast.train).
-RIDGE_CACHE_VERSION = 1
+RIDGE_CACHE_VERSION = 2
 
 
 def fit_climatology(table: samples.ScanTable, *, day_only: bool = True, exclude_day: int | None = None) -> np.ndarray:

@@ -491,17 +491,23 @@ MOTION_RANK = 16  # principal coordinates per view that the ridge's motion produ
 def ridge_features(batch: dict[str, torch.Tensor], basis: torch.Tensor | None = None) -> torch.Tensor:
     """The per-view ridge's design, from the model inputs of the batch (MODEL_INPUTS) → (B, P, F). View c's row:
     its own K sky slots (the scans, the 30/60-min means), its two sky ring neighbours c ± 1 at t, with a horizon
-    row the horizon views c − 1, c, c + 1 at t, each slot's D-vector projected on `basis` (D, r), the train
-    embeddings' top r principal directions (None: all D), and the networks' clock (sin, cos of the solar hour,
-    sun elevation / 90): F = (K + 2 + 3·[R = 2])·r + 3. Rotating the ring rotates the rows. Missing slots are
-    zeros, as the networks see them; what the ridge leaves out is the exact scan times (view_dt), the
-    embeddings beyond their top r directions, and anything nonlinear.
+    row the horizon views c − 1, c, c + 1 at t, each row's ring mean at t (over the views that are there), each
+    slot's D-vector projected on `basis` (D, r), the train embeddings' top r principal directions (None: all D),
+    and the networks' clock (sin, cos of the solar hour, sun elevation / 90): F = (K + 2 + 4·[R = 2] + 1)·r + 3.
+    Rotating the ring rotates the rows. Missing slots are zeros, as the networks see them; what the ridge leaves
+    out is the exact scan times (view_dt), the embeddings beyond their top r directions, the other views one by
+    one, and anything nonlinear.
+
+    Why the ring means: every network sees every view. At 5 minutes a view's own sky has mostly moved on (the
+    sky row sees a ring 0.4–1.6 × the cloud-base height around the node), and the mean of all 16 views' true
+    cloud fractions forecasts a view better than the view itself (stage2_forecast.ceilings: MAE 0.050 against
+    0.063 on `make compare`'s test split). A ridge without them left that linear gain to the networks.
 
     Memory and time (why a projection): the ridge holds one F × F Gram matrix and its eigenvectors in float64,
     2·8·F² bytes, and decomposes it once per horizon. On `make compare`'s sky (resnet10t, pooled D = 1,024, both
-    rows, K = 5) all D would give F = 10,243: 1.7 GB and ~8 min per horizon for the eigendecomposition (cubic in
-    F: 7.4 s measured at F = 2,563 on 2 shared cores); its 2×2 grids (D = 4,096) 27 GB. With r = 256
-    (baselines.RIDGE_RANK) F = 2,563: 0.1 GB on pooled features and on grids alike (the whole-context ridge it
+    rows, K = 5) all D would give F = 12,291: 2.4 GB and ~14 min per horizon for the eigendecomposition (cubic
+    in F: 7.4 s measured at F = 2,563 on 2 shared cores); its 2×2 grids (D = 4,096) 39 GB. With r = 256
+    (baselines.RIDGE_RANK) F = 3,075: 0.15 GB on pooled features and on grids alike (the whole-context ridge it
     replaces needed ~19 GB on grids).
 
     With the cloud motion in the batch (`motion`), the row also gets its own view's `project_motion` features
@@ -509,9 +515,9 @@ def ridge_features(batch: dict[str, torch.Tensor], basis: torch.Tensor | None = 
     comes from, the rectified anchor-scan components (outward, inward, clockwise, anticlockwise parts) times the
     first MOTION_RANK coordinates (the top principal ones when a basis is given) of the view itself, its two ring
     neighbours and, with a horizon row, the horizon view below, all at t: 4·(3 + [R = 2])·MOTION_RANK. On
-    `make compare` F grows from 2,563 to 2,834 (0.13 GB, ~1.35× the decomposition time). It still cannot
-    scale a displacement by the horizon beyond its per-horizon coefficients, use motion × older slots or
-    × further coordinates, or anything else nonlinear.
+    `make compare` F grows from 3,075 to 3,346 (0.18 GB). It still cannot scale a displacement by the horizon
+    beyond its per-horizon coefficients, use motion × older slots or × further coordinates, or anything else
+    nonlinear.
     """
     view_x = batch["view_x"] if basis is None else batch["view_x"] @ basis
     B, R, P, K, D = view_x.shape
@@ -521,6 +527,9 @@ def ridge_features(batch: dict[str, torch.Tensor], basis: torch.Tensor | None = 
     parts = [view_x[:, 0].flatten(2), view_x[:, 0, (cols - 1) % P, 0], view_x[:, 0, (cols + 1) % P, 0]]
     if R > 1:
         parts += [view_x[:, 1, (cols + s) % P, 0] for s in (-1, 0, 1)]
+    present = batch["view_mask"][:, :, :, 0, None].to(view_x.dtype)  # (B, R, P, 1)
+    ring = (view_x[:, :, :, 0] * present).sum(2) / present.sum(2).clamp(min=1.0)  # (B, R, D): each row's mean at t
+    parts += [ring[:, r, None].expand(B, P, -1) for r in range(R)]
     parts.append(clock[:, None].expand(B, P, 3).to(view_x.dtype))
     if "motion" in batch:
         motion = project_motion(batch["motion"], batch["motion_mask"]).to(view_x.dtype)  # (B, P, K, 3)

@@ -91,13 +91,18 @@ def test_networks_read_only_the_model_inputs_the_ridge_is_built_from(data, varia
     with torch.no_grad():
         assert model(inputs).shape == batch["tgt_z"].shape  # nothing else needed
     x = samples.ridge_features(inputs)  # and the ridge's design comes from the same keys
-    F, m = (K + 2) * D + 3, min(D, samples.MOTION_RANK)
+    F, m = (K + 2 + R) * D + 3, min(D, samples.MOTION_RANK)
     assert x.shape == (B, P, F + (3 * K + 4 * 3 * m if motion else 0))
     c = 0  # view 0: itself at t, its other slots, ring neighbours 7 and 1 at t
     np.testing.assert_array_equal(x[:, c, :D], batch["view_x"][:, 0, c, 0])
     np.testing.assert_array_equal(x[:, c, D:K * D], batch["view_x"][:, 0, c, 1:].flatten(1))
     np.testing.assert_array_equal(x[:, c, K * D:(K + 1) * D], batch["view_x"][:, 0, 7, 0])
     np.testing.assert_array_equal(x[:, c, (K + 1) * D:(K + 2) * D], batch["view_x"][:, 0, 1, 0])
+    # then each row's ring mean at t over the views that are there (every view's row has the same)
+    there = batch["view_mask"][:, 0, :, 0, None].float()
+    ring = (batch["view_x"][:, 0, :, 0] * there).sum(1) / there.sum(1).clamp(min=1.0)
+    np.testing.assert_allclose(x[:, c, (K + 2) * D:(K + 3) * D], ring, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(x[:, 5, (K + 2) * D:(K + 3) * D], x[:, c, (K + 2) * D:(K + 3) * D])
     # the means are inputs of both: changing them changes the networks' forecasts and the ridge's design
     moved = {**inputs, "view_x": inputs["view_x"].clone()}
     moved["view_x"][:, :, :, 3:] += 1.0
@@ -116,12 +121,25 @@ def test_networks_read_only_the_model_inputs_the_ridge_is_built_from(data, varia
         assert (samples.ridge_features(turned) - x).abs().max() > 1e-3
 
 
-def ring_table(n_days: int, *, scans: int = 60, P: int = 8, D: int = 2, seed: int = 0, noise: float = 0.05):
-    """One node, P views on a ring, D dims: z(t + 5 min)[c] = A z(t)[c] + B z(t)[c−1] + C z(t)[c+1] + noise,
-    restarted each day; days alternate train/val/test. Returns the table and the noiseless next-scan map."""
+def ring_table(n_days: int, *, scans: int = 60, P: int = 8, D: int = 2, seed: int = 0, noise: float = 0.05,
+               ring: bool = False):
+    """One node, P views on a ring, D dims: z(t + 5 min)[c] = A z(t)[c] + B z(t)[c−1] + C z(t)[c+1] + noise
+    (`ring`: + E · the mean of all P views), restarted each day; days alternate train/val/test. Returns the
+    table and the noiseless next-scan map."""
     rng = np.random.default_rng(seed)
     A, B, C = (rng.normal(scale=0.35, size=(D, D)) for _ in range(3))
-    step = lambda z: z @ A.T + np.roll(z, 1, axis=0) @ B.T + np.roll(z, -1, axis=0) @ C.T  # noqa: E731
+    E = rng.normal(scale=0.35, size=(D, D)) if ring else np.zeros((D, D))
+    if ring:  # keep the whole map stable (spectral radius ≤ 0.9), or 60 scans of it overflow float32 products
+        full = np.zeros((P, D, P, D))
+        for c in range(P):
+            full[c, :, c] += A
+            full[c, :, (c - 1) % P] += B
+            full[c, :, (c + 1) % P] += C
+            full[c, :, :] += E[:, None, :] / P
+        rho = np.abs(np.linalg.eigvals(full.reshape(P * D, P * D))).max()
+        A, B, C, E = (m * min(1.0, 0.9 / rho) for m in (A, B, C, E))
+    step = lambda z: (z @ A.T + np.roll(z, 1, axis=0) @ B.T + np.roll(z, -1, axis=0) @ C.T  # noqa: E731
+                      + z.mean(axis=0) @ E.T)
     zs, day, split, t = [], [], [], []
     for d in range(n_days):
         z = rng.normal(size=(P, D))
@@ -145,16 +163,17 @@ def ring_table(n_days: int, *, scans: int = 60, P: int = 8, D: int = 2, seed: in
     return table, step
 
 
-def test_per_view_ridge_recovers_a_linear_ring_dynamics():
-    table, step = ring_table(12, noise=0.5)
+@pytest.mark.parametrize("ring", [False, True])
+def test_per_view_ridge_recovers_a_linear_ring_dynamics(ring):
+    table, step = ring_table(12, noise=0.5, ring=ring)  # ring: the whole ring's mean moves every view
     kw = dict(horizons_min=(5.0,), context_scans=1, step_min=5.0)
     wins = {s: samples.build_windows(table, split=s, **kw) for s in ("train", "val", "test")}
     pred, alphas = baselines.view_ridge(table, wins, table, wins["test"], means_min=())
     now = table.z[wins["test"].anchor]
     truth = np.stack([step(z) for z in now])
     assert alphas[0] is not None
-    # the noiseless map, up to the estimation error of 9 columns (own view, two neighbours, clock) from ~2,900
-    # pooled rows
+    # the noiseless map, up to the estimation error of 11 columns (own view, two neighbours, the ring mean,
+    # clock) from ~2,900 pooled rows
     assert np.abs(pred[:, 0] - truth).mean() < 0.05 * np.abs(now - truth).mean()
     # one coefficient set for all views: rotating the table's ring rotates the ridge's forecasts
     rolled = dataclasses.replace(table, z=np.roll(table.z, 3, axis=1), means={})
