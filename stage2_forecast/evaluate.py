@@ -40,7 +40,7 @@ from sagecast_common.linalg import rankme
 from sagecast_common.runio import atomic_write_json, atomic_write_text
 from stage2_forecast import baselines, samples
 from stage2_forecast.forecast_table import write_forecasts
-from stage2_forecast.headroom import apply_probe, fit_truth_probe, headroom_block
+from stage2_forecast.headroom import apply_probe, fit_truth_probe, headroom_block, preset_mean
 from stage2_forecast.metrics import cf_block, per_day, retrieval_ranks, score, with_skill
 from stage2_forecast.plots import plot_skill
 from stage2_forecast.report_md import markdown, verdict_sentences
@@ -274,7 +274,8 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
                                                           day_idx, len(day_ords), hkeys, n_boot)
             report["per_day"] = per_day(sq, mask, day_idx, day_ords, day_cloud, types, hkeys)
             report["headroom"] = headroom(fit, wins, table, preds, oracles, cf_truth, mask, day_idx,
-                                          len(day_ords), hkeys, n_boot, raw_dir=raw_dir, base=base)
+                                          len(day_ords), hkeys, n_boot, raw_dir=raw_dir, base=base,
+                                          now_present=table.present[test.anchor])
         else:
             report["by_day_type"][group] = per
     out = Path(out_dir)
@@ -287,12 +288,14 @@ def evaluate(stage1_run, runs, out_dir, *, eval_stage1_run=None, raw_dir=None, n
 
 
 def headroom(fit, wins, table, preds, oracles, cf_truth, mask, day_idx, n_days, hkeys, n_boot, *,
-             raw_dir, base) -> dict:
+             raw_dir, base, now_present) -> dict:
     """The `headroom` block of scores.json (stage2_forecast.headroom), or why there is none.
 
     Every forecast (the networks' and the embedding baselines') is read through one ridge probe fitted on the
     TRAIN targets' embeddings to the generator's true cloud fraction (validation picks its penalty); the
-    view-limited oracle is the one that knows the rows the networks saw (sky, or sky + horizon)."""
+    view-limited oracle is the one that knows the rows the networks saw (sky, or sky + horizon). Besides the
+    embedding baselines of `preds`, the 8-preset mean (headroom.preset_mean: the sky views present at t,
+    `now_present` (N, P)) is a candidate for the strongest baseline."""
     kind = "view_horizon" if table.horizon_present is not None else "view"
     if cf_truth is None or f"cf_oracle_{kind}" not in oracles:
         return {"available": False, "why": f"needs data.synthetic truth with oracle_{kind}_cf_<h> (the generator's "
@@ -317,6 +320,8 @@ def headroom(fit, wins, table, preds, oracles, cf_truth, mask, day_idx, n_days, 
     probe = fit_truth_probe(*xy["train"], *xy["val"])
     cf_models = {m: [apply_probe(probe, p) for p in preds[m]] for m in models}
     cf_base = {k: apply_probe(probe, v[0]) for k, v in preds.items() if k not in LEARNED}
+    cf_base["preset_mean"] = np.broadcast_to(apply_probe(probe, preset_mean(preds["persistence"][0][:, 0],
+                                                                            now_present)), cf_truth.shape)
     out = headroom_block(cf_models, cf_base, oracles[f"cf_oracle_{kind}"], cf_truth, mask, day_idx, n_days, hkeys,
                          n_boot=n_boot)
     return {"available": True, "oracle": f"oracle_{kind}_cf_<h>", "probe_alpha": probe["alpha"], **out}

@@ -14,7 +14,7 @@ slightly, never the model). Intervals: paired 95 % bootstrap over whole test day
 Real data has no oracle: `headroom_block` is then not called and the report says why (stage2_forecast.evaluate).
 
     probe = fit_truth_probe(z_train, cf_train, z_val, cf_val)
-    block = headroom_block({"detr": [cf_seed0, cf_seed1]}, {"ridge": cf_ridge}, cf_oracle, cf_truth, mask,
+    block = headroom_block({"detr": [cf_seed0, cf_seed1]}, {"ridge": cf_ridge, ...}, cf_oracle, cf_truth, mask,
                            day_idx, n_days, ["5", "15"], n_boot=1000)
 """
 
@@ -38,6 +38,18 @@ def fit_truth_probe(z_train: np.ndarray, cf_train: np.ndarray, z_val: np.ndarray
 def apply_probe(probe: dict, z: np.ndarray) -> np.ndarray:
     """(..., D) embeddings → (...) cloud fraction, clipped to [0, 1] (a fraction cannot leave it)."""
     return np.clip(z @ probe["coef"] + probe["intercept"], 0.0, 1.0)
+
+
+def preset_mean(now: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """The 8-preset mean as an embedding forecast: every sky view's vector at t + h is the mean of the sky views
+    present at t. now (N, P, D) at t, present (N, P) → (N, 1, P, D), the same for every horizon and view.
+
+    A baseline of the headroom block (read through the same probe as the others): a network sees every view, and
+    at 5 minutes a view's own sky has mostly moved on, so the mean of the ring often tells its future better than
+    the view itself (stage2_forecast.ceilings)."""
+    w = present[..., None].astype(now.dtype)
+    mean = (now * w).sum(1, keepdims=True) / np.maximum(w.sum(1, keepdims=True), 1.0)
+    return np.broadcast_to(mean, now.shape)[:, None]
 
 
 def headroom_block(models: dict[str, list[np.ndarray]], baselines: dict[str, np.ndarray], oracle: np.ndarray,
@@ -68,7 +80,8 @@ def headroom_block(models: dict[str, list[np.ndarray]], baselines: dict[str, np.
             best = min(baselines, key=lambda b: point[f"b:{b}"][h])
             mae_b, mae_o, mae_m = (point[k][h] / n[h] for k in (f"b:{best}", "oracle", f"m:{name}"))
             row = {"baseline": best, "mae_baseline": float(mae_b), "mae_oracle": float(mae_o),
-                   "mae_model": float(mae_m), "n": int(point["#n"][h])}
+                   "mae_model": float(mae_m), "n": int(point["#n"][h]),
+                   "mae_baselines": {b: float(point[f"b:{b}"][h] / n[h]) for b in baselines}}
             if mae_b - mae_o <= 0:
                 row.update(headroom=None, why="the oracle is no better than the baseline: no headroom to capture")
             else:

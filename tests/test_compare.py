@@ -58,6 +58,8 @@ def test_compare_runs_every_step_and_resumes(tmp_path, capsys):
     assert room["available"] and room["oracle"] == "oracle_view_horizon_cf_<h>" and set(room["models"]) == {"detr",
                                                                                                           "jepa"}
     scored = room["models"]["detr"]["60"]
+    assert {"ridge", "preset_mean", "persistence"} <= set(scored["mae_baselines"])  # the candidates, each scored
+    assert scored["mae_baseline"] == min(scored["mae_baselines"].values())
     assert scored["mae_oracle"] <= scored["mae_baseline"] + 1e-12 or scored["headroom"] is None
     if scored["headroom"] is not None:
         lo, hi = scored["headroom_ci"]

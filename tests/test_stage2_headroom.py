@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from stage2_forecast.headroom import apply_probe, fit_truth_probe, headroom_block
+from stage2_forecast.headroom import apply_probe, fit_truth_probe, headroom_block, preset_mean
 
 N, H, P, DAYS = 40, 2, 8, 8
 
@@ -38,7 +38,8 @@ def test_strongest_baseline_is_the_reference_and_intervals_cover_seeds_and_days(
     out = headroom_block({"detr": seeds}, {"weak": truth + 2 * err, "ridge": truth + err}, oracle, truth, mask, day,
                          DAYS, ["5", "15"], n_boot=300)
     row = out["models"]["detr"]["5"]
-    assert row["baseline"] == "ridge"
+    assert row["baseline"] == "ridge" and set(row["mae_baselines"]) == {"weak", "ridge"}
+    assert row["mae_baseline"] == row["mae_baselines"]["ridge"] < row["mae_baselines"]["weak"]
     lo, hi = row["headroom_ci"]
     assert 0 < lo < row["headroom"] < hi < 1
 
@@ -53,6 +54,15 @@ def test_no_headroom_when_the_oracle_is_no_better_and_masked_slots_do_not_count(
     out = headroom_block({"m": [truth + 0.6 * err]}, {"ridge": truth + err}, truth, holes, mask, day, DAYS,
                          ["5", "15"], n_boot=50)
     assert out["models"]["m"]["5"]["n"] == N * (P - 1)
+
+
+def test_the_preset_mean_is_every_views_mean_of_the_views_there_at_t():
+    now = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)  # (N, P, D)
+    present = np.array([[True, True, True], [True, False, True]])
+    out = preset_mean(now, present)
+    assert out.shape == (2, 1, 3, 2)
+    np.testing.assert_allclose(out[0, 0], np.broadcast_to(now[0].mean(0), (3, 2)))
+    np.testing.assert_allclose(out[1, 0], np.broadcast_to((now[1, 0] + now[1, 2]) / 2, (3, 2)))  # view 1 missing
 
 
 def test_truth_probe_recovers_a_linear_map_and_stays_a_fraction():
